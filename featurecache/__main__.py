@@ -1,0 +1,3 @@
+from featurecache.cli import app
+
+app(prog_name="featurecache")

@@ -1,0 +1,370 @@
+"""The ``featurecache`` command: a thin typer layer over the stages.
+
+Each command parses options, builds a :class:`~featurecache.config.Pipeline`,
+calls one library function and prints the result (a table, or JSON with
+``--json``). Heavy modules (TensorFlow, scikit-learn, zarr) are imported inside
+the commands, so ``featurecache --help`` answers at once.
+
+Exit codes: 0 success; 1 error (one line on stderr, no traceback); 2 bad usage;
+3 completed, but some images were skipped (listed in the output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from featurecache.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, FeaturecacheError
+
+app = typer.Typer(
+    name="featurecache",
+    help=(
+        "Run each frozen ImageNet backbone once per image, cache the bottleneck features in "
+        "zarr, and train heads on them in seconds."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+log = logging.getLogger("featurecache")
+T = TypeVar("T")
+
+# ----------------------------------------------------------------- shared options
+
+PipelineArg = Annotated[
+    Path | None,
+    typer.Argument(help="Pipeline file (pipelines/*.toml). Omit it and use --data instead.",
+                   show_default=False),
+]
+DataOpt = Annotated[
+    list[str] | None,
+    typer.Option("--data", help="Data set without a pipeline file: a class folder, a CSV "
+                 "manifest (path,label[,split]) or an HDF5 file; HDF5 splits as "
+                 "train=a.h5 --data test=b.h5.", show_default=False),
+]
+BackboneOpt = Annotated[
+    list[str] | None,
+    typer.Option("--backbone", "-b", help="Backbone name (see `featurecache backbones`); "
+                 "repeat for several. Default: mobilenet_v2.", show_default=False),
+]
+HeadOpt = Annotated[
+    list[str] | None,
+    typer.Option("--head", help="Head kind: logistic_regression, linear_svm, knn, "
+                 "random_forest, dense, or a scikit-learn import path; repeatable. "
+                 "Default: logistic_regression.", show_default=False),
+]
+WeightsOpt = Annotated[
+    str, typer.Option(help="With --data: 'imagenet' (Keras downloads and caches them), a "
+                      "weights file, or 'none' (random: tests only).")
+]
+PoolingOpt = Annotated[str, typer.Option(help="With --data: global pooling, 'avg' or 'max'.")]
+SizeOpt = Annotated[
+    int | None, typer.Option(help="With --data: input size in pixels (default: the backbone's).",
+                             show_default=False)
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option(help="Cache folder. Default: the pipeline's 'cache', "
+                              "$FEATURECACHE_CACHE, or ./cache.", show_default=False)
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option(help="Where trained heads go. Default: the pipeline's 'output' "
+                              "or ./runs.", show_default=False)
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="Folder that relative data paths in the pipeline file are "
+                              "resolved against. Default: $FEATURECACHE_DATA_ROOT, then the "
+                              "file's data_root.", show_default=False)
+]
+BatchOpt = Annotated[
+    int | None, typer.Option(min=1, help="Images per backbone batch (default 32).",
+                             show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of text.")]
+ProgressOpt = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Progress bar on stderr "
+                              "(default: only when stderr is a terminal).", show_default=False)
+]
+
+
+# ----------------------------------------------------------------- plumbing
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
+    log_file: Annotated[Path | None, typer.Option(help="Also append detailed logs to this file.",
+                                                  show_default=False)] = None,
+) -> None:
+    """featurecache: bottleneck features cached once, heads trained many times."""
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setLevel(level)
+    root = logging.getLogger("featurecache")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if log_file else level)
+    if log_file:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"))
+        file_handler.setLevel(logging.INFO)
+        root.addHandler(file_handler)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+
+
+def _guard(call: Callable[[], T]) -> T:
+    """Run ``call``; turn featurecache errors into one line and an exit code."""
+    try:
+        return call()
+    except FeaturecacheError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing half-written was committed", err=True)
+        raise typer.Exit(130) from None
+
+
+def _emit(as_json: bool, payload: Any, text: Callable[[], None]) -> None:
+    if as_json:
+        typer.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        text()
+
+
+def _progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def _pipeline(
+    pipeline: Path | None, *, data, backbone, head=None, weights="imagenet", pooling="avg",
+    input_size=None, cache=None, output=None, data_root=None, batch_size=None,
+):
+    from featurecache.config import load_pipeline, pipeline_from_options
+
+    if pipeline is not None:
+        if data or backbone or head:
+            raise FeaturecacheError("give either a pipeline file or --data/--backbone/--head")
+        loaded = load_pipeline(pipeline, data_root=data_root, cache=cache, output=output)
+        if batch_size:
+            from dataclasses import replace
+
+            loaded = replace(loaded, batch_size=batch_size)
+        return loaded
+    return pipeline_from_options(
+        data=data or [], backbones=backbone or [], heads=head or [], weights=weights,
+        pooling=pooling, input_size=input_size, cache=cache, output=output,
+        batch_size=batch_size or 32,
+    )
+
+
+# ----------------------------------------------------------------- commands
+
+
+@app.command()
+def backbones(as_json: JsonOpt = False) -> None:
+    """List the registered backbones: input size, feature dimension, preprocessing."""
+    from featurecache.backbones import REGISTRY
+
+    rows = [
+        {"name": s.name, "keras_name": s.keras_name, "input_size": s.input_size,
+         "feature_dim": s.feature_dim, "preprocess_input": f"keras.applications.{s.module}",
+         "embedded_preprocessing": s.embedded_preprocessing, "last_block": list(s.last_block)}
+        for s in REGISTRY.values()
+    ]
+
+    def text() -> None:
+        typer.echo(f"{'name':<22}{'keras class':<20}{'size':>5}{'dim':>6}  preprocess_input")
+        for r in rows:
+            note = " (raw 0-255 in; rescaled inside)" if r["embedded_preprocessing"] else ""
+            typer.echo(f"{r['name']:<22}{r['keras_name']:<20}{r['input_size']:>5}"
+                       f"{r['feature_dim']:>6}  {r['preprocess_input']}{note}")
+
+    _emit(as_json, rows, text)
+
+
+def _print_extract(results) -> None:
+    for r in results:
+        if r.weights == "none":
+            typer.echo(f"WARNING: {r.backbone} has RANDOM weights (weights=none): these features "
+                       "are for tests only", err=True)
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(r.split_counts.items()))
+        if r.cache_hit:
+            typer.echo(f"cache hit: {r.dataset} x {r.backbone}: {r.n_images} images ({splits}) "
+                       f"already in {r.group}; nothing computed")
+        else:
+            typer.echo(f"extracted {r.dataset} x {r.backbone}: {r.n_extracted} images ({splits}) "
+                       f"in {r.seconds:.1f} s ({r.images_per_second:.1f} images/s) -> {r.group}")
+        for s in r.skipped:
+            typer.echo(f"  skipped {s['reason']}")
+
+
+def _print_heads(results) -> None:
+    for r in results:
+        acc = ", ".join(f"{k} {v:.3f}" for k, v in r.accuracy.items())
+        typer.echo(f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} "
+                   f"({r.seconds:.1f} s) -> {r.folder}")
+
+
+def _partial(results) -> int:
+    return EXIT_PARTIAL if any(r.skipped for r in results) else EXIT_OK
+
+
+@app.command()
+def extract(
+    pipeline: PipelineArg = None, data: DataOpt = None, backbone: BackboneOpt = None,
+    weights: WeightsOpt = "imagenet", pooling: PoolingOpt = "avg", input_size: SizeOpt = None,
+    cache: CacheOpt = None, data_root: DataRootOpt = None, batch_size: BatchOpt = None,
+    progress: ProgressOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Run each backbone once over each data set and store the features in the cache."""
+
+    def call():
+        from featurecache.stages.extract import extract as run_extract
+
+        p = _pipeline(pipeline, data=data, backbone=backbone, weights=weights, pooling=pooling,
+                      input_size=input_size, cache=cache, data_root=data_root,
+                      batch_size=batch_size)
+        return run_extract(p, progress=_progress(progress))
+
+    results = _guard(call)
+    _emit(as_json, {"extract": [r.to_dict() for r in results]}, lambda: _print_extract(results))
+    raise typer.Exit(_partial(results))
+
+
+@app.command("train-head")
+def train_head(
+    pipeline: PipelineArg = None, data: DataOpt = None, backbone: BackboneOpt = None,
+    head: HeadOpt = None, weights: WeightsOpt = "imagenet", pooling: PoolingOpt = "avg",
+    input_size: SizeOpt = None, cache: CacheOpt = None, output: OutputOpt = None,
+    data_root: DataRootOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Train heads on cached features alone; write models, metrics.json and plots."""
+
+    def call():
+        from featurecache.stages.train_head import train_heads
+
+        p = _pipeline(pipeline, data=data, backbone=backbone, head=head, weights=weights,
+                      pooling=pooling, input_size=input_size, cache=cache, output=output,
+                      data_root=data_root)
+        return train_heads(p)
+
+    results = _guard(call)
+    _emit(as_json, {"heads": [r.to_dict() for r in results]}, lambda: _print_heads(results))
+
+
+@app.command()
+def run(
+    pipeline: PipelineArg = None, data: DataOpt = None, backbone: BackboneOpt = None,
+    head: HeadOpt = None, weights: WeightsOpt = "imagenet", pooling: PoolingOpt = "avg",
+    input_size: SizeOpt = None, cache: CacheOpt = None, output: OutputOpt = None,
+    data_root: DataRootOpt = None, batch_size: BatchOpt = None, progress: ProgressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extract (or hit the cache), then train every head: the whole pipeline."""
+
+    def call():
+        from featurecache.stages.extract import extract as run_extract
+        from featurecache.stages.train_head import train_heads
+
+        p = _pipeline(pipeline, data=data, backbone=backbone, head=head, weights=weights,
+                      pooling=pooling, input_size=input_size, cache=cache, output=output,
+                      data_root=data_root, batch_size=batch_size)
+        extracted = run_extract(p, progress=_progress(progress))
+        if not as_json:
+            _print_extract(extracted)
+        return extracted, train_heads(p)
+
+    extracted, heads = _guard(call)
+    _emit(as_json, {"extract": [r.to_dict() for r in extracted],
+                    "heads": [r.to_dict() for r in heads]}, lambda: _print_heads(heads))
+    raise typer.Exit(_partial(extracted))
+
+
+@app.command()
+def predict(
+    head: Annotated[Path, typer.Argument(help="A head folder written by train-head "
+                                         "(holds head.json).", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched "
+                                                 "recursively).", show_default=False)],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the "
+                      "predictions to this CSV file.", show_default=False)] = None,
+    batch_size: BatchOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Label images with a trained head: prints each image's label and probability."""
+
+    def call():
+        from featurecache.stages.predict import predict as run_predict
+
+        return run_predict(head, images, batch_size=batch_size or 32)
+
+    results = _guard(call)
+    if output is not None:
+        import csv
+
+        with open(output, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "probability", "error"])
+            for p in results:
+                writer.writerow([p.source, p.label or "",
+                                 "" if p.probability is None else f"{p.probability:.6f}",
+                                 p.error or ""])
+
+    def text() -> None:
+        for p in results:
+            if p.error:
+                typer.echo(f"{p.source}\tSKIPPED\t{p.error}")
+            else:
+                typer.echo(f"{p.source}\t{p.label}\t{p.probability:.4f}")
+
+    _emit(as_json, [vars(p) for p in results], text)
+    raise typer.Exit(EXIT_PARTIAL if any(p.error for p in results) else EXIT_OK)
+
+
+@app.command()
+def info(cache: CacheOpt = None, as_json: JsonOpt = False) -> None:
+    """What the cache holds: data sets, backbones, images per split, size, provenance."""
+
+    def call():
+        from featurecache.config import _cache_path
+        from featurecache.stages.info import describe_cache
+
+        root = _cache_path(cache)
+        return root, describe_cache(root)
+
+    root, groups = _guard(call)
+
+    def text() -> None:
+        if not groups:
+            typer.echo(f"{root}: empty cache")
+        for g in groups:
+            splits = ", ".join(f"{k} {v}" for k, v in sorted(g["split_counts"].items()))
+            prov = g["provenance"]
+            sha = prov["weights"]["sha256"] or "none (random weights)"
+            typer.echo(f"{g['dataset']}/{g['group']}")
+            typer.echo(f"  backbone   {g['backbone']} ({g['input_size']} px, {g['pooling']} "
+                       f"pooling, {prov['preprocessing']})")
+            typer.echo(f"  weights    {g['weights']} sha256 {sha[:16]}")
+            typer.echo(f"  images     {g['n_images']} ({splits}); features {g['feature_dim']}-d "
+                       "float32")
+            typer.echo(f"  on disk    {g['bytes'] / 1e6:.2f} MB; created {g['created']}")
+            v = prov["versions"]
+            typer.echo(f"  versions   featurecache {v['featurecache']}, keras {v['keras']}, "
+                       f"tensorflow {v['tensorflow']}")
+            if g["skipped"]:
+                typer.echo(f"  skipped    {len(g['skipped'])} image(s):")
+                for s in g["skipped"]:
+                    typer.echo(f"    {s['reason']}")
+
+    _emit(as_json, {"cache": str(root), "groups": groups}, text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app() or EXIT_ERROR)

@@ -1,0 +1,49 @@
+"""One exception hierarchy for featurecache, and the exit codes the CLI maps them to.
+
+Every error a user can cause (a wrong path, a malformed pipeline file, an unknown
+backbone) is a :class:`FeaturecacheError`; its message names the thing at fault and
+the fix, and the CLI prints it on one line without a traceback. Subclasses also
+derive from the matching built-in so that existing ``except`` clauses keep working
+(the pattern of zarr-python's ``NodeNotFoundError(BaseZarrError, FileNotFoundError)``).
+"""
+
+from __future__ import annotations
+
+#: Exit codes of the ``featurecache`` command, documented in the README.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # typer / click's own code for a bad option
+EXIT_PARTIAL = 3  # completed, but some inputs were skipped (listed in the output)
+
+
+class FeaturecacheError(Exception):
+    """Base class of every error featurecache raises on purpose."""
+
+    exit_code = EXIT_ERROR
+
+
+class ConfigError(FeaturecacheError, ValueError):
+    """A pipeline file or an option is malformed or inconsistent."""
+
+
+class DatasetError(FeaturecacheError, ValueError):
+    """A data set cannot be listed: missing path, wrong HDF5 key, no classes."""
+
+
+class ImageDecodeError(FeaturecacheError, ValueError):
+    """One image cannot be decoded; extraction skips it and records the reason."""
+
+
+class UnknownBackboneError(FeaturecacheError, KeyError):
+    """A backbone name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class CacheError(FeaturecacheError, LookupError):
+    """The cache is missing what was asked for, or is not a featurecache store."""
+
+
+class DependencyError(FeaturecacheError, ImportError):
+    """An optional dependency (TensorFlow) is not installed."""

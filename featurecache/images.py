@@ -1,0 +1,141 @@
+"""Decoding and resizing images: bytes or arrays in, ``uint8`` RGB squares out.
+
+No model code lives here. Every image, whatever its mode, becomes RGB the same way:
+
+* EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), so a phone photo
+  taken sideways is seen upright.
+* Palette (``P``), grayscale (``L``), ``CMYK``, ``YCbCr`` and the like convert with
+  Pillow's own ``convert("RGB")``. Transparent images (``RGBA``, ``LA``, ``P`` with
+  transparency) are composited onto a white background first, so that transparent
+  pixels do not turn black.
+* 16- and 32-bit integer images (``I;16``, ``I``) are scaled linearly from their
+  full range (0-65535) to 0-255 before conversion; float images (``F``) are
+  clipped to 0-255.
+* Resizing is Pillow's ``Image.resize(size, Image.BILINEAR)``, which antialiases
+  when it shrinks (its filter support grows with the reduction factor). The image
+  is stretched to the backbone's square input without keeping its aspect ratio,
+  as ``keras.utils.image_dataset_from_directory`` does by default.
+
+The resize method is part of the extraction recipe (:data:`RESIZE_METHOD`): change
+it and the cache puts the features in a new group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from featurecache.errors import ImageDecodeError
+
+RESIZE_METHOD = "pillow-bilinear-stretch"
+
+#: Images with more pixels than this are refused as possible decompression bombs.
+#: Pillow's own default limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels).
+MAX_PIXELS = 89_478_485
+
+_TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def content_key(data: bytes | np.ndarray) -> str:
+    """Stable key of one image: BLAKE2b (16-byte digest) of its bytes, as 32 hex digits.
+
+    For an array (an HDF5 row), the dtype and shape are hashed with the pixels, so
+    two arrays with equal bytes but different shapes get different keys.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(data, np.ndarray):
+        digest.update(f"{data.dtype.str}{data.shape}".encode())
+        digest.update(np.ascontiguousarray(data).tobytes())
+    else:
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a Pillow image of any mode to 8-bit RGB (see the module docstring)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in _TRANSPARENT_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / 65535.0 if pixels.max(initial=0) > 255 or mode != "I" else 1.0
+        gray = np.clip(pixels * scale, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        gray = np.clip(np.asarray(image), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize(image: Image.Image, size: int) -> np.ndarray:
+    """Resize to ``(size, size)`` and return ``uint8`` pixels of shape ``(size, size, 3)``."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ...) to RGB pixels of shape ``(size, size, 3)``.
+
+    Raises
+    ------
+    ImageDecodeError
+        If the bytes are empty, not an image Pillow knows, truncated or corrupt, or
+        larger than :data:`MAX_PIXELS`. The message names ``source`` and the reason.
+    """
+    if not data:
+        raise ImageDecodeError(f"{source}: empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(
+                    f"{source}: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel "
+                    "limit (possible decompression bomb); downscale the file"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return resize(to_rgb(image), size)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{source}: not an image format Pillow can read") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{source}: refused as a decompression bomb: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"{source}: corrupt or truncated image: {exc}") from exc
+
+
+def array_to_rgb(pixels: np.ndarray, size: int, *, source: str = "<array>") -> np.ndarray:
+    """Turn one array image (``(h, w)``, ``(h, w, 1)``, ``(h, w, 3)`` or ``(h, w, 4)``,
+    uint8 or uint16) into RGB pixels of shape ``(size, size, 3)``, dtype uint8.
+
+    Raises
+    ------
+    ImageDecodeError
+        If the array does not have one of those shapes.
+    """
+    array = np.asarray(pixels)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageDecodeError(
+            f"{source}: array of shape {array.shape} is not an image "
+            "(expected (h, w), (h, w, 1), (h, w, 3) or (h, w, 4))"
+        )
+    if array.dtype == np.uint16:
+        array = (array // 257).astype(np.uint8)  # full 16-bit range -> 0-255
+    elif array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    image = Image.fromarray(array)
+    return resize(to_rgb(image), size)

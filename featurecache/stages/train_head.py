@@ -1,0 +1,135 @@
+"""Stage 2: train heads on cached features alone (the backbone is never built).
+
+For each data set x backbone x head, the head is fitted on the ``train`` split,
+evaluated on every split present, and written to
+``<output>/<pipeline>/<dataset>/<group>/<head>/``:
+
+* ``model.joblib`` (scikit-learn heads) or ``model.keras`` (dense head);
+* ``head.json``: kind, parameters, class names and the cache group it came from,
+  with the backbone configuration and weights identity ``predict`` needs;
+* ``metrics.json``: one object per split (:func:`featurecache.metrics.evaluate`);
+* ``confusion_matrix_<split>.png`` per split, and ``curves.png`` (accuracy and
+  loss per epoch, train vs validation) for the dense head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from featurecache import recipe
+from featurecache.config import HeadConfig, Pipeline
+from featurecache.errors import CacheError, FeaturecacheError
+from featurecache.heads import DenseHead, build_head, canonical_kind, predict_proba, save_head
+from featurecache.metrics import evaluate
+from featurecache.plots import confusion_matrix_png, curves_png
+from featurecache.store import Cache, FeatureSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadResult:
+    """One trained head; ``--json`` prints these."""
+
+    dataset: str
+    backbone: str
+    group: str
+    head: str
+    kind: str
+    folder: str
+    seconds: float
+    accuracy: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_heads(pipeline: Pipeline) -> list[HeadResult]:
+    """Train every head of ``pipeline`` on every cached data set x backbone.
+
+    Raises
+    ------
+    CacheError
+        If a data set x backbone has no features in the cache (run ``extract``).
+    ConfigError
+        If a head kind or parameter is invalid.
+    """
+    cache = Cache(pipeline.cache)
+    kinds = [canonical_kind(h.kind) for h in pipeline.heads]  # fail fast on a typo
+    results = []
+    for dataset in pipeline.datasets:
+        for backbone in pipeline.backbones:
+            found = recipe.find_group(cache, dataset.name, backbone)
+            if found is None:
+                raise CacheError(
+                    f"the cache {str(pipeline.cache)!r} has no features for data set "
+                    f"{dataset.name!r} with backbone {backbone.name} ({backbone.input_size} px, "
+                    f"{backbone.pooling} pooling, weights {backbone.weights}); run "
+                    "`featurecache extract` with the same settings first"
+                )
+            features = cache.read(dataset.name, found.group)
+            for head, kind in zip(pipeline.heads, kinds, strict=True):
+                folder = pipeline.output / pipeline.name / dataset.name / found.group / head.name
+                results.append(train_one(features, head, kind, folder, cache_root=pipeline.cache,
+                                         dataset=dataset.name, group=found.group))
+    return results
+
+
+def train_one(
+    features: FeatureSet, head_config: HeadConfig, kind: str, folder: Path, *,
+    cache_root: Path, dataset: str, group: str,
+) -> HeadResult:
+    """Fit one head on the train split, evaluate every split, write its folder."""
+    x_train, y_train = features.subset("train")
+    if len(x_train) == 0:
+        raise CacheError(f"{dataset}/{group} has no 'train' images to fit a head on")
+    n_classes = len(features.class_names)
+    head = build_head(kind, head_config.params)
+    start = time.perf_counter()
+    try:
+        if isinstance(head, DenseHead) and "validation" in features.splits:
+            head.fit(x_train, y_train, validation_data=features.subset("validation"))
+        else:
+            head.fit(x_train, y_train)
+    except ValueError as exc:
+        raise FeaturecacheError(f"head {head_config.name!r} could not be fitted: {exc}") from exc
+    seconds = time.perf_counter() - start
+    metrics = {}
+    for split in features.splits:
+        x, y = features.subset(split)
+        metrics[split] = evaluate(y, predict_proba(head, x, n_classes), features.class_names)
+    attrs = features.attrs
+    save_head(head, folder, {
+        "name": head_config.name,
+        "kind": kind,
+        "params": dict(head_config.params),
+        "class_names": features.class_names,
+        "cache": {"root": str(Path(cache_root).resolve()), "dataset": dataset, "group": group},
+        "backbone": attrs["backbone"],
+        "weights": attrs["weights"],
+        "recipe_hash": attrs["recipe_hash"],
+        "feature_dim": attrs["feature_dim"],
+        "train_seconds": round(seconds, 3),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": recipe.versions(),
+    })
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    title = f"{dataset} / {attrs['backbone']['name']} / {head_config.name}"
+    for split, m in metrics.items():
+        confusion_matrix_png(m["confusion_matrix"], features.class_names,
+                             folder / f"confusion_matrix_{split}.png",
+                             f"{title}: {split} (top-1 {m['accuracy']:.3f})")
+    if isinstance(head, DenseHead):
+        curves_png(head.history_, folder / "curves.png", title)
+    accuracy = {split: m["accuracy"] for split, m in metrics.items()}
+    log.info("head %s on %s/%s: %s (%.1f s)", head_config.name, dataset, group,
+             ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()), seconds)
+    return HeadResult(dataset=dataset, backbone=attrs["backbone"]["name"], group=group,
+                      head=head_config.name, kind=kind, folder=str(folder), seconds=seconds,
+                      accuracy=accuracy)

@@ -115,29 +115,79 @@ _SPECS: tuple[BackboneSpec, ...] = (
         "block8_10 conv_7b",
     ),
     _spec("xception", "Xception", "xception", 299, 2048, "block14_"),
-    _spec("mobilenet", "MobileNet", "mobilenet", 224, 1024, "conv_dw_13 conv_pw_13",
-          alpha_rule="linear"),
-    _spec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224, 1280, "block_16_ Conv_1",
-          alpha_rule="v2"),
-    _spec("mobilenet_v3_small", "MobileNetV3Small", "mobilenet_v3", 224, 576,
-          "expanded_conv_10_ conv_1", **_EMBED),
-    _spec("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3", 224, 960,
-          "expanded_conv_14_ conv_1", **_EMBED),
+    _spec(
+        "mobilenet",
+        "MobileNet",
+        "mobilenet",
+        224,
+        1024,
+        "conv_dw_13 conv_pw_13",
+        alpha_rule="linear",
+    ),
+    _spec(
+        "mobilenet_v2",
+        "MobileNetV2",
+        "mobilenet_v2",
+        224,
+        1280,
+        "block_16_ Conv_1",
+        alpha_rule="v2",
+    ),
+    _spec(
+        "mobilenet_v3_small",
+        "MobileNetV3Small",
+        "mobilenet_v3",
+        224,
+        576,
+        "expanded_conv_10_ conv_1",
+        **_EMBED,
+    ),
+    _spec(
+        "mobilenet_v3_large",
+        "MobileNetV3Large",
+        "mobilenet_v3",
+        224,
+        960,
+        "expanded_conv_14_ conv_1",
+        **_EMBED,
+    ),
     _spec("densenet121", "DenseNet121", "densenet", 224, 1024, "conv5_block16_ bn"),
     _spec("densenet169", "DenseNet169", "densenet", 224, 1664, "conv5_block32_ bn"),
     _spec("densenet201", "DenseNet201", "densenet", 224, 1920, "conv5_block32_ bn"),
     _spec("nasnet_mobile", "NASNetMobile", "nasnet", 224, 1056, r".*_12$"),
     *(
-        _spec(f"efficientnet_b{i}", f"EfficientNetB{i}", "efficientnet", size, dim,
-              "block7 top_", **_EMBED)
+        _spec(
+            f"efficientnet_b{i}",
+            f"EfficientNetB{i}",
+            "efficientnet",
+            size,
+            dim,
+            "block7 top_",
+            **_EMBED,
+        )
         for i, (size, dim) in enumerate(
-            [(224, 1280), (240, 1280), (260, 1408), (300, 1536),
-             (380, 1792), (456, 2048), (528, 2304), (600, 2560)]
+            [
+                (224, 1280),
+                (240, 1280),
+                (260, 1408),
+                (300, 1536),
+                (380, 1792),
+                (456, 2048),
+                (528, 2304),
+                (600, 2560),
+            ]
         )
     ),
     *(
-        _spec(f"efficientnet_v2_{v.lower()}", f"EfficientNetV2{v}", "efficientnet_v2", size,
-              dim, last, **_EMBED)
+        _spec(
+            f"efficientnet_v2_{v.lower()}",
+            f"EfficientNetV2{v}",
+            "efficientnet_v2",
+            size,
+            dim,
+            last,
+            **_EMBED,
+        )
         for v, size, dim, last in [
             ("B0", 224, 1280, "block6 top_"),
             ("B1", 240, 1280, "block6 top_"),
@@ -146,10 +196,24 @@ _SPECS: tuple[BackboneSpec, ...] = (
             ("S", 384, 1280, "block6 top_"),
         ]
     ),
-    _spec("convnext_tiny", "ConvNeXtTiny", "convnext", 224, 768,
-          "convnext_tiny_stage_3 layer_normalization", **_EMBED),
-    _spec("convnext_small", "ConvNeXtSmall", "convnext", 224, 768,
-          "convnext_small_stage_3 layer_normalization", **_EMBED),
+    _spec(
+        "convnext_tiny",
+        "ConvNeXtTiny",
+        "convnext",
+        224,
+        768,
+        "convnext_tiny_stage_3 layer_normalization",
+        **_EMBED,
+    ),
+    _spec(
+        "convnext_small",
+        "ConvNeXtSmall",
+        "convnext",
+        224,
+        768,
+        "convnext_small_stage_3 layer_normalization",
+        **_EMBED,
+    ),
 )
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in _SPECS}
@@ -355,7 +419,7 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         pooling=config.pooling,
         **dict(config.args),
     )
-    with _record_keras_downloads() as fetched:
+    with _RecordKerasDownloads() as fetched:
         try:
             model = builder(**kwargs)
         except (ValueError, TypeError) as exc:
@@ -379,7 +443,7 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
     )
 
 
-class _record_keras_downloads:
+class _RecordKerasDownloads:
     """Context manager recording the paths ``keras.utils.get_file`` returns.
 
     ``keras.applications`` fetch weights through ``keras.src.utils.file_utils.get_file``

@@ -40,56 +40,89 @@ T = TypeVar("T")
 
 PipelineArg = Annotated[
     Path | None,
-    typer.Argument(help="Pipeline file (pipelines/*.toml). Omit it and use --data instead.",
-                   show_default=False),
+    typer.Argument(
+        help="Pipeline file (pipelines/*.toml). Omit it and use --data instead.", show_default=False
+    ),
 ]
 DataOpt = Annotated[
     list[str] | None,
-    typer.Option("--data", help="Data set without a pipeline file: a class folder, a CSV "
-                 "manifest (path,label[,split]) or an HDF5 file; HDF5 splits as "
-                 "train=a.h5 --data test=b.h5.", show_default=False),
+    typer.Option(
+        "--data",
+        help="Data set without a pipeline file: a class folder, a CSV "
+        "manifest (path,label[,split]) or an HDF5 file; HDF5 splits as "
+        "train=a.h5 --data test=b.h5.",
+        show_default=False,
+    ),
 ]
 BackboneOpt = Annotated[
     list[str] | None,
-    typer.Option("--backbone", "-b", help="Backbone name (see `featurecache backbones`); "
-                 "repeat for several. Default: mobilenet_v2.", show_default=False),
+    typer.Option(
+        "--backbone",
+        "-b",
+        help="Backbone name (see `featurecache backbones`); "
+        "repeat for several. Default: mobilenet_v2.",
+        show_default=False,
+    ),
 ]
 HeadOpt = Annotated[
     list[str] | None,
-    typer.Option("--head", help="Head kind: logistic_regression, linear_svm, knn, "
-                 "random_forest, dense, or a scikit-learn import path; repeatable. "
-                 "Default: logistic_regression.", show_default=False),
+    typer.Option(
+        "--head",
+        help="Head kind: logistic_regression, linear_svm, knn, "
+        "random_forest, dense, or a scikit-learn import path; repeatable. "
+        "Default: logistic_regression.",
+        show_default=False,
+    ),
 ]
 WeightsOpt = Annotated[
-    str, typer.Option(help="With --data: 'imagenet' (Keras downloads and caches them), a "
-                      "weights file, or 'none' (random: tests only).")
+    str,
+    typer.Option(
+        help="With --data: 'imagenet' (Keras downloads and caches them), a "
+        "weights file, or 'none' (random: tests only)."
+    ),
 ]
 PoolingOpt = Annotated[str, typer.Option(help="With --data: global pooling, 'avg' or 'max'.")]
 SizeOpt = Annotated[
-    int | None, typer.Option(help="With --data: input size in pixels (default: the backbone's).",
-                             show_default=False)
+    int | None,
+    typer.Option(
+        help="With --data: input size in pixels (default: the backbone's).", show_default=False
+    ),
 ]
 CacheOpt = Annotated[
-    Path | None, typer.Option(help="Cache folder. Default: the pipeline's 'cache', "
-                              "$FEATURECACHE_CACHE, or ./cache.", show_default=False)
+    Path | None,
+    typer.Option(
+        help="Cache folder. Default: the pipeline's 'cache', $FEATURECACHE_CACHE, or ./cache.",
+        show_default=False,
+    ),
 ]
 OutputOpt = Annotated[
-    Path | None, typer.Option(help="Where trained heads go. Default: the pipeline's 'output' "
-                              "or ./runs.", show_default=False)
+    Path | None,
+    typer.Option(
+        help="Where trained heads go. Default: the pipeline's 'output' or ./runs.",
+        show_default=False,
+    ),
 ]
 DataRootOpt = Annotated[
-    Path | None, typer.Option(help="Folder that relative data paths in the pipeline file are "
-                              "resolved against. Default: $FEATURECACHE_DATA_ROOT, then the "
-                              "file's data_root.", show_default=False)
+    Path | None,
+    typer.Option(
+        help="Folder that relative data paths in the pipeline file are "
+        "resolved against. Default: $FEATURECACHE_DATA_ROOT, then the "
+        "file's data_root.",
+        show_default=False,
+    ),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option(min=1, help="Images per backbone batch (default 32).",
-                             show_default=False)
+    int | None,
+    typer.Option(min=1, help="Images per backbone batch (default 32).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of text.")]
 ProgressOpt = Annotated[
-    bool | None, typer.Option("--progress/--no-progress", help="Progress bar on stderr "
-                              "(default: only when stderr is a terminal).", show_default=False)
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress bar on stderr (default: only when stderr is a terminal).",
+        show_default=False,
+    ),
 ]
 
 
@@ -100,8 +133,10 @@ ProgressOpt = Annotated[
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
-    log_file: Annotated[Path | None, typer.Option(help="Also append detailed logs to this file.",
-                                                  show_default=False)] = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Also append detailed logs to this file.", show_default=False),
+    ] = None,
 ) -> None:
     """featurecache: bottleneck features cached once, heads trained many times."""
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
@@ -114,7 +149,8 @@ def main(
     if log_file:
         file_handler = logging.FileHandler(log_file)
         file_handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"))
+            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+        )
         file_handler.setLevel(logging.INFO)
         root.addHandler(file_handler)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
@@ -144,8 +180,18 @@ def _progress(flag: bool | None) -> bool:
 
 
 def _pipeline(
-    pipeline: Path | None, *, data, backbone, head=None, weights="imagenet", pooling="avg",
-    input_size=None, cache=None, output=None, data_root=None, batch_size=None,
+    pipeline: Path | None,
+    *,
+    data,
+    backbone,
+    head=None,
+    weights="imagenet",
+    pooling="avg",
+    input_size=None,
+    cache=None,
+    output=None,
+    data_root=None,
+    batch_size=None,
 ):
     from featurecache.config import load_pipeline, pipeline_from_options
 
@@ -159,8 +205,14 @@ def _pipeline(
             loaded = replace(loaded, batch_size=batch_size)
         return loaded
     return pipeline_from_options(
-        data=data or [], backbones=backbone or [], heads=head or [], weights=weights,
-        pooling=pooling, input_size=input_size, cache=cache, output=output,
+        data=data or [],
+        backbones=backbone or [],
+        heads=head or [],
+        weights=weights,
+        pooling=pooling,
+        input_size=input_size,
+        cache=cache,
+        output=output,
         batch_size=batch_size or 32,
     )
 
@@ -174,9 +226,15 @@ def backbones(as_json: JsonOpt = False) -> None:
     from featurecache.backbones import REGISTRY
 
     rows = [
-        {"name": s.name, "keras_name": s.keras_name, "input_size": s.input_size,
-         "feature_dim": s.feature_dim, "preprocess_input": f"keras.applications.{s.module}",
-         "embedded_preprocessing": s.embedded_preprocessing, "last_block": list(s.last_block)}
+        {
+            "name": s.name,
+            "keras_name": s.keras_name,
+            "input_size": s.input_size,
+            "feature_dim": s.feature_dim,
+            "preprocess_input": f"keras.applications.{s.module}",
+            "embedded_preprocessing": s.embedded_preprocessing,
+            "last_block": list(s.last_block),
+        }
         for s in REGISTRY.values()
     ]
 
@@ -184,8 +242,10 @@ def backbones(as_json: JsonOpt = False) -> None:
         typer.echo(f"{'name':<22}{'keras class':<20}{'size':>5}{'dim':>6}  preprocess_input")
         for r in rows:
             note = " (raw 0-255 in; rescaled inside)" if r["embedded_preprocessing"] else ""
-            typer.echo(f"{r['name']:<22}{r['keras_name']:<20}{r['input_size']:>5}"
-                       f"{r['feature_dim']:>6}  {r['preprocess_input']}{note}")
+            typer.echo(
+                f"{r['name']:<22}{r['keras_name']:<20}{r['input_size']:>5}"
+                f"{r['feature_dim']:>6}  {r['preprocess_input']}{note}"
+            )
 
     _emit(as_json, rows, text)
 
@@ -193,15 +253,22 @@ def backbones(as_json: JsonOpt = False) -> None:
 def _print_extract(results) -> None:
     for r in results:
         if r.weights == "none":
-            typer.echo(f"WARNING: {r.backbone} has RANDOM weights (weights=none): these features "
-                       "are for tests only", err=True)
+            typer.echo(
+                f"WARNING: {r.backbone} has RANDOM weights (weights=none): these features "
+                "are for tests only",
+                err=True,
+            )
         splits = ", ".join(f"{k} {v}" for k, v in sorted(r.split_counts.items()))
         if r.cache_hit:
-            typer.echo(f"cache hit: {r.dataset} x {r.backbone}: {r.n_images} images ({splits}) "
-                       f"already in {r.group}; nothing computed")
+            typer.echo(
+                f"cache hit: {r.dataset} x {r.backbone}: {r.n_images} images ({splits}) "
+                f"already in {r.group}; nothing computed"
+            )
         else:
-            typer.echo(f"extracted {r.dataset} x {r.backbone}: {r.n_extracted} images ({splits}) "
-                       f"in {r.seconds:.1f} s ({r.images_per_second:.1f} images/s) -> {r.group}")
+            typer.echo(
+                f"extracted {r.dataset} x {r.backbone}: {r.n_extracted} images ({splits}) "
+                f"in {r.seconds:.1f} s ({r.images_per_second:.1f} images/s) -> {r.group}"
+            )
         for s in r.skipped:
             typer.echo(f"  skipped {s['reason']}")
 
@@ -209,8 +276,10 @@ def _print_extract(results) -> None:
 def _print_heads(results) -> None:
     for r in results:
         acc = ", ".join(f"{k} {v:.3f}" for k, v in r.accuracy.items())
-        typer.echo(f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} "
-                   f"({r.seconds:.1f} s) -> {r.folder}")
+        typer.echo(
+            f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} "
+            f"({r.seconds:.1f} s) -> {r.folder}"
+        )
 
 
 def _partial(results) -> int:
@@ -219,19 +288,34 @@ def _partial(results) -> int:
 
 @app.command()
 def extract(
-    pipeline: PipelineArg = None, data: DataOpt = None, backbone: BackboneOpt = None,
-    weights: WeightsOpt = "imagenet", pooling: PoolingOpt = "avg", input_size: SizeOpt = None,
-    cache: CacheOpt = None, data_root: DataRootOpt = None, batch_size: BatchOpt = None,
-    progress: ProgressOpt = None, as_json: JsonOpt = False,
+    pipeline: PipelineArg = None,
+    data: DataOpt = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = "imagenet",
+    pooling: PoolingOpt = "avg",
+    input_size: SizeOpt = None,
+    cache: CacheOpt = None,
+    data_root: DataRootOpt = None,
+    batch_size: BatchOpt = None,
+    progress: ProgressOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run each backbone once over each data set and store the features in the cache."""
 
     def call():
         from featurecache.stages.extract import extract as run_extract
 
-        p = _pipeline(pipeline, data=data, backbone=backbone, weights=weights, pooling=pooling,
-                      input_size=input_size, cache=cache, data_root=data_root,
-                      batch_size=batch_size)
+        p = _pipeline(
+            pipeline,
+            data=data,
+            backbone=backbone,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            cache=cache,
+            data_root=data_root,
+            batch_size=batch_size,
+        )
         return run_extract(p, progress=_progress(progress))
 
     results = _guard(call)
@@ -241,19 +325,35 @@ def extract(
 
 @app.command("train-head")
 def train_head(
-    pipeline: PipelineArg = None, data: DataOpt = None, backbone: BackboneOpt = None,
-    head: HeadOpt = None, weights: WeightsOpt = "imagenet", pooling: PoolingOpt = "avg",
-    input_size: SizeOpt = None, cache: CacheOpt = None, output: OutputOpt = None,
-    data_root: DataRootOpt = None, as_json: JsonOpt = False,
+    pipeline: PipelineArg = None,
+    data: DataOpt = None,
+    backbone: BackboneOpt = None,
+    head: HeadOpt = None,
+    weights: WeightsOpt = "imagenet",
+    pooling: PoolingOpt = "avg",
+    input_size: SizeOpt = None,
+    cache: CacheOpt = None,
+    output: OutputOpt = None,
+    data_root: DataRootOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train heads on cached features alone; write models, metrics.json and plots."""
 
     def call():
         from featurecache.stages.train_head import train_heads
 
-        p = _pipeline(pipeline, data=data, backbone=backbone, head=head, weights=weights,
-                      pooling=pooling, input_size=input_size, cache=cache, output=output,
-                      data_root=data_root)
+        p = _pipeline(
+            pipeline,
+            data=data,
+            backbone=backbone,
+            head=head,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            cache=cache,
+            output=output,
+            data_root=data_root,
+        )
         return train_heads(p)
 
     results = _guard(call)
@@ -262,10 +362,18 @@ def train_head(
 
 @app.command()
 def run(
-    pipeline: PipelineArg = None, data: DataOpt = None, backbone: BackboneOpt = None,
-    head: HeadOpt = None, weights: WeightsOpt = "imagenet", pooling: PoolingOpt = "avg",
-    input_size: SizeOpt = None, cache: CacheOpt = None, output: OutputOpt = None,
-    data_root: DataRootOpt = None, batch_size: BatchOpt = None, progress: ProgressOpt = None,
+    pipeline: PipelineArg = None,
+    data: DataOpt = None,
+    backbone: BackboneOpt = None,
+    head: HeadOpt = None,
+    weights: WeightsOpt = "imagenet",
+    pooling: PoolingOpt = "avg",
+    input_size: SizeOpt = None,
+    cache: CacheOpt = None,
+    output: OutputOpt = None,
+    data_root: DataRootOpt = None,
+    batch_size: BatchOpt = None,
+    progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Extract (or hit the cache), then train every head: the whole pipeline."""
@@ -274,29 +382,56 @@ def run(
         from featurecache.stages.extract import extract as run_extract
         from featurecache.stages.train_head import train_heads
 
-        p = _pipeline(pipeline, data=data, backbone=backbone, head=head, weights=weights,
-                      pooling=pooling, input_size=input_size, cache=cache, output=output,
-                      data_root=data_root, batch_size=batch_size)
+        p = _pipeline(
+            pipeline,
+            data=data,
+            backbone=backbone,
+            head=head,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            cache=cache,
+            output=output,
+            data_root=data_root,
+            batch_size=batch_size,
+        )
         extracted = run_extract(p, progress=_progress(progress))
         if not as_json:
             _print_extract(extracted)
         return extracted, train_heads(p)
 
     extracted, heads = _guard(call)
-    _emit(as_json, {"extract": [r.to_dict() for r in extracted],
-                    "heads": [r.to_dict() for r in heads]}, lambda: _print_heads(heads))
+    _emit(
+        as_json,
+        {"extract": [r.to_dict() for r in extracted], "heads": [r.to_dict() for r in heads]},
+        lambda: _print_heads(heads),
+    )
     raise typer.Exit(_partial(extracted))
 
 
 @app.command()
 def predict(
-    head: Annotated[Path, typer.Argument(help="A head folder written by train-head "
-                                         "(holds head.json).", show_default=False)],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched "
-                                                 "recursively).", show_default=False)],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the "
-                      "predictions to this CSV file.", show_default=False)] = None,
-    batch_size: BatchOpt = None, as_json: JsonOpt = False,
+    head: Annotated[
+        Path,
+        typer.Argument(
+            help="A head folder written by train-head (holds head.json).", show_default=False
+        ),
+    ],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Image files or folders (searched recursively).", show_default=False),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Also write the predictions to this CSV file.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: BatchOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Label images with a trained head: prints each image's label and probability."""
 
@@ -313,9 +448,14 @@ def predict(
             writer = csv.writer(fh)
             writer.writerow(["path", "label", "probability", "error"])
             for p in results:
-                writer.writerow([p.source, p.label or "",
-                                 "" if p.probability is None else f"{p.probability:.6f}",
-                                 p.error or ""])
+                writer.writerow(
+                    [
+                        p.source,
+                        p.label or "",
+                        "" if p.probability is None else f"{p.probability:.6f}",
+                        p.error or "",
+                    ]
+                )
 
     def text() -> None:
         for p in results:
@@ -349,15 +489,20 @@ def info(cache: CacheOpt = None, as_json: JsonOpt = False) -> None:
             prov = g["provenance"]
             sha = prov["weights"]["sha256"] or "none (random weights)"
             typer.echo(f"{g['dataset']}/{g['group']}")
-            typer.echo(f"  backbone   {g['backbone']} ({g['input_size']} px, {g['pooling']} "
-                       f"pooling, {prov['preprocessing']})")
+            typer.echo(
+                f"  backbone   {g['backbone']} ({g['input_size']} px, {g['pooling']} "
+                f"pooling, {prov['preprocessing']})"
+            )
             typer.echo(f"  weights    {g['weights']} sha256 {sha[:16]}")
-            typer.echo(f"  images     {g['n_images']} ({splits}); features {g['feature_dim']}-d "
-                       "float32")
+            typer.echo(
+                f"  images     {g['n_images']} ({splits}); features {g['feature_dim']}-d float32"
+            )
             typer.echo(f"  on disk    {g['bytes'] / 1e6:.2f} MB; created {g['created']}")
             v = prov["versions"]
-            typer.echo(f"  versions   featurecache {v['featurecache']}, keras {v['keras']}, "
-                       f"tensorflow {v['tensorflow']}")
+            typer.echo(
+                f"  versions   featurecache {v['featurecache']}, keras {v['keras']}, "
+                f"tensorflow {v['tensorflow']}"
+            )
             if g["skipped"]:
                 typer.echo(f"  skipped    {len(g['skipped'])} image(s):")
                 for s in g["skipped"]:

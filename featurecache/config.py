@@ -82,12 +82,19 @@ class DatasetConfig:
             out["path"] = str(self.path)
         if self.hdf5:
             out["hdf5"] = {
-                split: {"path": str(s.path), "images": s.images, "labels": s.labels,
-                        "classes": s.classes}
+                split: {
+                    "path": str(s.path),
+                    "images": s.images,
+                    "labels": s.labels,
+                    "classes": s.classes,
+                }
                 for split, s in self.hdf5.items()
             }
-        out["split"] = {"validation": self.split.validation, "test": self.split.test,
-                        "seed": self.split.seed}
+        out["split"] = {
+            "validation": self.split.validation,
+            "test": self.split.test,
+            "seed": self.split.seed,
+        }
         return out
 
 
@@ -154,37 +161,57 @@ def load_pipeline(
         return _parse(raw, path, data_root=data_root, cache=cache, output=output)
     except ConfigError as exc:
         key = getattr(exc, "key", None)
-        line = _line_of(text, key) if key else None
+        line = _line_of(text, key, getattr(exc, "where", "")) if key else None
         where = f"{path}:{line}" if line else str(path)
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*(\[+\s*)?[\w.]*\b{re.escape(key)}\b")
+def _line_of(text: str, key: str, where: str = "") -> int | None:
+    """Line number of ``key = ...`` inside the table ``where`` names (e.g. ``backbones[1]``).
+
+    ``tomllib`` reports lines only for syntax errors; for a bad value this finds
+    the line by following the ``[[array]]`` headers.
+    """
+    section = re.match(r"(\w+)\[(\d+)\]", where)
+    want = (section.group(1), int(section.group(2))) if section else None
+    counts: dict[str, int] = {}
+    current: tuple[str, int] | None = None
+    key_line = re.compile(rf"^\s*({re.escape(key)}|\[+\s*[\w.]*\b{re.escape(key)})\b")
+    first_in_section = None
     for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.match(line):
+        array = re.match(r"^\s*\[\[\s*([\w.]+)\s*\]\]", line)
+        if array:
+            name = array.group(1).split(".")[0]
+            counts[name] = counts.get(name, -1) + 1
+            current = (name, counts[name])
+            if current == want and first_in_section is None:
+                first_in_section = number
+        if current == want and key_line.match(line):
             return number
-    return None
+    return first_in_section
 
 
-def _fail(message: str, key: str) -> ConfigError:
+def _fail(message: str, key: str, where: str = "") -> ConfigError:
     err = ConfigError(message)
     err.key = key  # type: ignore[attr-defined]
+    err.where = where  # type: ignore[attr-defined]
     return err
 
 
 def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise _fail(f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}", key)
+            raise _fail(
+                f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}", key, where
+            )
 
 
 def _require(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if key not in table:
-        raise _fail(f"{where} needs a {key!r} key", where.split(".")[-1].strip("[]"))
+        raise _fail(f"{where} needs a {key!r} key", key, where)
     value = table[key]
     if not isinstance(value, kind):
-        raise _fail(f"{where}.{key} must be a {kind.__name__}, got {value!r}", key)
+        raise _fail(f"{where}.{key} must be a {kind.__name__}, got {value!r}", key, where)
     return value
 
 
@@ -258,7 +285,9 @@ def _parse_dataset(table: Mapping[str, Any], root: Path, where: str) -> DatasetC
         fmt = fmt or "hdf5"
         for split, src in dict(table["hdf5"]).items():
             if split not in SPLITS:
-                raise _fail(f"{where}.hdf5.{split}: split names are {', '.join(SPLITS)}", split)
+                raise _fail(
+                    f"{where}.hdf5.{split}: split names are {', '.join(SPLITS)}", split, where
+                )
             swhere = f"{where}.hdf5.{split}"
             _check_keys(src, ("path", "images", "labels", "classes"), swhere)
             hdf5[split] = Hdf5Source(
@@ -271,17 +300,21 @@ def _parse_dataset(table: Mapping[str, Any], root: Path, where: str) -> DatasetC
     if fmt is None and path is not None:
         fmt = "csv" if path.suffix.lower() == ".csv" else "folder"
     if fmt not in FORMATS:
-        raise _fail(f"{where}.format must be one of {', '.join(FORMATS)}, got {fmt!r}", "format")
+        raise _fail(
+            f"{where}.format must be one of {', '.join(FORMATS)}, got {fmt!r}", "format", where
+        )
     if fmt == "hdf5" and not hdf5:
-        raise _fail(f"{where}: an hdf5 data set needs [{where}.hdf5.<split>] tables", "hdf5")
+        raise _fail(
+            f"{where}: an hdf5 data set needs [datasets.hdf5.<split>] tables", "format", where
+        )
     if fmt != "hdf5" and path is None:
-        raise _fail(f"{where} needs a 'path' key", "path")
+        raise _fail(f"{where} needs a 'path' key", "name", where)
     split_table = dict(table.get("split", {}))
     _check_keys(split_table, ("validation", "test", "seed"), f"{where}.split")
     try:
         split = SplitRatios(**split_table)
     except ConfigError as exc:
-        raise _fail(f"{where}.{exc}", "split") from exc
+        raise _fail(f"{where}.{exc}", "split", where) from exc
     return DatasetConfig(name=name, format=fmt, path=path, hdf5=hdf5, split=split)
 
 
@@ -301,7 +334,7 @@ def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
             args=dict(table.get("args", {})),
         )
     except FeaturecacheError as exc:
-        raise _fail(f"{where}: {exc}", "name") from exc
+        raise _fail(f"{where}: {exc}", "name", where) from exc
 
 
 def _parse_head(table: Mapping[str, Any], where: str) -> HeadConfig:
@@ -311,7 +344,7 @@ def _parse_head(table: Mapping[str, Any], where: str) -> HeadConfig:
     kind = _require(table, "kind", str, where)
     params = table.get("params", {})
     if not isinstance(params, dict):
-        raise _fail(f"{where}.params must be a table, got {params!r}", "params")
+        raise _fail(f"{where}.params must be a table, got {params!r}", "params", where)
     return HeadConfig(name=str(table.get("name", kind)), kind=kind, params=params)
 
 

@@ -216,8 +216,9 @@ def _list_csv(manifest: Path) -> tuple[list[tuple[Path, int, str | None]], list[
                         "validation (or val) or test"
                     )
             path = Path(row[0].strip())
-            rows.append((path if path.is_absolute() else manifest.parent / path,
-                         row[1].strip(), split))
+            rows.append(
+                (path if path.is_absolute() else manifest.parent / path, row[1].strip(), split)
+            )
     if not rows:
         raise DatasetError(f"{manifest}: the manifest lists no images")
     splits_given = {split is not None for _, _, split in rows}
@@ -291,7 +292,9 @@ def _relative(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def _fingerprint(config: DatasetConfig, records: Sequence[Record], class_names: Sequence[str]) -> str:
+def _fingerprint(
+    config: DatasetConfig, records: Sequence[Record], class_names: Sequence[str]
+) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps(config.describe(), sort_keys=True).encode())
     digest.update(json.dumps(list(class_names)).encode())
@@ -316,7 +319,9 @@ def _list_hdf5(config: DatasetConfig) -> Listing:
     class_names: list[str] | None = None
     for split, source in config.hdf5.items():
         if not source.path.is_file():
-            raise DatasetError(f"data set {config.name!r}: HDF5 file {str(source.path)!r} does not exist")
+            raise DatasetError(
+                f"data set {config.name!r}: HDF5 file {str(source.path)!r} does not exist"
+            )
         try:
             handle = h5py.File(source.path, "r")
         except OSError as exc:
@@ -335,8 +340,12 @@ def _list_hdf5(config: DatasetConfig) -> Listing:
             class_names = names
         arrays[str(source.path)] = images
         records.extend(
-            Record(source=f"{source.path}[{i}]", label=int(label), split=split,
-                   locator=f"{source.path.name}[{i}]")
+            Record(
+                source=f"{source.path}[{i}]",
+                label=int(label),
+                split=split,
+                locator=f"{source.path.name}[{i}]",
+            )
             for i, label in enumerate(labels)
         )
     assert class_names is not None  # config guarantees at least one split
@@ -361,19 +370,22 @@ def _resolve_hdf5_keys(handle, source: Hdf5Source) -> Hdf5Source:
         candidates = [k for k, v in datasets.items() if v.ndim in (3, 4) and v.dtype.kind in "ui"]
         if len(candidates) != 1:
             raise DatasetError(
-                f"{source.path}: cannot tell which array holds the images ({candidates or 'none'}); "
+                f"{source.path}: cannot tell which array holds the images "
+                f"({candidates or 'none'}); "
                 "name it in a pipeline file ([datasets.hdf5.<split>] images = ...)"
             )
         images = candidates[0]
     if not labels:
         n = datasets[images].shape[0]
         candidates = [
-            k for k, v in datasets.items()
+            k
+            for k, v in datasets.items()
             if v.dtype.kind in "ui" and v.shape in ((n,), (1, n), (n, 1)) and k != images
         ]
         if len(candidates) != 1:
             raise DatasetError(
-                f"{source.path}: cannot tell which array holds the labels ({candidates or 'none'}); "
+                f"{source.path}: cannot tell which array holds the labels "
+                f"({candidates or 'none'}); "
                 "name it in a pipeline file ([datasets.hdf5.<split>] labels = ...)"
             )
         labels = candidates[0]

@@ -62,8 +62,14 @@ SKLEARN_HEADS: dict[str, SklearnHeadSpec] = {
         scale=False,
     ),
 }
-HEAD_ALIASES = {"logreg": "logistic_regression", "lr": "logistic_regression",
-                "svm": "linear_svm", "k_nn": "knn", "rf": "random_forest", "mlp": "dense"}
+HEAD_ALIASES = {
+    "logreg": "logistic_regression",
+    "lr": "logistic_regression",
+    "svm": "linear_svm",
+    "k_nn": "knn",
+    "rf": "random_forest",
+    "mlp": "dense",
+}
 HEAD_KINDS = ("dense", *SKLEARN_HEADS)
 
 
@@ -223,13 +229,21 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             monitor="val_loss", patience=self.patience, restore_best_weights=True
         )
         history = model.fit(
-            X, y, validation_data=(X_val, y_val), epochs=self.epochs,
-            batch_size=self.batch_size, callbacks=[stop], verbose=0,
+            X,
+            y,
+            validation_data=(X_val, y_val),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            callbacks=[stop],
+            verbose=0,
         )
         self.model_ = model
         self.history_ = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-        log.info("dense head: %d epochs, best val_loss %.4f",
-                 len(self.history_["loss"]), min(self.history_["val_loss"]))
+        log.info(
+            "dense head: %d epochs, best val_loss %.4f",
+            len(self.history_["loss"]),
+            min(self.history_["val_loss"]),
+        )
         return self
 
     def predict_proba(self, X):  # noqa: N803

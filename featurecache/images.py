@@ -110,7 +110,7 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
         raise
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"{source}: not an image format Pillow can read") from exc
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"{source}: refused as a decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"{source}: corrupt or truncated image: {exc}") from exc

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     confusion_matrix,
     log_loss,
     precision_recall_fscore_support,
@@ -29,7 +28,9 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     Returns
     -------
     dict
-        ``n_images``; ``accuracy`` (top-1, a fraction in [0, 1]); ``balanced_accuracy``;
+        ``n_images``; ``accuracy`` (top-1, a fraction in [0, 1]);
+        ``balanced_accuracy`` (mean per-class recall over the classes present, as
+        ``sklearn.metrics.balanced_accuracy_score``);
         ``log_loss`` (natural log, probabilities clipped by scikit-learn);
         ``per_class`` mapping each class name to ``precision``, ``recall``, ``f1``
         and ``support``; ``confusion_matrix`` (rows: true class, columns:
@@ -44,9 +45,11 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     return {
         "n_images": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "log_loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True),
-                                   labels=labels)),
+        # mean recall over the classes present: scikit-learn's balanced_accuracy_score
+        "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
+        "log_loss": float(
+            log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)
+        ),
         "per_class": {
             name: {
                 "precision": float(precision[i]),

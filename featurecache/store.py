@@ -188,7 +188,9 @@ class Cache:
                     log.info("removing %s left by an interrupted run", stale)
                     shutil.rmtree(stale, ignore_errors=True)
 
-    def writer(self, dataset: str, group: str, *, feature_dim: int, dataset_attrs: dict) -> GroupWriter:
+    def writer(
+        self, dataset: str, group: str, *, feature_dim: int, dataset_attrs: dict
+    ) -> GroupWriter:
         """Start writing a group; nothing is visible until :meth:`GroupWriter.commit`."""
         self._ensure_root()
         dataset_dir = self.root / dataset
@@ -224,14 +226,19 @@ class GroupWriter:
         self.rows_per_chunk = chunk_rows(feature_dim)
         self.n_rows = 0
         self._features: list[np.ndarray] = []
-        self._columns: dict[str, list[Any]] = {n: [] for n in ("labels", "split", "keys", "sources")}
+        self._columns: dict[str, list[Any]] = {
+            n: [] for n in ("labels", "split", "keys", "sources")
+        }
         self._buffered = 0
         self._group = zarr.open_group(staging, mode="w")
         rows = self.rows_per_chunk
         self._arrays = {
             "features": self._group.create_array(
-                "features", shape=(0, feature_dim), dtype="float32",
-                chunks=(rows, feature_dim), compressors=COMPRESSOR,
+                "features",
+                shape=(0, feature_dim),
+                dtype="float32",
+                chunks=(rows, feature_dim),
+                compressors=COMPRESSOR,
                 dimension_names=("image", "feature"),
             ),
             "labels": self._create_1d("labels", "int32"),
@@ -242,8 +249,12 @@ class GroupWriter:
 
     def _create_1d(self, name: str, dtype: Any):
         return self._group.create_array(
-            name, shape=(0,), dtype=dtype, chunks=(self.rows_per_chunk,),
-            compressors=COMPRESSOR, dimension_names=("image",),
+            name,
+            shape=(0,),
+            dtype=dtype,
+            chunks=(self.rows_per_chunk,),
+            compressors=COMPRESSOR,
+            dimension_names=("image",),
         )
 
     def append(
@@ -261,8 +272,12 @@ class GroupWriter:
                 f"features of shape {features.shape} do not match feature_dim {self.feature_dim}"
             )
         self._features.append(features)
-        for name, values in (("labels", labels), ("split", split), ("keys", keys),
-                             ("sources", sources)):
+        for name, values in (
+            ("labels", labels),
+            ("split", split),
+            ("keys", keys),
+            ("sources", sources),
+        ):
             self._columns[name].extend(values)
         self._buffered += features.shape[0]
         while self._buffered >= self.rows_per_chunk:

@@ -75,8 +75,9 @@ def extract(pipeline: Pipeline, *, progress: bool = False) -> list[ExtractResult
         try:
             for backbone in pipeline.backbones:
                 results.append(
-                    extract_one(cache, listing, backbone, batch_size=pipeline.batch_size,
-                                progress=progress)
+                    extract_one(
+                        cache, listing, backbone, batch_size=pipeline.batch_size, progress=progress
+                    )
                 )
         finally:
             listing.close()
@@ -84,19 +85,33 @@ def extract(pipeline: Pipeline, *, progress: bool = False) -> list[ExtractResult
 
 
 def extract_one(
-    cache: Cache, listing: Listing, backbone: BackboneConfig, *, batch_size: int = 32,
+    cache: Cache,
+    listing: Listing,
+    backbone: BackboneConfig,
+    *,
+    batch_size: int = 32,
     progress: bool = False,
 ) -> ExtractResult:
     """Extract one data set with one backbone (or find it already cached)."""
     start = time.perf_counter()
     found = recipe.find_group(cache, listing.name, backbone)
     if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
-        log.info("cache hit: %s/%s (%d images), nothing to compute",
-                 listing.name, found.group, found.attrs["n_images"])
+        log.info(
+            "cache hit: %s/%s (%d images), nothing to compute",
+            listing.name,
+            found.group,
+            found.attrs["n_images"],
+        )
         return ExtractResult(
-            dataset=listing.name, backbone=backbone.name, group=found.group, cache_hit=True,
-            n_images=found.attrs["n_images"], n_extracted=0, weights=backbone.weights,
-            seconds=time.perf_counter() - start, split_counts=found.attrs["split_counts"],
+            dataset=listing.name,
+            backbone=backbone.name,
+            group=found.group,
+            cache_hit=True,
+            n_images=found.attrs["n_images"],
+            n_extracted=0,
+            weights=backbone.weights,
+            seconds=time.perf_counter() - start,
+            split_counts=found.attrs["split_counts"],
             skipped=found.attrs.get("skipped", []),
         )
     if backbone.weights == "none":
@@ -106,14 +121,23 @@ def extract_one(
     built = build_backbone(backbone)
     recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256)
     group = recipe.group_name(backbone, recipe_hash)
-    writer = cache.writer(listing.name, group, feature_dim=backbone.feature_dim,
-                          dataset_attrs=listing.config.describe())
+    writer = cache.writer(
+        listing.name,
+        group,
+        feature_dim=backbone.feature_dim,
+        dataset_attrs=listing.config.describe(),
+    )
     skipped: list[dict[str, str]] = []
     split_counts: dict[str, int] = {}
     compute_start = time.perf_counter()
     try:
-        bar = tqdm(total=len(listing.records), unit="img", desc=f"{listing.name} x {backbone.name}",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(listing.records),
+            unit="img",
+            desc=f"{listing.name} x {backbone.name}",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         with bar:
             for batch in decoded_batches(listing, backbone.input_size, batch_size):
                 good = [(r, key, px) for r, key, px, err in batch if err is None]
@@ -147,13 +171,27 @@ def extract_one(
     except BaseException:
         writer.abort()
         raise
-    log.info("extracted %s/%s: %d images in %.1f s (%.1f images/s), %d skipped",
-             listing.name, group, n_done, seconds, n_done / seconds, len(skipped))
+    log.info(
+        "extracted %s/%s: %d images in %.1f s (%.1f images/s), %d skipped",
+        listing.name,
+        group,
+        n_done,
+        seconds,
+        n_done / seconds,
+        len(skipped),
+    )
     return ExtractResult(
-        dataset=listing.name, backbone=backbone.name, group=group, cache_hit=False,
-        n_images=n_done, n_extracted=n_done, weights=backbone.weights,
-        seconds=time.perf_counter() - start, images_per_second=n_done / seconds,
-        split_counts=split_counts, skipped=skipped,
+        dataset=listing.name,
+        backbone=backbone.name,
+        group=group,
+        cache_hit=False,
+        n_images=n_done,
+        n_extracted=n_done,
+        weights=backbone.weights,
+        seconds=time.perf_counter() - start,
+        images_per_second=n_done / seconds,
+        split_counts=split_counts,
+        skipped=skipped,
     )
 
 

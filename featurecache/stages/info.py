@@ -24,19 +24,21 @@ def describe_cache(root: str | Path) -> list[dict[str, Any]]:
     cache.check()
     out = []
     for dataset, group, attrs in cache.groups():
-        out.append({
-            "dataset": dataset,
-            "group": group,
-            "backbone": attrs["backbone"]["name"],
-            "weights": attrs["weights"]["spec"],
-            "input_size": attrs["input_size"],
-            "pooling": attrs["pooling"],
-            "n_images": attrs["n_images"],
-            "split_counts": attrs["split_counts"],
-            "feature_dim": attrs["feature_dim"],
-            "bytes": cache.nbytes(dataset, group),
-            "created": attrs["created"],
-            "skipped": attrs.get("skipped", []),
-            "provenance": attrs,
-        })
+        out.append(
+            {
+                "dataset": dataset,
+                "group": group,
+                "backbone": attrs["backbone"]["name"],
+                "weights": attrs["weights"]["spec"],
+                "input_size": attrs["input_size"],
+                "pooling": attrs["pooling"],
+                "n_images": attrs["n_images"],
+                "split_counts": attrs["split_counts"],
+                "feature_dim": attrs["feature_dim"],
+                "bytes": cache.nbytes(dataset, group),
+                "created": attrs["created"],
+                "skipped": attrs.get("skipped", []),
+                "provenance": attrs,
+            }
+        )
     return out

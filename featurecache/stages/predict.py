@@ -42,9 +42,11 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(p for p in sorted(item.rglob("*"))
-                         if p.is_file() and p.suffix.lower() in suffixes
-                         and not p.name.startswith("."))
+            files.extend(
+                p
+                for p in sorted(item.rglob("*"))
+                if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+            )
         elif item.is_file():
             files.append(item)
         else:
@@ -52,8 +54,9 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def predict(head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: int = 32
-            ) -> list[Prediction]:
+def predict(
+    head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: int = 32
+) -> list[Prediction]:
     """Predict the class of every image in ``inputs`` with the head in ``head_dir``.
 
     The backbone is rebuilt from the configuration recorded with the head; its
@@ -69,8 +72,13 @@ def predict(head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: i
     head, info = load_head(head_dir)
     files = image_files(inputs)
     b = info["backbone"]
-    config = BackboneConfig.create(b["name"], weights=b["weights"], input_size=b["input_size"],
-                                   pooling=b["pooling"], args=b.get("args", {}))
+    config = BackboneConfig.create(
+        b["name"],
+        weights=b["weights"],
+        input_size=b["input_size"],
+        pooling=b["pooling"],
+        args=b.get("args", {}),
+    )
     if config.weights == "none":
         import_keras().utils.set_random_seed(RANDOM_WEIGHTS_SEED)
     built = build_backbone(config)

@@ -76,14 +76,29 @@ def train_heads(pipeline: Pipeline) -> list[HeadResult]:
             features = cache.read(dataset.name, found.group)
             for head, kind in zip(pipeline.heads, kinds, strict=True):
                 folder = pipeline.output / pipeline.name / dataset.name / found.group / head.name
-                results.append(train_one(features, head, kind, folder, cache_root=pipeline.cache,
-                                         dataset=dataset.name, group=found.group))
+                results.append(
+                    train_one(
+                        features,
+                        head,
+                        kind,
+                        folder,
+                        cache_root=pipeline.cache,
+                        dataset=dataset.name,
+                        group=found.group,
+                    )
+                )
     return results
 
 
 def train_one(
-    features: FeatureSet, head_config: HeadConfig, kind: str, folder: Path, *,
-    cache_root: Path, dataset: str, group: str,
+    features: FeatureSet,
+    head_config: HeadConfig,
+    kind: str,
+    folder: Path,
+    *,
+    cache_root: Path,
+    dataset: str,
+    group: str,
 ) -> HeadResult:
     """Fit one head on the train split, evaluate every split, write its folder."""
     x_train, y_train = features.subset("train")
@@ -105,31 +120,56 @@ def train_one(
         x, y = features.subset(split)
         metrics[split] = evaluate(y, predict_proba(head, x, n_classes), features.class_names)
     attrs = features.attrs
-    save_head(head, folder, {
-        "name": head_config.name,
-        "kind": kind,
-        "params": dict(head_config.params),
-        "class_names": features.class_names,
-        "cache": {"root": str(Path(cache_root).resolve()), "dataset": dataset, "group": group},
-        "backbone": attrs["backbone"],
-        "weights": attrs["weights"],
-        "recipe_hash": attrs["recipe_hash"],
-        "feature_dim": attrs["feature_dim"],
-        "train_seconds": round(seconds, 3),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": recipe.versions(),
-    })
+    save_head(
+        head,
+        folder,
+        {
+            "name": head_config.name,
+            "kind": kind,
+            "params": dict(head_config.params),
+            "class_names": features.class_names,
+            "cache": {"root": str(Path(cache_root).resolve()), "dataset": dataset, "group": group},
+            "backbone": attrs["backbone"],
+            "weights": attrs["weights"],
+            "recipe_hash": attrs["recipe_hash"],
+            "feature_dim": attrs["feature_dim"],
+            "train_seconds": round(seconds, 3),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": recipe.versions(),
+        },
+    )
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     title = f"{dataset} / {attrs['backbone']['name']} / {head_config.name}"
     for split, m in metrics.items():
-        confusion_matrix_png(m["confusion_matrix"], features.class_names,
-                             folder / f"confusion_matrix_{split}.png",
-                             f"{title}: {split} (top-1 {m['accuracy']:.3f})")
+        confusion_matrix_png(
+            m["confusion_matrix"],
+            features.class_names,
+            folder / f"confusion_matrix_{split}.png",
+            f"{title}\n{split} split: top-1 {m['accuracy']:.3f}, {m['n_images']} images",
+        )
     if isinstance(head, DenseHead):
-        curves_png(head.history_, folder / "curves.png", title)
+        held_out = (
+            ""
+            if "validation" in features.splits
+            else (f"\n(validation: {head.validation_fraction:.0%} of train held out, stratified)")
+        )
+        curves_png(head.history_, folder / "curves.png", title + held_out)
     accuracy = {split: m["accuracy"] for split, m in metrics.items()}
-    log.info("head %s on %s/%s: %s (%.1f s)", head_config.name, dataset, group,
-             ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()), seconds)
-    return HeadResult(dataset=dataset, backbone=attrs["backbone"]["name"], group=group,
-                      head=head_config.name, kind=kind, folder=str(folder), seconds=seconds,
-                      accuracy=accuracy)
+    log.info(
+        "head %s on %s/%s: %s (%.1f s)",
+        head_config.name,
+        dataset,
+        group,
+        ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()),
+        seconds,
+    )
+    return HeadResult(
+        dataset=dataset,
+        backbone=attrs["backbone"]["name"],
+        group=group,
+        head=head_config.name,
+        kind=kind,
+        folder=str(folder),
+        seconds=seconds,
+        accuracy=accuracy,
+    )

@@ -1,0 +1,74 @@
+"""Shared fixtures: real data from ../shared, tiny synthetic image folders.
+
+KERAS_HOME must be set before Keras is first imported (Keras reads it at import
+time), so it is set here at collection: a writable copy of ../shared/keras, whose
+models/ holds the real ImageNet weight files under the names Keras looks for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FEATURECACHE_SHARED", REPO.parent / "shared"))
+DATASETS = SHARED / "datasets"
+
+if "KERAS_HOME" not in os.environ and (SHARED / "keras" / "models").is_dir():
+    _home = Path(tempfile.mkdtemp(prefix="featurecache-keras-home-"))
+    shutil.copytree(SHARED / "keras" / "models", _home / "models")
+    os.environ["KERAS_HOME"] = str(_home)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+needs_shared = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"{DATASETS} is not present")
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    if not DATASETS.is_dir():
+        pytest.skip(f"{DATASETS} is not present")
+    return DATASETS
+
+
+def make_image(path: Path, color: tuple[int, int, int], size=(40, 30), pattern: int = 0) -> Path:
+    """Write a small RGB image: a flat colour with a class-specific stripe pattern."""
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()) + pattern)
+    pixels = np.empty((size[1], size[0], 3), dtype=np.uint8)
+    pixels[:] = color
+    pixels[:, pattern::4] = 255 - np.asarray(color, dtype=np.uint8)
+    pixels = np.clip(pixels.astype(int) + rng.integers(-20, 20, pixels.shape), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return path
+
+
+CLASSES = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """root/<class>/*.png: 3 classes x 10 images, no split folders."""
+    root = tmp_path / "flat"
+    for i, (name, color) in enumerate(CLASSES.items()):
+        for j in range(10):
+            make_image(root / name / f"{name}_{j:02d}.png", color, pattern=i)
+    return root
+
+
+@pytest.fixture
+def split_folder(tmp_path: Path) -> Path:
+    """root/<split>/<class>/*: train 8, val 2, test 3 per class (JPEG and PNG mixed)."""
+    root = tmp_path / "split"
+    for i, (name, color) in enumerate(CLASSES.items()):
+        for split, n in (("train", 8), ("val", 2), ("test", 3)):
+            for j in range(n):
+                ext = "jpg" if j % 2 else "png"
+                make_image(root / split / name / f"{j:02d}.{ext}", color, pattern=i)
+    return root

@@ -1,0 +1,158 @@
+"""Extract -> train-head -> predict on tiny synthetic images with random weights."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from featurecache import backbones
+from featurecache.backbones import BackboneConfig, build_backbone
+from featurecache.config import DatasetConfig, HeadConfig, Pipeline
+from featurecache.datasets import list_dataset
+from featurecache.errors import CacheError, DatasetError
+from featurecache.images import content_key
+from featurecache.stages.extract import extract
+from featurecache.stages.info import describe_cache
+from featurecache.stages.predict import predict
+from featurecache.stages.train_head import train_heads
+from featurecache.store import Cache
+
+SIZE = 64
+
+
+@pytest.fixture
+def pipeline(tmp_path, split_folder):
+    return Pipeline(
+        name="tiny",
+        datasets=(DatasetConfig(name="tiny", format="folder", path=split_folder),),
+        backbones=(BackboneConfig.create("mobilenet_v2", weights="none", input_size=SIZE),),
+        heads=(
+            HeadConfig(name="logreg", kind="logistic_regression"),
+            HeadConfig(name="dense", kind="dense", params={"epochs": 5}),
+        ),
+        cache=tmp_path / "cache",
+        output=tmp_path / "runs",
+        batch_size=8,
+    )
+
+
+def forbid_backbone(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the backbone must not be built")
+
+    monkeypatch.setattr(backbones, "build_backbone", boom)
+    monkeypatch.setattr("featurecache.stages.extract.build_backbone", boom)
+
+
+def test_extract_writes_features_equal_to_the_backbone(pipeline):
+    [result] = extract(pipeline)
+    assert not result.cache_hit
+    assert result.n_extracted == 39 and result.split_counts == {
+        "train": 24,
+        "validation": 6,
+        "test": 9,
+    }
+    fs = Cache(pipeline.cache).read("tiny", result.group)
+    assert fs.features.shape == (39, 1280) and fs.features.dtype == np.float32
+    listing = list_dataset(pipeline.datasets[0])
+    first = listing.records[0]
+    row = list(fs.sources).index(first.source)
+    with open(first.source, "rb") as fh:
+        assert fs.keys[row] == content_key(fh.read())
+    # Recompute one image directly: same model, same preprocessing.
+    from featurecache.backbones import import_keras
+
+    import_keras().utils.set_random_seed(0)
+    built = build_backbone(pipeline.backbones[0])
+    _, pixels = listing.read(first, SIZE)
+    direct = built.model.predict_on_batch(built.preprocess(pixels[None].astype(np.float32)))
+    np.testing.assert_allclose(fs.features[row], np.asarray(direct)[0], atol=1e-5)
+    attrs = fs.attrs
+    assert attrs["weights"] == {"spec": "none", "file": None, "sha256": None, "random_seed": 0}
+    assert attrs["preprocessing"] == "keras.applications.mobilenet_v2.preprocess_input"
+    assert attrs["versions"]["keras"] and attrs["dataset"]["fingerprint"] == listing.fingerprint
+
+
+def test_second_extract_is_a_cache_hit_without_building(pipeline, monkeypatch):
+    first = extract(pipeline)[0]
+    forbid_backbone(monkeypatch)
+    [again] = extract(pipeline)
+    assert again.cache_hit and again.n_extracted == 0 and again.group == first.group
+
+
+def test_other_pooling_or_size_goes_to_another_group(pipeline):
+    a = extract(pipeline)[0]
+    b = extract(replace(pipeline, backbones=(pipeline.backbones[0].replace(pooling="max"),)))[0]
+    c = extract(replace(pipeline, backbones=(pipeline.backbones[0].replace(input_size=96),)))[0]
+    assert len({a.group, b.group, c.group}) == 3
+    assert not b.cache_hit and not c.cache_hit
+    assert len(describe_cache(pipeline.cache)) == 3
+
+
+def test_changed_input_recomputes(pipeline, split_folder):
+    extract(pipeline)
+    (split_folder / "train" / "red" / "00.png").write_bytes(
+        (split_folder / "train" / "blue" / "00.png").read_bytes()
+    )
+    again = extract(pipeline)[0]
+    assert not again.cache_hit
+
+
+def test_bad_images_are_skipped_recorded_and_the_rest_kept(pipeline, split_folder):
+    (split_folder / "train" / "red" / "zero.jpg").write_bytes(b"")
+    (split_folder / "train" / "blue" / "text.jpg").write_text("not an image")
+    [result] = extract(pipeline)
+    assert result.n_images == 39
+    assert sorted(s["source"].rsplit("/", 1)[1] for s in result.skipped) == ["text.jpg", "zero.jpg"]
+    assert "empty file" in next(s["reason"] for s in result.skipped if "zero" in s["source"])
+    info = describe_cache(pipeline.cache)[0]
+    assert len(info["skipped"]) == 2
+
+
+def test_a_data_set_where_nothing_decodes_fails_and_commits_nothing(pipeline, tmp_path):
+    root = tmp_path / "junk"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "x.jpg").write_bytes(b"junk")
+    bad = replace(pipeline, datasets=(DatasetConfig(name="junk", format="folder", path=root),))
+    with pytest.raises(DatasetError, match="none of its 2 images"):
+        extract(bad)
+    assert describe_cache(pipeline.cache) == []
+
+
+def test_train_heads_from_the_cache_alone(pipeline, monkeypatch):
+    extract(pipeline)
+    forbid_backbone(monkeypatch)
+    results = train_heads(pipeline)
+    assert [r.head for r in results] == ["logreg", "dense"]
+    for r in results:
+        folder = pipeline.output / "tiny" / "tiny" / r.group / r.head
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert list(metrics) == ["train", "validation", "test"]
+        for split in metrics.values():
+            assert {"accuracy", "log_loss", "per_class", "confusion_matrix"} <= set(split)
+            assert set(split["per_class"]) == {"blue", "green", "red"}
+        assert (folder / "confusion_matrix_test.png").stat().st_size > 1000
+    assert (pipeline.output / "tiny" / "tiny" / results[1].group / "dense" / "curves.png").exists()
+    assert results[0].accuracy["train"] == 1.0
+
+
+def test_train_heads_without_features_says_to_extract(pipeline):
+    with pytest.raises(CacheError, match="run `featurecache extract`"):
+        train_heads(pipeline)
+
+
+def test_predict_with_a_trained_head(pipeline, split_folder):
+    extract(pipeline)
+    [logreg, _] = train_heads(pipeline)
+    folder = pipeline.output / "tiny" / "tiny" / logreg.group / "logreg"
+    (split_folder / "test" / "red" / "bad.png").write_bytes(b"nope")
+    results = predict(folder, [split_folder / "test"])
+    assert len(results) == 10
+    bad = [p for p in results if p.error]
+    assert len(bad) == 1 and "bad.png" in bad[0].source
+    good = [p for p in results if not p.error]
+    assert all(0 <= p.probability <= 1 for p in good)
+    truth = [p.source.split("/")[-2] for p in good]
+    assert np.mean([p.label == t for p, t in zip(good, truth, strict=True)]) >= 0.8

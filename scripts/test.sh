@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite on a fresh clone: install, then run every test (slow ones included).
+# Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for the quick set.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+python -m pytest "$@"

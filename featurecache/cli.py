@@ -116,6 +116,14 @@ BatchOpt = Annotated[
     typer.Option(min=1, help="Images per backbone batch (default 32).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of text.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="If another process is writing the same data "
+        "set: wait for it (default), or exit at once with code 4.",
+    ),
+]
 ProgressOpt = Annotated[
     bool | None,
     typer.Option(
@@ -297,6 +305,7 @@ def extract(
     cache: CacheOpt = None,
     data_root: DataRootOpt = None,
     batch_size: BatchOpt = None,
+    wait: WaitOpt = True,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -316,7 +325,7 @@ def extract(
             data_root=data_root,
             batch_size=batch_size,
         )
-        return run_extract(p, progress=_progress(progress))
+        return run_extract(p, progress=_progress(progress), wait=wait)
 
     results = _guard(call)
     _emit(as_json, {"extract": [r.to_dict() for r in results]}, lambda: _print_extract(results))
@@ -373,6 +382,7 @@ def run(
     output: OutputOpt = None,
     data_root: DataRootOpt = None,
     batch_size: BatchOpt = None,
+    wait: WaitOpt = True,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -395,7 +405,7 @@ def run(
             data_root=data_root,
             batch_size=batch_size,
         )
-        extracted = run_extract(p, progress=_progress(progress))
+        extracted = run_extract(p, progress=_progress(progress), wait=wait)
         if not as_json:
             _print_extract(extracted)
         return extracted, train_heads(p)
@@ -407,6 +417,87 @@ def run(
         lambda: _print_heads(heads),
     )
     raise typer.Exit(_partial(extracted))
+
+
+@app.command()
+def refresh(
+    pipelines: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Pipeline files or folders of them. Default: every pipelines/*.toml.",
+            show_default=False,
+        ),
+    ] = None,
+    cache: CacheOpt = None,
+    output: OutputOpt = None,
+    data_root: DataRootOpt = None,
+    wait: WaitOpt = True,
+    progress: ProgressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """For cron: extract only new or changed images, retrain only heads whose inputs changed.
+
+    Safe to kill at any moment and to run twice at once (see README, "Running from cron").
+    """
+
+    def call():
+        from featurecache.stages.refresh import load_all
+        from featurecache.stages.refresh import refresh as run_refresh
+
+        loaded = load_all(pipelines or [], data_root=data_root, cache=cache, output=output)
+        return run_refresh(loaded, progress=_progress(progress), wait=wait)
+
+    results = _guard(call)
+
+    def text() -> None:
+        for r in results:
+            typer.echo(f"pipeline {r.pipeline}:")
+            _print_extract(r.extract)
+            _print_heads(r.heads)
+
+    _emit(as_json, {"refresh": [r.to_dict() for r in results]}, text)
+    raise typer.Exit(_partial([e for r in results for e in r.extract]))
+
+
+@app.command()
+def gc(
+    pipelines: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Pipeline files or folders: groups none of them declares are removed too. "
+            "Without any, only superseded generations and leftovers of killed runs go.",
+            show_default=False,
+        ),
+    ] = None,
+    cache: CacheOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed, remove nothing.")
+    ] = False,
+    wait: WaitOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove cache entries nothing references and say how many bytes that frees."""
+
+    def call():
+        from featurecache.config import cache_path
+        from featurecache.stages.gc import collect
+        from featurecache.stages.refresh import load_all
+
+        loaded = load_all(pipelines, cache=cache) if pipelines else []
+        return collect(cache_path(cache), loaded, dry_run=dry_run, wait=wait)
+
+    result = _guard(call)
+
+    def text() -> None:
+        verb = "would remove" if result.dry_run else "removed"
+        for path in result.removed:
+            typer.echo(f"{verb} {path}")
+        typer.echo(
+            f"{verb} {len(result.removed)} entries, {result.freed_bytes / 1e6:.2f} MB "
+            f"({result.freed_bytes} bytes)"
+        )
+
+    _emit(as_json, vars(result), text)
 
 
 @app.command()
@@ -473,10 +564,10 @@ def info(cache: CacheOpt = None, as_json: JsonOpt = False) -> None:
     """What the cache holds: data sets, backbones, images per split, size, provenance."""
 
     def call():
-        from featurecache.config import _cache_path
+        from featurecache.config import cache_path
         from featurecache.stages.info import describe_cache
 
-        root = _cache_path(cache)
+        root = cache_path(cache)
         return root, describe_cache(root)
 
     root, groups = _guard(call)
@@ -488,7 +579,7 @@ def info(cache: CacheOpt = None, as_json: JsonOpt = False) -> None:
             splits = ", ".join(f"{k} {v}" for k, v in sorted(g["split_counts"].items()))
             prov = g["provenance"]
             sha = prov["weights"]["sha256"] or "none (random weights)"
-            typer.echo(f"{g['dataset']}/{g['group']}")
+            typer.echo(f"{g['dataset']}/{g['group']} ({prov.get('generation', '')})")
             typer.echo(
                 f"  backbone   {g['backbone']} ({g['input_size']} px, {g['pooling']} "
                 f"pooling, {prov['preprocessing']})"

@@ -254,14 +254,15 @@ def _parse(
         datasets=datasets,
         backbones=backbones,
         heads=heads or (HeadConfig(name="logistic_regression", kind="logistic_regression"),),
-        cache=_cache_path(cache if cache is not None else raw.get("cache")),
+        cache=cache_path(cache if cache is not None else raw.get("cache")),
         output=Path(output if output is not None else raw.get("output", DEFAULT_OUTPUT)),
         batch_size=batch_size,
         source=file,
     )
 
 
-def _cache_path(value: str | Path | None) -> Path:
+def cache_path(value: str | Path | None) -> Path:
+    """The cache folder: ``value``, else ``$FEATURECACHE_CACHE``, else ``./cache``."""
     if value is not None:
         return Path(value).expanduser()
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
@@ -403,7 +404,7 @@ def pipeline_from_options(
         datasets=(dataset,),
         backbones=configs,
         heads=head_configs,
-        cache=_cache_path(cache),
+        cache=cache_path(cache),
         output=Path(output or DEFAULT_OUTPUT),
         batch_size=batch_size,
     )

@@ -48,13 +48,17 @@ class Record:
     ``source`` is the file path, or ``file.h5:key[index]`` for an array row;
     ``label`` indexes :attr:`Listing.class_names`; ``split`` is ``train``,
     ``validation`` or ``test``; ``locator`` is the relative path (or row index)
-    used for the seeded split.
+    used for the seeded split; ``size`` (bytes) and ``mtime_ns`` are the source
+    file's, as ``os.stat`` gives them (-1 when it cannot be read), so that an
+    unchanged file is recognised without reading it (as git's index does).
     """
 
     source: str
     label: int
     split: str
     locator: str
+    size: int = -1
+    mtime_ns: int = -1
 
 
 @dataclass
@@ -102,6 +106,18 @@ class Listing:
         except OSError as exc:
             raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
         return content_key(data), decode_bytes(data, size, source=record.source)
+
+    def content_key(self, record: Record) -> str | None:
+        """The record's content key without decoding; ``None`` if it cannot be read."""
+        if self.config.format == "hdf5":
+            path, index = record.source.rsplit("[", 1)
+            with self._lock:
+                row = self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
+            return content_key(row)
+        try:
+            return content_key(Path(record.source).read_bytes())
+        except OSError:
+            return None
 
     def close(self) -> None:
         for handle in {id(h): h for h in self._arrays.values()}.values():
@@ -258,7 +274,9 @@ def stratified_split(
     for indices in by_class.values():
         ranked = sorted(
             indices,
-            key=lambda i: hashlib.blake2b(f"{ratios.seed}:{locators[i]}".encode()).digest(),
+            key=lambda i: hashlib.blake2b(
+                f"{ratios.seed}:{locators[i]}".encode("utf-8", "surrogateescape")
+            ).digest(),
         )
         n = len(ranked)
         n_test = min(round(n * ratios.test), n - 1)
@@ -280,9 +298,17 @@ def _assign_splits(
     else:
         splits = [split or "train" for _, _, split in entries]
     return [
-        Record(source=str(path), label=label, split=split, locator=loc)
+        Record(str(path), label, split, loc, *_stat(path))
         for (path, label, _), split, loc in zip(entries, splits, locators, strict=True)
     ]
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -299,12 +325,11 @@ def _fingerprint(
     digest.update(json.dumps(config.describe(), sort_keys=True).encode())
     digest.update(json.dumps(list(class_names)).encode())
     for record in records:
-        try:
-            stat = Path(record.source.rsplit("[", 1)[0]).stat()
-            meta = f"{stat.st_size}:{stat.st_mtime_ns}"
-        except OSError:
-            meta = "unreadable"
-        digest.update(f"{record.source}\0{meta}\0{record.label}\0{record.split}\n".encode())
+        digest.update(
+            f"{record.source}\0{record.size}:{record.mtime_ns}\0{record.label}\0{record.split}\n".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
     return digest.hexdigest()
 
 
@@ -339,16 +364,15 @@ def _list_hdf5(config: DatasetConfig) -> Listing:
         if class_names is None or len(names) > len(class_names):
             class_names = names
         arrays[str(source.path)] = images
+        size, mtime_ns = _stat(source.path)
         records.extend(
             Record(
-                source=f"{source.path}[{i}]",
-                label=int(label),
-                split=split,
-                locator=f"{source.path.name}[{i}]",
+                f"{source.path}[{i}]", int(label), split, f"{source.path.name}[{i}]", size, mtime_ns
             )
             for i, label in enumerate(labels)
         )
-    assert class_names is not None  # config guarantees at least one split
+    if class_names is None:
+        raise DatasetError(f"data set {config.name!r}: no [datasets.hdf5.<split>] file given")
     _check_classes(config.name, class_names, [r.label for r in records])
     return Listing(
         name=config.name,

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # typer / click's own code for a bad option
 EXIT_PARTIAL = 3  # completed, but some inputs were skipped (listed in the output)
+EXIT_BUSY = 4  # another process holds the data set's lock and --no-wait was given
 
 
 class FeaturecacheError(Exception):
@@ -47,3 +48,9 @@ class CacheError(FeaturecacheError, LookupError):
 
 class DependencyError(FeaturecacheError, ImportError):
     """An optional dependency (TensorFlow) is not installed."""
+
+
+class LockedError(FeaturecacheError, BlockingIOError):
+    """Another process is writing the same data set of the cache."""
+
+    exit_code = EXIT_BUSY

@@ -100,19 +100,34 @@ def find_group(cache: Cache, dataset: str, backbone: BackboneConfig) -> CachedGr
     still the weights Keras would load (the recorded file exists and its SHA-256 is
     unchanged). No TensorFlow import, no model build.
     """
+    return _find(cache, backbone, lambda ds: ds == dataset)
+
+
+def find_any_group(cache: Cache, backbone: BackboneConfig) -> CachedGroup | None:
+    """Like :func:`find_group`, over every data set: tells the recipe hash (and so
+    the weights identity) of ``backbone`` without building it."""
+    return _find(cache, backbone, lambda ds: True)
+
+
+def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
     wanted = request_hash(backbone)
     matches = [
         CachedGroup(ds, group, attrs)
         for ds, group, attrs in cache.groups()
-        if ds == dataset and attrs.get("request_hash") == wanted
+        if accept(ds) and attrs.get("request_hash") == wanted
     ]
     matches.sort(key=lambda g: g.attrs.get("created", ""), reverse=True)
+    checked: dict[tuple[str, str], bool] = {}
     for match in matches:
         weights = match.attrs.get("weights", {})
         file, sha = weights.get("file"), weights.get("sha256")
         if sha is None:
             return match
-        if file and Path(file).is_file() and sha256_file(file) == sha:
+        if (file, sha) not in checked:
+            checked[(file, sha)] = bool(file and Path(file).is_file() and sha256_file(file) == sha)
+        if checked[(file, sha)]:
             return match
-        log.info("group %s/%s: weights file %s changed or is gone", dataset, match.group, file)
+        log.info(
+            "group %s/%s: weights file %s changed or is gone", match.dataset, match.group, file
+        )
     return None

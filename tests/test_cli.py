@@ -25,7 +25,9 @@ def invoke(*args: str):
 def test_help_does_not_import_tensorflow():
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "featurecache", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "train-head" in out.stdout
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
@@ -73,9 +75,23 @@ def test_info_on_a_missing_cache(tmp_path):
 
 def test_options_without_a_file_and_partial_exit_code(tmp_path, split_folder):
     (split_folder / "train" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
-    args = ["run", "--data", split_folder, "--backbone", "mobilenet_v2", "--weights", "none",
-            "--input-size", "48", "--head", "knn", "--cache", tmp_path / "c", "--output",
-            tmp_path / "o"]
+    args = [
+        "run",
+        "--data",
+        split_folder,
+        "--backbone",
+        "mobilenet_v2",
+        "--weights",
+        "none",
+        "--input-size",
+        "48",
+        "--head",
+        "knn",
+        "--cache",
+        tmp_path / "c",
+        "--output",
+        tmp_path / "o",
+    ]
     result = invoke(*args, "--json")
     assert result.exit_code == EXIT_PARTIAL, result.output
     doc = json.loads(result.stdout)
@@ -91,8 +107,16 @@ def test_options_without_a_file_and_partial_exit_code(tmp_path, split_folder):
 def catvnoncat_run(tmp_path_factory, datasets_dir):
     """`featurecache run pipelines/catvnoncat.toml` twice, as the README's main job does."""
     work = tmp_path_factory.mktemp("main-job")
-    args = ["run", REPO / "pipelines" / "catvnoncat.toml", "--data-root", datasets_dir,
-            "--cache", work / "cache", "--output", work / "runs"]
+    args = [
+        "run",
+        REPO / "pipelines" / "catvnoncat.toml",
+        "--data-root",
+        datasets_dir,
+        "--cache",
+        work / "cache",
+        "--output",
+        work / "runs",
+    ]
     first = invoke(*args, "--json")
     second = invoke(*args)
     return work, first, second
@@ -125,8 +149,9 @@ def test_main_job_again_computes_nothing(catvnoncat_run):
 @pytest.mark.real_weights
 def test_predict_labels_real_images(catvnoncat_run, datasets_dir, tmp_path):
     work, first, _ = catvnoncat_run
-    folder = next(Path(h["folder"]) for h in json.loads(first.stdout)["heads"]
-                  if h["head"] == "dense")
+    folder = next(
+        Path(h["folder"]) for h in json.loads(first.stdout)["heads"] if h["head"] == "dense"
+    )
     with h5py.File(datasets_dir / "catvnoncat" / "test_catvnoncat.h5") as fh:
         images, labels = fh["test_set_x"][:12], fh["test_set_y"][:12]
     for i, pixels in enumerate(images):
@@ -147,8 +172,17 @@ def test_predict_labels_real_images(catvnoncat_run, datasets_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.real_weights
 def test_clothing_pipeline_reaches_the_acceptance_accuracy(tmp_path, datasets_dir):
-    result = invoke("run", REPO / "pipelines" / "clothing.toml", "--data-root", datasets_dir,
-                    "--cache", tmp_path / "cache", "--output", tmp_path / "runs", "--json")
+    result = invoke(
+        "run",
+        REPO / "pipelines" / "clothing.toml",
+        "--data-root",
+        datasets_dir,
+        "--cache",
+        tmp_path / "cache",
+        "--output",
+        tmp_path / "runs",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["extract"][0]["split_counts"] == {"train": 3068, "validation": 341, "test": 372}

@@ -1,25 +1,30 @@
 import json
-import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import zarr
 
-from featurecache.errors import CacheError
-from featurecache.store import STAGING, Cache, chunk_rows
+from featurecache.errors import CacheError, LockedError
+from featurecache.store import CURRENT, Cache, chunk_rows, storable
 
 
-def write_group(cache: Cache, n: int, dim: int = 8, batch: int = 7, name: str = "g"):
-    writer = cache.writer("ds", name, feature_dim=dim, dataset_attrs={"name": "ds"})
+def write_gen(cache: Cache, n: int, dim: int = 8, batch: int = 7, group: str = "g"):
+    cache.ensure()
+    writer = cache.generation_writer("ds", group, feature_dim=dim, group_attrs={})
     features = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
     for start in range(0, n, batch):
-        stop = min(n, start + batch)
+        rows = range(start, min(n, start + batch))
         writer.append(
-            features[start:stop],
-            labels=[i % 3 for i in range(start, stop)],
-            split=["train" if i % 4 else "test" for i in range(start, stop)],
-            keys=[f"k{i}" for i in range(start, stop)],
-            sources=[f"/img/é_{i}.jpg" for i in range(start, stop)],
+            features[rows.start : rows.stop],
+            labels=[i % 3 for i in rows],
+            split=["train" if i % 4 else "test" for i in rows],
+            keys=[f"k{i}" for i in rows],
+            sources=[f"/img/é_{i}.jpg" for i in rows],
+            sizes=[100 + i for i in rows],
+            mtimes=[10**18 + i for i in rows],
         )
     writer.commit({"recipe_hash": "r", "class_names": ["a", "b", "c"]})
     return features
@@ -34,23 +39,23 @@ def test_chunks_hold_at_least_one_mebibyte():
 
 def test_round_trip_across_chunk_boundaries(tmp_path):
     cache = Cache(tmp_path / "c")
-    dim = 4096  # 64 rows per chunk, so 150 rows span three chunks
-    features = write_group(cache, 150, dim=dim, batch=37)
+    features = write_gen(cache, 150, dim=4096, batch=37)  # 64 rows per chunk: three chunks
     fs = cache.read("ds", "g")
     np.testing.assert_array_equal(fs.features, features)
     assert fs.features.dtype == np.float32 and fs.labels.dtype == np.int32
     assert fs.keys[149] == "k149" and fs.sources[3] == "/img/é_3.jpg"
-    assert fs.class_names == ["a", "b", "c"]
-    assert fs.attrs["n_images"] == 150
+    assert fs.class_names == ["a", "b", "c"] and fs.attrs["n_images"] == 150
     x, y = fs.subset("test")
     assert len(x) == len(y) == 38
     assert fs.splits == ["train", "test"]
+    rows = cache.open_rows("ds", "g")
+    assert rows["sizes"][5] == 105 and rows["mtimes"][0] == 10**18
 
 
-def test_plain_zarr_can_read_the_layout(tmp_path):
+def test_plain_zarr_reads_the_current_generation(tmp_path):
     cache = Cache(tmp_path / "c")
-    write_group(cache, 10)
-    group = zarr.open_group(tmp_path / "c" / "ds" / "g", mode="r")
+    write_gen(cache, 10)
+    group = zarr.open_group(tmp_path / "c" / "ds" / "g" / CURRENT, mode="r")
     assert group["features"].shape == (10, 8)
     assert list(group["split"][:2]) == ["test", "train"]
     assert group.attrs["class_names"] == ["a", "b", "c"]
@@ -58,47 +63,103 @@ def test_plain_zarr_can_read_the_layout(tmp_path):
     assert root["zarr_format"] == 3
 
 
-def test_nothing_is_visible_before_commit_and_abort_cleans_up(tmp_path):
+def test_commit_swaps_current_and_keeps_only_the_previous_generation(tmp_path):
     cache = Cache(tmp_path / "c")
-    writer = cache.writer("ds", "g", feature_dim=4, dataset_attrs={})
-    writer.append(np.ones((3, 4)), [0, 1, 0], ["train"] * 3, ["a", "b", "c"], ["x", "y", "z"])
-    assert list(cache.groups()) == []
+    for n in (5, 6, 7):
+        write_gen(cache, n)
+    assert cache.read("ds", "g").features.shape == (7, 8)
+    assert [p.name for p in cache.generations("ds", "g")] == ["gen-000002", "gen-000003"]
+    assert cache.attrs("ds", "g")["generation"] == "gen-000003"
+
+
+def test_an_uncommitted_generation_is_invisible_and_aborts_cleanly(tmp_path):
+    cache = Cache(tmp_path / "c")
+    write_gen(cache, 5)
+    writer = cache.generation_writer("ds", "g", feature_dim=8, group_attrs={})
+    writer.append(
+        np.ones((3, 8)),
+        labels=[0] * 3,
+        split=["train"] * 3,
+        keys=["a"] * 3,
+        sources=["x"] * 3,
+        sizes=[1] * 3,
+        mtimes=[1] * 3,
+    )
+    assert cache.read("ds", "g").features.shape == (5, 8)
     writer.abort()
-    assert not any((tmp_path / "c" / STAGING).iterdir())
+    assert not list((tmp_path / "c" / "ds" / "g").glob("*.partial"))
 
 
-def test_stale_staging_from_a_dead_process_is_removed(tmp_path):
+def test_compute_stage_resumes_from_its_recorded_progress(tmp_path):
     cache = Cache(tmp_path / "c")
-    write_group(cache, 5)
-    dead = tmp_path / "c" / STAGING / "999999999-deadbeef"
-    dead.mkdir(parents=True)
-    live = tmp_path / "c" / STAGING / f"{os.getppid()}-cafecafe"
-    live.mkdir()
-    cache.writer("ds", "h", feature_dim=2, dataset_attrs={}).abort()
-    assert not dead.exists()
-    assert live.exists()
+    cache.ensure()
+    stage = cache.stage("ds", "g", "plan1", feature_dim=4)
+    stage.append(2, np.ones((2, 4)), ["a", "b"], [])
+    stage.append(4, np.full((1, 4), 2.0), ["c"], [{"source": "bad.jpg", "reason": "corrupt"}])
+    # A batch written but not recorded (killed before the progress update):
+    stage.features().append(np.full((1, 4), 9.0, np.float32), axis=0)
+    again = cache.stage("ds", "g", "plan1", feature_dim=4)
+    assert (again.records_done, again.rows) == (4, 3)
+    assert again.keys() == ["a", "b", "c"]
+    assert again.features().shape == (3, 4)
+    assert again.skipped == [{"source": "bad.jpg", "reason": "corrupt"}]
+    other = cache.stage("ds", "g", "plan2", feature_dim=4)  # a new plan drops stale stages
+    assert other.records_done == 0 and not again.folder.exists()
 
 
-def test_commit_replaces_an_older_group_of_the_same_name(tmp_path):
+def test_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
     cache = Cache(tmp_path / "c")
-    write_group(cache, 5)
-    write_group(cache, 9)
-    assert cache.read("ds", "g").features.shape == (9, 8)
-    assert [g for _, g, _ in cache.groups()] == ["g"]
+    cache.ensure()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from featurecache.store import Cache\n"
+            f"c = Cache({str(tmp_path / 'c')!r})\n"
+            "with c.lock('ds'):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match="another featurecache process"):
+            with cache.lock("ds", wait=False):
+                pass
+        with cache.lock("other", wait=False):  # other data sets are independent
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with cache.lock("ds", wait=False):
+                break
+        except LockedError:
+            assert time.monotonic() < deadline, "a killed holder's lock was never released"
+            time.sleep(0.1)
 
 
 def test_a_folder_that_is_not_a_cache_is_refused(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     with pytest.raises(CacheError, match="not a featurecache cache"):
-        Cache(tmp_path / "photos").writer("ds", "g", feature_dim=2, dataset_attrs={})
+        Cache(tmp_path / "photos").ensure()
     with pytest.raises(CacheError, match="no cache"):
         Cache(tmp_path / "missing").check()
 
 
 def test_missing_group_is_a_clear_error(tmp_path):
     cache = Cache(tmp_path / "c")
-    write_group(cache, 3)
+    write_gen(cache, 3)
     with pytest.raises(CacheError, match="no group ds/other"):
         cache.read("ds", "other")
     assert cache.nbytes("ds", "g") > 0
+
+
+def test_non_utf8_names_are_stored_as_escapes():
+    name = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")
+    assert storable(name) == "caf\\xe9.jpg"
+    assert storable("café.jpg") == "café.jpg"

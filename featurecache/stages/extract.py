@@ -1,18 +1,33 @@
-"""Stage 1: data set x backbone -> a committed group of bottleneck features.
+"""Stage 1: data set x backbone -> a committed generation of bottleneck features.
 
-Reader -> model -> writer (the shape of clip-retrieval's runner): a thread pool
-reads and decodes images a few batches ahead while the backbone runs on the
-current batch; the writer appends whole chunks to a staging group that is
-committed in one rename at the end.
+Incremental and crash-safe, for cron (``featurecache refresh``) as much as for
+people:
+
+1. **Plan.** List the data set (names, sizes, mtimes only). An unchanged listing
+   fingerprint is a cache hit. Otherwise each image is matched to the committed
+   generation by ``(source, size, mtime)`` without reading it, as git's index
+   does; the rest are hashed (BLAKE2b of their bytes) and found by content key in
+   this group or in any other data set's group with the same recipe. Only what is
+   still missing is computed.
+2. **Compute** the missing images in fixed batches (reader -> model -> writer: a
+   thread pool decodes ahead while the backbone runs), each batch made durable in
+   a staging group before the next. A killed run resumes from the last finished
+   batch, with the same batches, so the features are bit-identical to an
+   uninterrupted run's.
+3. **Commit** a new generation in listing order (reused rows copied, computed rows
+   from staging) and swap ``current`` atomically.
+
+All of it runs under the data set's writer lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,11 +37,11 @@ import numpy as np
 from tqdm import tqdm
 
 from featurecache import recipe
-from featurecache.backbones import BackboneConfig, build_backbone
+from featurecache.backbones import BackboneConfig, BuiltBackbone, build_backbone, import_keras
 from featurecache.config import Pipeline
 from featurecache.datasets import Listing, Record, list_dataset
 from featurecache.errors import DatasetError, ImageDecodeError
-from featurecache.store import CODEC_DESCRIPTION, Cache
+from featurecache.store import CODEC_DESCRIPTION, Cache, ComputeStage, storable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +51,13 @@ PREFETCH_BATCHES = 2
 
 @dataclass
 class ExtractResult:
-    """What one (data set, backbone) extraction did; ``--json`` prints these."""
+    """What one (data set, backbone) extraction did; ``--json`` prints these.
+
+    ``n_extracted`` images went through the backbone in this run (``n_resumed``
+    more had been computed by an interrupted run); ``n_reused`` were taken from
+    the cache; ``n_new``, ``n_changed`` and ``n_removed`` compare the data set
+    with the previous generation.
+    """
 
     dataset: str
     backbone: str
@@ -46,20 +67,28 @@ class ExtractResult:
     n_extracted: int
     weights: str
     seconds: float
+    n_reused: int = 0
+    n_resumed: int = 0
+    n_new: int = 0
+    n_changed: int = 0
+    n_removed: int = 0
     images_per_second: float | None = None
     split_counts: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    content_hash: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def changed(self) -> bool:
+        return not self.cache_hit
 
-def extract(pipeline: Pipeline, *, progress: bool = False) -> list[ExtractResult]:
+
+def extract(
+    pipeline: Pipeline, *, progress: bool = False, wait: bool = True
+) -> list[ExtractResult]:
     """Extract every data set x backbone of ``pipeline`` into its cache.
-
-    A (data set, backbone) whose inputs and recipe are unchanged is a cache hit:
-    nothing is built or computed. Images that cannot be decoded are skipped and
-    recorded (``ExtractResult.skipped`` and the group's ``skipped`` attribute).
 
     Raises
     ------
@@ -67,6 +96,8 @@ def extract(pipeline: Pipeline, *, progress: bool = False) -> list[ExtractResult
         If a data set cannot be listed, or none of its images decodes.
     ConfigError
         If a backbone cannot be built with its arguments or weights.
+    LockedError
+        If ``wait`` is false and another process is writing the same data set.
     """
     cache = Cache(pipeline.cache)
     results = []
@@ -76,12 +107,29 @@ def extract(pipeline: Pipeline, *, progress: bool = False) -> list[ExtractResult
             for backbone in pipeline.backbones:
                 results.append(
                     extract_one(
-                        cache, listing, backbone, batch_size=pipeline.batch_size, progress=progress
+                        cache,
+                        listing,
+                        backbone,
+                        batch_size=pipeline.batch_size,
+                        progress=progress,
+                        wait=wait,
                     )
                 )
         finally:
             listing.close()
     return results
+
+
+@dataclass
+class _Plan:
+    """Where each record's features come from."""
+
+    keys: dict[int, str] = field(default_factory=dict)
+    reuse: dict[int, tuple[Any, int]] = field(default_factory=dict)  # index -> (array, row)
+    compute: list[int] = field(default_factory=list)
+    n_new: int = 0
+    n_changed: int = 0
+    n_removed: int = 0
 
 
 def extract_one(
@@ -91,125 +139,297 @@ def extract_one(
     *,
     batch_size: int = 32,
     progress: bool = False,
+    wait: bool = True,
 ) -> ExtractResult:
-    """Extract one data set with one backbone (or find it already cached)."""
+    """Extract one data set with one backbone: only what the cache lacks."""
     start = time.perf_counter()
-    found = recipe.find_group(cache, listing.name, backbone)
-    if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
-        log.info(
-            "cache hit: %s/%s (%d images), nothing to compute",
-            listing.name,
-            found.group,
-            found.attrs["n_images"],
+    cache.ensure()
+    with cache.lock(listing.name, wait=wait):
+        found = recipe.find_group(cache, listing.name, backbone)
+        if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
+            log.info(
+                "cache hit: %s/%s (%d images), nothing to compute",
+                listing.name,
+                found.group,
+                found.attrs["n_images"],
+            )
+            return ExtractResult(
+                dataset=listing.name,
+                backbone=backbone.name,
+                group=found.group,
+                cache_hit=True,
+                n_images=found.attrs["n_images"],
+                n_extracted=0,
+                weights=backbone.weights,
+                seconds=time.perf_counter() - start,
+                n_reused=found.attrs["n_images"],
+                split_counts=found.attrs["split_counts"],
+                skipped=found.attrs.get("skipped", []),
+                content_hash=found.attrs.get("content_hash", ""),
+            )
+        known = found or recipe.find_any_group(cache, backbone)
+        plan = _plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
+        built: BuiltBackbone | None = None
+        if plan.compute or known is None:
+            built = _build(backbone)
+            recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256)
+        else:
+            recipe_hash = known.attrs["recipe_hash"]
+        group = recipe.group_name(backbone, recipe_hash)
+        plan_id = _plan_id(listing, recipe_hash, found, plan.compute)
+        stage = cache.stage(listing.name, group, plan_id, feature_dim=backbone.feature_dim)
+        n_resumed = stage.rows
+        compute_start = time.perf_counter()
+        n_computed = _compute(stage, listing, plan.compute, built, backbone, batch_size, progress)
+        compute_seconds = time.perf_counter() - compute_start
+        result = _commit(
+            cache, listing, backbone, group, recipe_hash, plan, stage, built, known, compute_seconds
         )
-        return ExtractResult(
-            dataset=listing.name,
-            backbone=backbone.name,
-            group=found.group,
-            cache_hit=True,
-            n_images=found.attrs["n_images"],
-            n_extracted=0,
-            weights=backbone.weights,
-            seconds=time.perf_counter() - start,
-            split_counts=found.attrs["split_counts"],
-            skipped=found.attrs.get("skipped", []),
-        )
-    if backbone.weights == "none":
-        from featurecache.backbones import import_keras
+        stage.remove()
+    result.update(
+        n_extracted=n_computed,
+        n_resumed=n_resumed,
+        seconds=time.perf_counter() - start,
+        images_per_second=n_computed / compute_seconds if n_computed else None,
+    )
+    log.info(
+        "extracted %s/%s: %d computed, %d reused, %d skipped (%.1f s)",
+        listing.name,
+        group,
+        n_computed,
+        len(plan.reuse),
+        len(result["skipped"]),
+        result["seconds"],
+    )
+    return ExtractResult(**result)
 
+
+def _build(backbone: BackboneConfig) -> BuiltBackbone:
+    if backbone.weights == "none":
         import_keras().utils.set_random_seed(recipe.RANDOM_WEIGHTS_SEED)
-    built = build_backbone(backbone)
-    recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256)
-    group = recipe.group_name(backbone, recipe_hash)
-    writer = cache.writer(
+    return build_backbone(backbone)
+
+
+def _plan(cache: Cache, listing: Listing, found, recipe_hash: str | None) -> _Plan:
+    plan = _Plan()
+    old_rows: dict[str, tuple[int, int, str, int]] = {}
+    by_key: dict[str, tuple[Any, int]] = {}
+    if found is not None:
+        old = cache.open_rows(listing.name, found.group)
+        sources, sizes, mtimes, keys = (old[n][...] for n in ("sources", "sizes", "mtimes", "keys"))
+        old_rows = {
+            str(s): (int(z), int(m), str(k), row)
+            for row, (s, z, m, k) in enumerate(zip(sources, sizes, mtimes, keys, strict=True))
+        }
+        by_key = {str(k): (old["features"], row) for row, k in enumerate(keys)}
+    unknown = []
+    present = set()
+    for index, record in enumerate(listing.records):
+        source = storable(record.source)
+        present.add(source)
+        previous = old_rows.get(source)
+        if previous and record.size >= 0 and previous[:2] == (record.size, record.mtime_ns):
+            plan.keys[index] = previous[2]
+            plan.reuse[index] = by_key[previous[2]]
+            continue
+        plan.n_changed += previous is not None
+        plan.n_new += previous is None
+        unknown.append(index)
+    plan.n_removed = len(set(old_rows) - present)
+    if unknown and recipe_hash is not None:
+        others = _keys_elsewhere(cache, listing.name, recipe_hash)
+        for index in unknown:
+            key = listing.content_key(listing.records[index])
+            if key is None:
+                plan.compute.append(index)
+                continue
+            plan.keys[index] = key
+            where = by_key.get(key) or others.get(key)
+            if where is None:
+                plan.compute.append(index)
+            else:
+                plan.reuse[index] = where
+    else:
+        plan.compute = unknown
+    return plan
+
+
+def _keys_elsewhere(cache: Cache, dataset: str, recipe_hash: str) -> dict[str, tuple[Any, int]]:
+    """Content key -> (features array, row) over other data sets made by the same recipe."""
+    found: dict[str, tuple[Any, int]] = {}
+    for other, group, attrs in cache.groups():
+        if other == dataset or attrs.get("recipe_hash") != recipe_hash:
+            continue
+        rows = cache.open_rows(other, group)
+        for row, key in enumerate(rows["keys"][...]):
+            found.setdefault(str(key), (rows["features"], row))
+    return found
+
+
+def _plan_id(listing: Listing, recipe_hash: str, found, compute: Sequence[int]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{listing.fingerprint}\0{recipe_hash}\0".encode())
+    digest.update(str(found.attrs.get("generation") if found else None).encode())
+    for index in compute:
+        digest.update(storable(listing.records[index].source).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _compute(
+    stage: ComputeStage,
+    listing: Listing,
+    compute: Sequence[int],
+    built: BuiltBackbone | None,
+    backbone: BackboneConfig,
+    batch_size: int,
+    progress: bool,
+) -> int:
+    """Run the backbone over ``compute[stage.records_done:]``; returns images computed."""
+    todo = [listing.records[i] for i in compute[stage.records_done :]]
+    if not todo:
+        return 0
+    if built is None:
+        raise RuntimeError("internal error: images to compute but no backbone built")
+    if stage.records_done:
+        log.info(
+            "resuming: %d of %d images were computed by an interrupted run",
+            stage.records_done,
+            len(compute),
+        )
+    done, computed = stage.records_done, 0
+    bar = tqdm(
+        total=len(compute),
+        initial=done,
+        unit="img",
+        dynamic_ncols=True,
+        desc=f"{listing.name} x {backbone.name}",
+        disable=not progress,
+    )
+    with bar:
+        for batch in decoded_batches(listing, todo, backbone.input_size, batch_size):
+            good = [(key, px) for _, key, px, err in batch if err is None]
+            skipped = [
+                {"source": storable(r.source), "reason": str(err)}
+                for r, _, _, err in batch
+                if err is not None
+            ]
+            for item in skipped:
+                log.warning("skipped %s", item["reason"])
+            features = np.zeros((0, backbone.feature_dim), np.float32)
+            if good:
+                pixels = np.stack([px for _, px in good]).astype(np.float32)
+                features = np.asarray(built.model.predict_on_batch(built.preprocess(pixels)))
+            done += len(batch)
+            stage.append(done, features, [k for k, _ in good], skipped)
+            computed += len(good)
+            bar.update(len(batch))
+    return computed
+
+
+def _commit(
+    cache, listing, backbone, group, recipe_hash, plan, stage, built, known, compute_seconds
+) -> dict[str, Any]:
+    skipped_sources = {s["source"] for s in stage.skipped}
+    stage_keys = stage.keys()
+    stage_rows, row = {}, 0
+    for index in plan.compute:
+        if storable(listing.records[index].source) not in skipped_sources:
+            stage_rows[index] = row
+            row += 1
+    order = [i for i in range(len(listing.records)) if i in plan.reuse or i in stage_rows]
+    if not order:
+        raise DatasetError(
+            f"data set {listing.name!r}: none of its {len(listing.records)} images could be "
+            f"decoded (first: {stage.skipped[0]['reason'] if stage.skipped else 'none listed'})"
+        )
+    weights = (
+        {"spec": backbone.weights, "file": built.weights_file, "sha256": built.weights_sha256}
+        if built is not None
+        else dict(known.attrs["weights"])
+    )
+    if backbone.weights == "none":
+        weights["random_seed"] = recipe.RANDOM_WEIGHTS_SEED
+    writer = cache.generation_writer(
         listing.name,
         group,
         feature_dim=backbone.feature_dim,
-        dataset_attrs=listing.config.describe(),
+        group_attrs={"request_hash": recipe.request_hash(backbone), "recipe_hash": recipe_hash},
     )
-    skipped: list[dict[str, str]] = []
+    content = hashlib.blake2b(digest_size=16)
     split_counts: dict[str, int] = {}
-    compute_start = time.perf_counter()
     try:
-        bar = tqdm(
-            total=len(listing.records),
-            unit="img",
-            desc=f"{listing.name} x {backbone.name}",
-            disable=not progress,
-            dynamic_ncols=True,
-        )
-        with bar:
-            for batch in decoded_batches(listing, backbone.input_size, batch_size):
-                good = [(r, key, px) for r, key, px, err in batch if err is None]
-                for r, _, _, err in batch:
-                    if err is not None:
-                        log.warning("skipped %s", err)
-                        skipped.append({"source": r.source, "reason": str(err)})
-                if good:
-                    pixels = np.stack([px for _, _, px in good]).astype(np.float32)
-                    features = np.asarray(built.model.predict_on_batch(built.preprocess(pixels)))
-                    writer.append(
-                        features,
-                        labels=[r.label for r, _, _ in good],
-                        split=[r.split for r, _, _ in good],
-                        keys=[key for _, key, _ in good],
-                        sources=[r.source for r, _, _ in good],
-                    )
-                    for r, _, _ in good:
-                        split_counts[r.split] = split_counts.get(r.split, 0) + 1
-                bar.update(len(batch))
-        n_done = sum(split_counts.values())
-        if n_done == 0:
-            raise DatasetError(
-                f"data set {listing.name!r}: none of its {len(listing.records)} images could be "
-                f"decoded (first: {skipped[0]['reason'] if skipped else 'none listed'})"
+        for start in range(0, len(order), writer.rows_per_chunk):
+            window = order[start : start + writer.rows_per_chunk]
+            features = _gather(window, plan, stage, stage_rows, backbone.feature_dim)
+            records = [listing.records[i] for i in window]
+            keys = [plan.keys.get(i) or stage_keys[stage_rows[i]] for i in window]
+            for r, k in zip(records, keys, strict=True):
+                content.update(f"{k}\0{r.label}\0{r.split}\n".encode())
+                split_counts[r.split] = split_counts.get(r.split, 0) + 1
+            writer.append(
+                features,
+                labels=[r.label for r in records],
+                split=[r.split for r in records],
+                keys=keys,
+                sources=[storable(r.source) for r in records],
+                sizes=[r.size for r in records],
+                mtimes=[r.mtime_ns for r in records],
             )
-        seconds = time.perf_counter() - compute_start
-        writer.commit(
-            _provenance(listing, backbone, built, recipe_hash, split_counts, skipped, seconds)
+        attrs = _provenance(
+            listing, backbone, weights, recipe_hash, split_counts, stage.skipped, compute_seconds
         )
+        attrs["content_hash"] = content.hexdigest()
+        writer.commit(attrs)
     except BaseException:
         writer.abort()
         raise
-    log.info(
-        "extracted %s/%s: %d images in %.1f s (%.1f images/s), %d skipped",
-        listing.name,
-        group,
-        n_done,
-        seconds,
-        n_done / seconds,
-        len(skipped),
-    )
-    return ExtractResult(
+    return dict(
         dataset=listing.name,
         backbone=backbone.name,
         group=group,
         cache_hit=False,
-        n_images=n_done,
-        n_extracted=n_done,
+        n_images=len(order),
+        n_extracted=0,
         weights=backbone.weights,
-        seconds=time.perf_counter() - start,
-        images_per_second=n_done / seconds,
+        seconds=0.0,
+        n_reused=len(plan.reuse),
+        n_new=plan.n_new,
+        n_changed=plan.n_changed,
+        n_removed=plan.n_removed,
         split_counts=split_counts,
-        skipped=skipped,
+        skipped=stage.skipped,
+        content_hash=attrs["content_hash"],
     )
 
 
-def _provenance(listing, backbone, built, recipe_hash, split_counts, skipped, seconds) -> dict:
+def _gather(window, plan: _Plan, stage: ComputeStage, stage_rows, feature_dim: int) -> np.ndarray:
+    """Features for ``window`` (record indices), from the cache or the staging group."""
+    out = np.empty((len(window), feature_dim), np.float32)
+    by_array: dict[int, tuple[Any, list[int], list[int]]] = {}
+    for position, index in enumerate(window):
+        array, row = (
+            plan.reuse[index] if index in plan.reuse else (stage.features(), stage_rows[index])
+        )
+        entry = by_array.setdefault(id(array), (array, [], []))
+        entry[1].append(position)
+        entry[2].append(row)
+    for array, positions, rows in by_array.values():
+        order = np.argsort(rows)
+        sorted_rows = np.asarray(rows)[order]
+        values = array.get_orthogonal_selection((sorted_rows, slice(None)))
+        out[np.asarray(positions)[order]] = values
+    return out
+
+
+def _provenance(listing, backbone, weights, recipe_hash, split_counts, skipped, seconds) -> dict:
     return {
-        "featurecache_format": 1,
         "request_hash": recipe.request_hash(backbone),
         "recipe_hash": recipe_hash,
         "recipe": recipe.request(backbone),
         "dataset": {**listing.config.describe(), "fingerprint": listing.fingerprint},
         "class_names": listing.class_names,
         "backbone": backbone.describe(),
-        "weights": {
-            "spec": backbone.weights,
-            "file": built.weights_file,
-            "sha256": built.weights_sha256,
-            **({"random_seed": recipe.RANDOM_WEIGHTS_SEED} if backbone.weights == "none" else {}),
-        },
+        "weights": weights,
         "input_size": backbone.input_size,
         "preprocessing": backbone.preprocessing,
         "pooling": backbone.pooling,
@@ -220,7 +440,7 @@ def _provenance(listing, backbone, built, recipe_hash, split_counts, skipped, se
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "extraction_seconds": round(seconds, 3),
         "split_counts": split_counts,
-        "skipped": skipped,
+        "skipped": list(skipped),
     }
 
 
@@ -236,9 +456,13 @@ def _read(listing: Listing, record: Record, size: int) -> Decoded:
 
 
 def decoded_batches(
-    listing: Listing, size: int, batch_size: int, workers: int | None = None
+    listing: Listing,
+    records: Sequence[Record],
+    size: int,
+    batch_size: int,
+    workers: int | None = None,
 ) -> Iterator[list[Decoded]]:
-    """Yield batches of ``(record, key, pixels, error)`` in listing order.
+    """Yield batches of ``(record, key, pixels, error)`` in the order of ``records``.
 
     Decoding runs in a thread pool (Pillow releases the GIL while decoding) at most
     :data:`PREFETCH_BATCHES` batches ahead, so memory stays bounded whatever the
@@ -246,13 +470,13 @@ def decoded_batches(
     ``error`` set when the image could not be decoded.
     """
     workers = workers or min(8, os.cpu_count() or 1)
-    records = iter(listing.records)
+    pending = iter(records)
     window: deque[Future[Decoded]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
 
         def fill() -> None:
             while len(window) < batch_size * (PREFETCH_BATCHES + 1):
-                record = next(records, None)
+                record = next(pending, None)
                 if record is None:
                     return
                 window.append(pool.submit(_read, listing, record, size))

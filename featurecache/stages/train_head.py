@@ -25,7 +25,14 @@ from typing import Any
 from featurecache import recipe
 from featurecache.config import HeadConfig, Pipeline
 from featurecache.errors import CacheError, FeaturecacheError
-from featurecache.heads import DenseHead, build_head, canonical_kind, predict_proba, save_head
+from featurecache.heads import (
+    HEAD_JSON,
+    DenseHead,
+    build_head,
+    canonical_kind,
+    predict_proba,
+    save_head,
+)
 from featurecache.metrics import evaluate
 from featurecache.plots import confusion_matrix_png, curves_png
 from featurecache.store import Cache, FeatureSet
@@ -45,13 +52,18 @@ class HeadResult:
     folder: str
     seconds: float
     accuracy: dict[str, float]
+    trained: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def train_heads(pipeline: Pipeline) -> list[HeadResult]:
+def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadResult]:
     """Train every head of ``pipeline`` on every cached data set x backbone.
+
+    With ``only_changed``, a head whose folder already holds a model trained on
+    the same rows (content hash), with the same kind and parameters, is kept as is
+    and reported with ``trained=False``.
 
     Raises
     ------
@@ -76,6 +88,9 @@ def train_heads(pipeline: Pipeline) -> list[HeadResult]:
             features = cache.read(dataset.name, found.group)
             for head, kind in zip(pipeline.heads, kinds, strict=True):
                 folder = pipeline.output / pipeline.name / dataset.name / found.group / head.name
+                if only_changed and (kept := _unchanged(folder, head, kind, found.attrs)):
+                    results.append(kept)
+                    continue
                 results.append(
                     train_one(
                         features,
@@ -88,6 +103,35 @@ def train_heads(pipeline: Pipeline) -> list[HeadResult]:
                     )
                 )
     return results
+
+
+def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadResult | None:
+    """The existing head's result if it was trained on exactly these inputs."""
+    try:
+        info = json.loads((folder / HEAD_JSON).read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        info.get("content_hash") == attrs.get("content_hash")
+        and info.get("recipe_hash") == attrs.get("recipe_hash")
+        and info.get("kind") == kind
+        and info.get("params") == dict(head.params)
+        and (folder / info.get("model_file", "-")).is_file()
+    )
+    if not same:
+        return None
+    return HeadResult(
+        dataset=info["cache"]["dataset"],
+        backbone=attrs["backbone"]["name"],
+        group=info["cache"]["group"],
+        head=head.name,
+        kind=kind,
+        folder=str(folder),
+        seconds=0.0,
+        accuracy={s: m["accuracy"] for s, m in metrics.items()},
+        trained=False,
+    )
 
 
 def train_one(

@@ -377,7 +377,13 @@ class ComputeStage:
         return [str(k) for k in self._arrays["keys"][...]] if self.rows else []
 
     def remove(self) -> None:
+        """Delete the stage, and its parent folders when they are left empty."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in (self.folder.parent, self.folder.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 class GenerationWriter:

@@ -176,6 +176,7 @@ def train_one(
             "backbone": attrs["backbone"],
             "weights": attrs["weights"],
             "recipe_hash": attrs["recipe_hash"],
+            "content_hash": attrs.get("content_hash"),
             "feature_dim": attrs["feature_dim"],
             "train_seconds": round(seconds, 3),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -335,7 +335,9 @@ def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
             args=dict(table.get("args", {})),
         )
     except FeaturecacheError as exc:
-        raise _fail(f"{where}: {exc}", "name", where) from exc
+        key = next((k for k in ("pooling", "input_size", "weights") if str(exc).startswith(k)),
+                   "name")
+        raise _fail(f"{where}: {exc}", key, where) from exc
 
 
 def _parse_head(table: Mapping[str, Any], where: str) -> HeadConfig:

@@ -167,7 +167,7 @@ def _image_suffixes() -> set[str]:
 def _files(folder: Path, suffixes: set[str]) -> list[Path]:
     files = []
     for path in sorted(folder.rglob("*")):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):
             continue
         if path.suffix.lower() in suffixes:
             files.append(path)

@@ -37,6 +37,8 @@ RESIZE_METHOD = "pillow-bilinear-stretch"
 MAX_PIXELS = 89_478_485
 
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: Pillow's words when it knows a format but lacks the codec or helper to decode it.
+_UNSUPPORTED_HINTS = ("not available", "Ghostscript", "not supported", "unsupported")
 
 
 def content_key(data: bytes | np.ndarray) -> str:
@@ -113,6 +115,10 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"{source}: refused as a decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
+        if any(hint in str(exc) for hint in _UNSUPPORTED_HINTS):
+            raise ImageDecodeError(
+                f"{source}: unsupported image format here ({exc}); convert it to JPEG or PNG"
+            ) from exc
         raise ImageDecodeError(f"{source}: corrupt or truncated image: {exc}") from exc
 
 

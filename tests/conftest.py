@@ -39,7 +39,7 @@ def datasets_dir() -> Path:
 
 def make_image(path: Path, color: tuple[int, int, int], size=(40, 30), pattern: int = 0) -> Path:
     """Write a small RGB image: a flat colour with a class-specific stripe pattern."""
-    rng = np.random.default_rng(zlib.crc32(path.name.encode()) + pattern)
+    rng = np.random.default_rng(zlib.crc32(os.fsencode(path.name)) + pattern)
     pixels = np.empty((size[1], size[0], 3), dtype=np.uint8)
     pixels[:] = color
     pixels[:, pattern::4] = 255 - np.asarray(color, dtype=np.uint8)

@@ -139,3 +139,55 @@ def test_killed_before_any_batch_leaves_the_old_generation_readable(folder, tmp_
         assert again["n_images"] == N_IMAGES + 1 and again["n_extracted"] == 1
     finally:
         new.unlink()
+
+
+def refresh_command(pipeline: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "featurecache",
+        "-q",
+        "refresh",
+        str(pipeline),
+        "--json",
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("mode", ["--wait", "--no-wait"])
+def test_two_refreshes_at_once_never_corrupt_the_cache(folder, tmp_path, mode):
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(
+        f'name = "p"\ncache = "{tmp_path / "cache"}"\noutput = "{tmp_path / "runs"}"\n'
+        f'batch_size = {BATCH}\n[[datasets]]\nname = "photos"\npath = "{folder}"\n'
+        f'[[backbones]]\nname = "mobilenet_v2"\nweights = "none"\ninput_size = {SIZE}\n'
+        '[[heads]]\nkind = "logistic_regression"\n'
+    )
+    procs = [
+        subprocess.Popen(
+            refresh_command(pipeline, mode),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    if mode == "--wait":
+        assert codes == [0, 0], outs
+        computed = sorted(json.loads(o)["refresh"][0]["n_extracted"] for o, _ in outs)
+        assert computed == [0, N_IMAGES]  # the second waited, then found it all cached
+    else:
+        assert codes in ([0, 0], [0, 4]), outs
+        for (_out, err), code in zip(outs, [p.returncode for p in procs], strict=True):
+            if code == 4:
+                assert "another featurecache process is writing data set 'photos'" in err
+                assert "Traceback" not in err
+    result = json.loads(
+        next(o for (o, _), p in zip(outs, procs, strict=True) if p.returncode == 0)
+    )["refresh"][0]
+    fs = Cache(tmp_path / "cache").read("photos", result["extract"][0]["group"])
+    assert fs.features.shape == (N_IMAGES, 1280) and len(set(fs.sources)) == N_IMAGES
+    assert np.isfinite(fs.features).all()

@@ -261,11 +261,8 @@ def backbones(as_json: JsonOpt = False) -> None:
 def _print_extract(results) -> None:
     for r in results:
         if r.weights == "none":
-            typer.echo(
-                f"WARNING: {r.backbone} has RANDOM weights (weights=none): these features "
-                "are for tests only",
-                err=True,
-            )
+            log.warning("%s has RANDOM weights (weights=none): these features are for tests only",
+                        r.backbone)
         splits = ", ".join(f"{k} {v}" for k, v in sorted(r.split_counts.items()))
         if r.cache_hit:
             typer.echo(

@@ -335,8 +335,9 @@ def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
             args=dict(table.get("args", {})),
         )
     except FeaturecacheError as exc:
-        key = next((k for k in ("pooling", "input_size", "weights") if str(exc).startswith(k)),
-                   "name")
+        key = next(
+            (k for k in ("pooling", "input_size", "weights") if str(exc).startswith(k)), "name"
+        )
         raise _fail(f"{where}: {exc}", key, where) from exc
 
 

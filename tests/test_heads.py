@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from featurecache.dense_head import DenseHead
 from featurecache.errors import ConfigError
 from featurecache.heads import (
-    DenseHead,
     build_head,
     canonical_kind,
     load_head,

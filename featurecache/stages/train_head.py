@@ -25,16 +25,7 @@ from typing import Any
 from featurecache import recipe
 from featurecache.config import HeadConfig, Pipeline
 from featurecache.errors import CacheError, FeaturecacheError
-from featurecache.heads import (
-    HEAD_JSON,
-    DenseHead,
-    build_head,
-    canonical_kind,
-    predict_proba,
-    save_head,
-)
-from featurecache.metrics import evaluate
-from featurecache.plots import confusion_matrix_png, curves_png
+from featurecache.heads import HEAD_JSON, build_head, canonical_kind, predict_proba, save_head
 from featurecache.store import Cache, FeatureSet
 
 log = logging.getLogger(__name__)
@@ -145,6 +136,10 @@ def train_one(
     group: str,
 ) -> HeadResult:
     """Fit one head on the train split, evaluate every split, write its folder."""
+    from featurecache.dense_head import DenseHead
+    from featurecache.metrics import evaluate
+    from featurecache.plots import confusion_matrix_png, curves_png
+
     x_train, y_train = features.subset("train")
     if len(x_train) == 0:
         raise CacheError(f"{dataset}/{group} has no 'train' images to fit a head on")

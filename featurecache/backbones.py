@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featurecache.errors import ConfigError, DependencyError, UnknownBackboneError
 
 log = logging.getLogger(__name__)
@@ -374,6 +376,64 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: How each family's ``preprocess_input`` maps 0-255 RGB pixels (keras.applications
+#: ``imagenet_utils.preprocess_input`` modes): "tf" scales to [-1, 1]; "caffe" flips RGB
+#: to BGR and subtracts the ImageNet channel means; "torch" scales to [0, 1] and
+#: standardises with the ImageNet mean and std; "none" leaves pixels as they are (the
+#: model rescales them inside).
+PREPROCESS_MODES: dict[str, str] = {
+    "vgg16": "caffe",
+    "vgg19": "caffe",
+    "resnet": "caffe",
+    "resnet_v2": "tf",
+    "inception_v3": "tf",
+    "inception_resnet_v2": "tf",
+    "xception": "tf",
+    "mobilenet": "tf",
+    "mobilenet_v2": "tf",
+    "nasnet": "tf",
+    "densenet": "torch",
+    "mobilenet_v3": "none",
+    "efficientnet": "none",
+    "efficientnet_v2": "none",
+    "convnext": "none",
+}
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def preprocessing_layers(config: BackboneConfig) -> list[Any]:
+    """Keras layers equal to the family's ``preprocess_input``, for models saved whole.
+
+    A ``Lambda`` around ``preprocess_input`` would not load without ``safe_mode=False``;
+    these are standard, serialisable layers (numbers from ``keras.applications.
+    imagenet_utils``). ``tests/test_backbones.py`` checks each against
+    ``preprocess_input``.
+    """
+    keras = import_keras()
+    mode = PREPROCESS_MODES[config.spec.module]
+    if mode == "tf":
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_tf")]
+    if mode == "torch":
+        return [
+            keras.layers.Normalization(
+                mean=[m * 255 for m in _TORCH_MEAN],
+                variance=[(s * 255) ** 2 for s in _TORCH_STD],
+                name="preprocess_torch",
+            )
+        ]
+    if mode == "caffe":
+        layer = keras.layers.Conv2D(3, 1, name="preprocess_caffe", trainable=False)
+        layer.build((None, None, None, 3))
+        flip = np.zeros((1, 1, 3, 3), np.float32)
+        for out_channel in range(3):
+            flip[0, 0, 2 - out_channel, out_channel] = 1.0  # RGB -> BGR
+        layer.set_weights([flip, -np.asarray(_CAFFE_MEAN_BGR, np.float32)])
+        return [layer]
+    return []
 
 
 @dataclass(frozen=True)

@@ -261,8 +261,10 @@ def backbones(as_json: JsonOpt = False) -> None:
 def _print_extract(results) -> None:
     for r in results:
         if r.weights == "none":
-            log.warning("%s has RANDOM weights (weights=none): these features are for tests only",
-                        r.backbone)
+            log.warning(
+                "%s has RANDOM weights (weights=none): these features are for tests only",
+                r.backbone,
+            )
         splits = ", ".join(f"{k} {v}" for k, v in sorted(r.split_counts.items()))
         if r.cache_hit:
             typer.echo(
@@ -270,9 +272,13 @@ def _print_extract(results) -> None:
                 f"already in {r.group}; nothing computed"
             )
         else:
+            speed = f", {r.images_per_second:.1f} images/s" if r.images_per_second else ""
+            resumed = f" + {r.n_resumed} resumed" if r.n_resumed else ""
             typer.echo(
-                f"extracted {r.dataset} x {r.backbone}: {r.n_extracted} images ({splits}) "
-                f"in {r.seconds:.1f} s ({r.images_per_second:.1f} images/s) -> {r.group}"
+                f"extracted {r.dataset} x {r.backbone}: {r.n_extracted} computed{resumed}, "
+                f"{r.n_reused} reused ({r.n_new} new, {r.n_changed} changed, {r.n_removed} "
+                f"removed) -> {r.n_images} images ({splits}) in {r.seconds:.1f} s{speed}; "
+                f"{r.group}"
             )
         for s in r.skipped:
             typer.echo(f"  skipped {s['reason']}")
@@ -281,10 +287,8 @@ def _print_extract(results) -> None:
 def _print_heads(results) -> None:
     for r in results:
         acc = ", ".join(f"{k} {v:.3f}" for k, v in r.accuracy.items())
-        typer.echo(
-            f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} "
-            f"({r.seconds:.1f} s) -> {r.folder}"
-        )
+        how = f"({r.seconds:.1f} s)" if r.trained else "(inputs unchanged: kept)"
+        typer.echo(f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} {how} -> {r.folder}")
 
 
 def _partial(results) -> int:
@@ -414,6 +418,124 @@ def run(
         lambda: _print_heads(heads),
     )
     raise typer.Exit(_partial(extracted))
+
+
+@app.command()
+def finetune(
+    pipeline: PipelineArg = None,
+    data: DataOpt = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = "imagenet",
+    pooling: PoolingOpt = "avg",
+    input_size: SizeOpt = None,
+    cache: CacheOpt = None,
+    output: OutputOpt = None,
+    data_root: DataRootOpt = None,
+    head_name: Annotated[
+        str | None,
+        typer.Option(
+            "--head-name",
+            help="The trained dense head "
+            "to start from (its folder name). Default: the pipeline's, or "
+            "'dense'.",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Most epochs (default 10; early stopping on validation loss may end sooner).",
+            show_default=False,
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Most batches per epoch, to bound a CPU run (0: the whole training split).",
+            show_default=False,
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="SGD learning rate (default 1e-4, momentum 0.9).", show_default=False),
+    ] = None,
+    unfreeze: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also unfreeze layers whose names match this regular expression; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Random flip, rotation, zoom and translation while training (default on).",
+            show_default=False,
+        ),
+    ] = None,
+    progress: ProgressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune the backbone's last block under the trained dense head (after `run`).
+
+    Checks first that the rebuilt model reproduces the head's output on cached features;
+    saves a checkpoint every epoch and resumes after an interruption.
+    """
+
+    def call():
+        from dataclasses import replace
+
+        from featurecache.config import Augmentation
+        from featurecache.stages.finetune import finetune as run_finetune
+
+        p = _pipeline(
+            pipeline,
+            data=data,
+            backbone=backbone,
+            head=["dense"] if data else None,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            cache=cache,
+            output=output,
+            data_root=data_root,
+        )
+        changes: dict[str, Any] = {}
+        for key, value in (
+            ("head", head_name),
+            ("epochs", epochs),
+            ("max_steps", max_steps),
+            ("learning_rate", learning_rate),
+        ):
+            if value is not None:
+                changes[key] = value
+        if unfreeze:
+            changes["unfreeze"] = tuple(unfreeze)
+        if augment is False:
+            changes["augment"] = Augmentation(flip="", rotation=0.0, zoom=0.0, translation=0.0)
+        p = replace(p, finetune=replace(p.finetune, **changes))
+        return run_finetune(p, progress=_progress(progress))
+
+    results = _guard(call)
+
+    def text() -> None:
+        for r in results:
+            typer.echo(
+                f"fine-tuned {r.dataset} x {r.backbone} on the {r.device}: parity check "
+                f"passed (max abs diff {r.parity_max_abs_diff:.1e}), "
+                f"{r.trainable_layers} layers trained, {r.epochs_run} epochs of "
+                f"{r.steps_per_epoch} steps ({r.seconds:.0f} s) -> {r.folder}"
+            )
+            typer.echo(f"  {'split':<12}{'frozen head':>12}{'fine-tuned':>12}")
+            for split, acc in r.finetuned_accuracy.items():
+                before = r.frozen_accuracy.get(split)
+                shown = f"{before:.3f}" if before is not None else "-"
+                typer.echo(f"  {split:<12}{shown:>12}{acc:>12.3f}")
+
+    _emit(as_json, {"finetune": [r.to_dict() for r in results]}, text)
 
 
 @app.command()

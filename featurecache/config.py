@@ -113,6 +113,46 @@ class HeadConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Augmentation:
+    """Random augmentation applied while fine-tuning (Keras preprocessing layers).
+
+    ``flip``: ``"horizontal"``, ``"vertical"``, ``"horizontal_and_vertical"`` or ``""``;
+    ``rotation``: fraction of a full turn (0.05 = +/- 18 degrees); ``zoom`` and
+    ``translation``: fraction of the image side. All 0 / ``""`` disables it.
+    """
+
+    flip: str = "horizontal"
+    rotation: float = 0.05
+    zoom: float = 0.1
+    translation: float = 0.1
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flip) or any((self.rotation, self.zoom, self.translation))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """How ``featurecache finetune`` trains (the Keras blog recipe by default).
+
+    ``head`` names the trained dense head to start from; ``unfreeze`` adds layer-name
+    patterns (regular expressions) to the backbone's registered last block;
+    ``max_steps`` bounds the batches per epoch (0: the whole training split).
+    """
+
+    head: str = "dense"
+    epochs: int = 10
+    max_steps: int = 0
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    momentum: float = 0.9
+    patience: int = 3
+    unfreeze: tuple[str, ...] = ()
+    augment: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Pipeline:
     """Data sets x backbones x heads, and where results go."""
 
@@ -123,6 +163,7 @@ class Pipeline:
     cache: Path
     output: Path
     batch_size: int = 32
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     source: Path | None = None
 
 
@@ -235,7 +276,17 @@ def _parse(
 ) -> Pipeline:
     _check_keys(
         raw,
-        ("name", "data_root", "cache", "output", "batch_size", "datasets", "backbones", "heads"),
+        (
+            "name",
+            "data_root",
+            "cache",
+            "output",
+            "batch_size",
+            "datasets",
+            "backbones",
+            "heads",
+            "finetune",
+        ),
         "the pipeline",
     )
     root = _resolve_root(raw, file, data_root)
@@ -257,8 +308,50 @@ def _parse(
         cache=cache_path(cache if cache is not None else raw.get("cache")),
         output=Path(output if output is not None else raw.get("output", DEFAULT_OUTPUT)),
         batch_size=batch_size,
+        finetune=_parse_finetune(raw.get("finetune", {})),
         source=file,
     )
+
+
+_FINETUNE_TYPES = {
+    "head": str,
+    "epochs": int,
+    "max_steps": int,
+    "batch_size": int,
+    "learning_rate": (int, float),
+    "momentum": (int, float),
+    "patience": int,
+    "unfreeze": list,
+    "augment": (bool, dict),
+    "seed": int,
+}
+
+
+def _parse_finetune(table: Mapping[str, Any]) -> FinetuneConfig:
+    if not isinstance(table, dict):
+        raise _fail("finetune must be a [finetune] table", "finetune")
+    _check_keys(table, tuple(_FINETUNE_TYPES), "[finetune]")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if not isinstance(value, _FINETUNE_TYPES[key]) or (
+            isinstance(value, bool) and key != "augment"
+        ):
+            raise _fail(f"[finetune].{key} has the wrong type: {value!r}", key)
+        values[key] = value
+    augment = values.pop("augment", True)
+    if augment is False:
+        augmentation = Augmentation(flip="", rotation=0.0, zoom=0.0, translation=0.0)
+    elif isinstance(augment, dict):
+        _check_keys(augment, ("flip", "rotation", "zoom", "translation"), "[finetune].augment")
+        augmentation = Augmentation(**augment)
+    else:
+        augmentation = Augmentation()
+    if "unfreeze" in values:
+        values["unfreeze"] = tuple(str(p) for p in values["unfreeze"])
+    for key in ("epochs", "batch_size"):
+        if values.get(key, 1) < 1:
+            raise _fail(f"[finetune].{key} must be >= 1", key)
+    return FinetuneConfig(augment=augmentation, **values)
 
 
 def cache_path(value: str | Path | None) -> Path:

@@ -136,3 +136,17 @@ def test_imagenet_weights_file_is_recorded_and_hashed():
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     )
     assert len(built.weights_sha256) == 64
+
+
+@pytest.mark.parametrize("module", sorted({s.module for s in REGISTRY.values()}))
+def test_preprocessing_layers_equal_preprocess_input(module):
+    """The layers saved inside fine-tuned models compute what preprocess_input does."""
+    from featurecache.backbones import preprocess_fn, preprocessing_layers
+
+    config = BackboneConfig.create(next(s.name for s in REGISTRY.values() if s.module == module))
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
+    expected = np.asarray(preprocess_fn(config)(pixels.copy()))
+    out = pixels
+    for layer in preprocessing_layers(config):
+        out = layer(out)
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-4)

@@ -54,13 +54,30 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _backbone(config: BackboneConfig, info: dict):
+    """Rebuild the backbone a head was trained on; refuse other weights."""
+    if config.weights == "none":
+        import_keras().utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    built = build_backbone(config)
+    expected = info["weights"].get("sha256")
+    if expected != built.weights_sha256:
+        raise CacheError(
+            f"the {config.name} weights now loaded ({built.weights_file}, sha256 "
+            f"{built.weights_sha256}) are not those the head was trained with ({expected}); "
+            "extract and train the head again"
+        )
+    return built
+
+
 def predict(
     head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: int = 32
 ) -> list[Prediction]:
     """Predict the class of every image in ``inputs`` with the head in ``head_dir``.
 
-    The backbone is rebuilt from the configuration recorded with the head; its
-    weights must be the ones the head was trained on (same SHA-256).
+    ``head_dir`` is a folder written by ``train-head`` (the backbone is rebuilt from
+    the configuration recorded with the head) or by ``finetune`` (one whole model
+    taking raw pixels). A rebuilt backbone's weights must be the ones the head was
+    trained on (same SHA-256).
 
     Raises
     ------
@@ -79,16 +96,8 @@ def predict(
         pooling=b["pooling"],
         args=b.get("args", {}),
     )
-    if config.weights == "none":
-        import_keras().utils.set_random_seed(RANDOM_WEIGHTS_SEED)
-    built = build_backbone(config)
-    expected = info["weights"].get("sha256")
-    if expected != built.weights_sha256:
-        raise CacheError(
-            f"the {config.name} weights now loaded ({built.weights_file}, sha256 "
-            f"{built.weights_sha256}) are not those the head was trained with ({expected}); "
-            "extract and train the head again"
-        )
+    finetuned = info["kind"] == "finetuned"  # a whole model: raw pixels in
+    built = None if finetuned else _backbone(config, info)
     class_names = info["class_names"]
     results: list[Prediction] = []
     for start in range(0, len(files), batch_size):
@@ -103,9 +112,10 @@ def predict(
                 results.append(Prediction(str(path), None, None, str(exc)))
         if not ok:
             continue
-        batch = built.preprocess(np.stack(pixels).astype(np.float32))
-        features = np.asarray(built.model.predict_on_batch(batch))
-        proba = predict_proba(head, features, len(class_names))
+        batch = np.stack(pixels).astype(np.float32)
+        if built is not None:
+            batch = np.asarray(built.model.predict_on_batch(built.preprocess(batch)))
+        proba = predict_proba(head, batch, len(class_names))
         for path, row in zip(ok, proba, strict=True):
             best = int(row.argmax())
             results.append(Prediction(str(path), class_names[best], float(row[best])))

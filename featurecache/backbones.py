@@ -484,7 +484,7 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
             model = builder(**kwargs)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"Keras cannot build {spec.keras_name} with {kwargs}: {exc}") from exc
-        except OSError as exc:
+        except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
             raise ConfigError(
                 f"could not load weights for {spec.keras_name}: {exc}. Offline? Set KERAS_HOME "
                 "to a folder whose models/ holds Keras's weight files (see README)"

@@ -150,3 +150,15 @@ def test_preprocessing_layers_equal_preprocess_input(module):
     for layer in preprocessing_layers(config):
         out = layer(out)
     np.testing.assert_allclose(np.asarray(out), expected, atol=1e-4)
+
+
+def test_missing_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
+    """No weights file and no network: Keras's download fails; the message says what to do."""
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example.invalid: None -- no network")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ConfigError, match="could not load weights for ResNet50.*KERAS_HOME"):
+        build_backbone(BackboneConfig.create("resnet50"))

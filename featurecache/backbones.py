@@ -32,6 +32,7 @@ from featurecache.errors import ConfigError, DependencyError, UnknownBackboneErr
 log = logging.getLogger(__name__)
 
 POOLINGS = ("avg", "max")
+ENGINES = ("tensorflow", "onnxruntime", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,6 +265,8 @@ class BackboneConfig:
         Global pooling applied to the last feature map.
     args : mapping
         Extra builder arguments such as ``alpha``.
+    engine : {"tensorflow", "onnxruntime", "auto"}
+        What runs the frozen backbone (see :mod:`featurecache.engines`).
     """
 
     name: str
@@ -271,6 +274,7 @@ class BackboneConfig:
     input_size: int
     pooling: str = "avg"
     args: Mapping[str, Any] = field(default_factory=dict)
+    engine: str = "tensorflow"
 
     @classmethod
     def create(
@@ -281,9 +285,12 @@ class BackboneConfig:
         input_size: int | None = None,
         pooling: str = "avg",
         args: Mapping[str, Any] | None = None,
+        engine: str = "tensorflow",
     ) -> BackboneConfig:
         """Validate and normalise; raise :class:`ConfigError` naming the bad field."""
         spec = get_spec(name)
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         size = spec.input_size if input_size is None else input_size
@@ -303,7 +310,14 @@ class BackboneConfig:
                 )
             weights = str(path.resolve())
         merged = {**spec.default_args, **(args or {})}
-        return cls(name=spec.name, weights=weights, input_size=size, pooling=pooling, args=merged)
+        return cls(
+            name=spec.name,
+            weights=weights,
+            input_size=size,
+            pooling=pooling,
+            args=merged,
+            engine=engine,
+        )
 
     @property
     def spec(self) -> BackboneSpec:
@@ -336,6 +350,7 @@ class BackboneConfig:
             "args": dict(self.args),
             "preprocessing": self.preprocessing,
             "embedded_preprocessing": self.spec.embedded_preprocessing,
+            "engine": self.engine,
         }
 
     def replace(self, **changes: Any) -> BackboneConfig:

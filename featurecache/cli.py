@@ -116,6 +116,15 @@ BatchOpt = Annotated[
     typer.Option(min=1, help="Images per backbone batch (default 32).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of text.")]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What runs the backbone: tensorflow (default), onnxruntime "
+        "(pip install 'featurecache[onnx]'), or auto (times both, keeps "
+        "the faster). Overrides the pipeline file's.",
+        show_default=False,
+    ),
+]
 WaitOpt = Annotated[
     bool,
     typer.Option(
@@ -200,7 +209,10 @@ def _pipeline(
     output=None,
     data_root=None,
     batch_size=None,
+    engine=None,
 ):
+    from dataclasses import replace
+
     from featurecache.config import load_pipeline, pipeline_from_options
 
     if pipeline is not None:
@@ -208,11 +220,25 @@ def _pipeline(
             raise FeaturecacheError("give either a pipeline file or --data/--backbone/--head")
         loaded = load_pipeline(pipeline, data_root=data_root, cache=cache, output=output)
         if batch_size:
-            from dataclasses import replace
-
             loaded = replace(loaded, batch_size=batch_size)
+        if engine:
+            from featurecache.backbones import BackboneConfig
+
+            backbones = tuple(
+                BackboneConfig.create(
+                    b.name,
+                    weights=b.weights,
+                    input_size=b.input_size,
+                    pooling=b.pooling,
+                    args=b.args,
+                    engine=engine,
+                )
+                for b in loaded.backbones
+            )
+            loaded = replace(loaded, backbones=backbones)
         return loaded
     return pipeline_from_options(
+        engine=engine or "tensorflow",
         data=data or [],
         backbones=backbone or [],
         heads=head or [],
@@ -277,8 +303,8 @@ def _print_extract(results) -> None:
             typer.echo(
                 f"extracted {r.dataset} x {r.backbone}: {r.n_extracted} computed{resumed}, "
                 f"{r.n_reused} reused ({r.n_new} new, {r.n_changed} changed, {r.n_removed} "
-                f"removed) -> {r.n_images} images ({splits}) in {r.seconds:.1f} s{speed}; "
-                f"{r.group}"
+                f"removed) -> {r.n_images} images ({splits}) in {r.seconds:.1f} s{speed}, "
+                f"engine {r.engine}; {r.group}"
             )
         for s in r.skipped:
             typer.echo(f"  skipped {s['reason']}")
@@ -306,6 +332,7 @@ def extract(
     cache: CacheOpt = None,
     data_root: DataRootOpt = None,
     batch_size: BatchOpt = None,
+    engine: EngineOpt = None,
     wait: WaitOpt = True,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
@@ -325,6 +352,7 @@ def extract(
             cache=cache,
             data_root=data_root,
             batch_size=batch_size,
+            engine=engine,
         )
         return run_extract(p, progress=_progress(progress), wait=wait)
 
@@ -383,6 +411,7 @@ def run(
     output: OutputOpt = None,
     data_root: DataRootOpt = None,
     batch_size: BatchOpt = None,
+    engine: EngineOpt = None,
     wait: WaitOpt = True,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
@@ -405,6 +434,7 @@ def run(
             output=output,
             data_root=data_root,
             batch_size=batch_size,
+            engine=engine,
         )
         extracted = run_extract(p, progress=_progress(progress), wait=wait)
         if not as_json:

@@ -418,7 +418,7 @@ def _under(root: Path, value: str) -> Path:
 
 
 def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
-    _check_keys(table, ("name", "weights", "input_size", "pooling", "args"), where)
+    _check_keys(table, ("name", "weights", "input_size", "pooling", "args", "engine"), where)
     try:
         return BackboneConfig.create(
             _require(table, "name", str, where),
@@ -426,11 +426,11 @@ def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
             input_size=table.get("input_size"),
             pooling=str(table.get("pooling", "avg")),
             args=dict(table.get("args", {})),
+            engine=str(table.get("engine", "tensorflow")),
         )
     except FeaturecacheError as exc:
-        key = next(
-            (k for k in ("pooling", "input_size", "weights") if str(exc).startswith(k)), "name"
-        )
+        fields = ("pooling", "input_size", "weights", "engine")
+        key = next((k for k in fields if str(exc).startswith(k)), "name")
         raise _fail(f"{where}: {exc}", key, where) from exc
 
 
@@ -485,13 +485,16 @@ def pipeline_from_options(
     output: str | Path | None = None,
     batch_size: int = 32,
     name: str | None = None,
+    engine: str = "tensorflow",
 ) -> Pipeline:
     """Build a :class:`Pipeline` from command-line options (no file)."""
     if not data:
         raise ConfigError("give a pipeline file, or --data PATH (see --help)")
     dataset = dataset_from_option(data, name=name)
     configs = tuple(
-        BackboneConfig.create(b, weights=weights, pooling=pooling, input_size=input_size)
+        BackboneConfig.create(
+            b, weights=weights, pooling=pooling, input_size=input_size, engine=engine
+        )
         for b in (backbones or ["mobilenet_v2"])
     )
     head_configs = tuple(HeadConfig(name=h, kind=h) for h in (heads or ["logistic_regression"]))

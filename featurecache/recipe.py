@@ -7,7 +7,8 @@ Two hashes identify cached features (the pattern of huggingface/datasets'
   TensorFlow: backbone and its arguments, weights spec, input size, pooling,
   preprocessing, resize method, featurecache's recipe version and the Keras /
   TensorFlow versions;
-* the **recipe hash** adds the SHA-256 of the weights file Keras actually loaded.
+* the **recipe hash** adds the SHA-256 of the weights file Keras actually loaded and
+  the engine that ran the backbone (``auto`` resolved).
 
 The group name holds the recipe hash, so any change to backbone, weights, size or
 pooling lands in another group: features made differently are never mixed.
@@ -76,9 +77,22 @@ def request_hash(backbone: BackboneConfig) -> str:
     return _hash(request(backbone))
 
 
-def recipe_hash(backbone: BackboneConfig, weights_sha256: str | None) -> str:
+def recipe_hash(backbone: BackboneConfig, weights_sha256: str | None, engine: str) -> str:
+    """Hash of the request, the weights' SHA-256 and the engine that actually ran."""
     weights = weights_sha256 or f"random-seed-{RANDOM_WEIGHTS_SEED}"
-    return _hash({"request": request(backbone), "weights_sha256": weights})
+    return _hash({"request": request(backbone), "weights_sha256": weights, "engine": engine})
+
+
+def model_id(backbone: BackboneConfig, weights_sha256: str | None) -> str:
+    """Identity of the backbone model itself (not the engine): names its ONNX export."""
+    described = {k: v for k, v in backbone.describe().items() if k != "engine"}
+    return _hash(
+        {
+            "backbone": described,
+            "weights_sha256": weights_sha256,
+            "versions": request(backbone)["versions"],
+        }
+    )
 
 
 def group_name(backbone: BackboneConfig, recipe: str) -> str:

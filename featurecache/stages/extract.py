@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from featurecache import recipe
+from featurecache import engines, recipe
 from featurecache.backbones import BackboneConfig, BuiltBackbone, build_backbone, import_keras
 from featurecache.config import Pipeline
 from featurecache.datasets import Listing, Record, list_dataset
@@ -45,6 +45,8 @@ from featurecache.store import CODEC_DESCRIPTION, Cache, ComputeStage, storable
 
 log = logging.getLogger(__name__)
 
+#: Folder of the cache holding ONNX exports of backbones, by model identity.
+ENGINE_DIR = ".engines"
 #: Batches decoded ahead of the one the backbone is running on.
 PREFETCH_BATCHES = 2
 
@@ -76,6 +78,7 @@ class ExtractResult:
     split_counts: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     content_hash: str = ""
+    engine: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,13 +169,24 @@ def extract_one(
                 split_counts=found.attrs["split_counts"],
                 skipped=found.attrs.get("skipped", []),
                 content_hash=found.attrs.get("content_hash", ""),
+                engine=found.attrs.get("engine", "tensorflow"),
             )
         known = found or recipe.find_any_group(cache, backbone)
         plan = _plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
         built: BuiltBackbone | None = None
+        runner: engines.Runner | None = None
+        engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
         if plan.compute or known is None:
             built = _build(backbone)
-            recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256)
+            # "auto" is resolved once, then kept: switching would recompute everything.
+            engine, runner = engines.select(
+                built,
+                engine,
+                cache.root / ENGINE_DIR,
+                recipe.model_id(backbone, built.weights_sha256),
+                batch_size,
+            )
+            recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256, engine)
         else:
             recipe_hash = known.attrs["recipe_hash"]
         group = recipe.group_name(backbone, recipe_hash)
@@ -180,10 +194,22 @@ def extract_one(
         stage = cache.stage(listing.name, group, plan_id, feature_dim=backbone.feature_dim)
         n_resumed = stage.rows
         compute_start = time.perf_counter()
-        n_computed = _compute(stage, listing, plan.compute, built, backbone, batch_size, progress)
+        n_computed = _compute(
+            stage, listing, plan.compute, built, runner, backbone, batch_size, progress
+        )
         compute_seconds = time.perf_counter() - compute_start
         result = _commit(
-            cache, listing, backbone, group, recipe_hash, plan, stage, built, known, compute_seconds
+            cache,
+            listing,
+            backbone,
+            group,
+            recipe_hash,
+            plan,
+            stage,
+            built,
+            known,
+            compute_seconds,
+            engine,
         )
         stage.remove()
     result.update(
@@ -280,6 +306,7 @@ def _compute(
     listing: Listing,
     compute: Sequence[int],
     built: BuiltBackbone | None,
+    runner: engines.Runner | None,
     backbone: BackboneConfig,
     batch_size: int,
     progress: bool,
@@ -288,7 +315,7 @@ def _compute(
     todo = [listing.records[i] for i in compute[stage.records_done :]]
     if not todo:
         return 0
-    if built is None:
+    if built is None or runner is None:
         raise RuntimeError("internal error: images to compute but no backbone built")
     if stage.records_done:
         log.info(
@@ -318,7 +345,7 @@ def _compute(
             features = np.zeros((0, backbone.feature_dim), np.float32)
             if good:
                 pixels = np.stack([px for _, px in good]).astype(np.float32)
-                features = np.asarray(built.model.predict_on_batch(built.preprocess(pixels)))
+                features = np.asarray(runner(built.preprocess(pixels)), dtype=np.float32)
             done += len(batch)
             stage.append(done, features, [k for k, _ in good], skipped)
             computed += len(good)
@@ -327,7 +354,17 @@ def _compute(
 
 
 def _commit(
-    cache, listing, backbone, group, recipe_hash, plan, stage, built, known, compute_seconds
+    cache,
+    listing,
+    backbone,
+    group,
+    recipe_hash,
+    plan,
+    stage,
+    built,
+    known,
+    compute_seconds,
+    engine,
 ) -> dict[str, Any]:
     skipped_sources = {s["source"] for s in stage.skipped}
     stage_keys = stage.keys()
@@ -379,6 +416,7 @@ def _commit(
             listing, backbone, weights, recipe_hash, split_counts, stage.skipped, compute_seconds
         )
         attrs["content_hash"] = content.hexdigest()
+        attrs["engine"] = engine
         writer.commit(attrs)
     except BaseException:
         writer.abort()
@@ -399,6 +437,7 @@ def _commit(
         split_counts=split_counts,
         skipped=stage.skipped,
         content_hash=attrs["content_hash"],
+        engine=engine,
     )
 
 

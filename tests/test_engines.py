@@ -1,0 +1,51 @@
+"""TensorFlow and ONNX Runtime give the same features on real images."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featurecache.cli import app
+from featurecache.engines import onnx_available
+from featurecache.store import Cache
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.real_weights,
+    pytest.mark.skipif(not onnx_available(), reason="pip install 'featurecache[onnx]'"),
+]
+
+
+def extract(datasets_dir, cache, engine):
+    result = CliRunner().invoke(app, [
+        "extract", str(REPO / "pipelines" / "catvnoncat.toml"), "--data-root", str(datasets_dir),
+        "--cache", str(cache), "--engine", engine, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["extract"][0]
+
+
+def test_both_engines_agree_on_real_images_and_use_separate_groups(datasets_dir, tmp_path):
+    cache = tmp_path / "cache"
+    tf = extract(datasets_dir, cache, "tensorflow")
+    ort = extract(datasets_dir, cache, "onnxruntime")
+    assert (tf["engine"], ort["engine"]) == ("tensorflow", "onnxruntime")
+    assert tf["group"] != ort["group"] and ort["n_extracted"] == 259
+    a = Cache(cache).read("catvnoncat", tf["group"])
+    b = Cache(cache).read("catvnoncat", ort["group"])
+    assert list(a.keys) == list(b.keys)
+    assert float(np.abs(a.features - b.features).max()) <= 1e-4
+    assert b.attrs["engine"] == "onnxruntime"
+    assert len(list((cache / ".engines").glob("mobilenet_v2-*.onnx"))) == 1
+    assert extract(datasets_dir, cache, "onnxruntime")["cache_hit"]
+
+
+def test_auto_picks_an_engine_says_which_and_keeps_it(datasets_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = extract(datasets_dir, cache, "auto")
+    assert first["engine"] in ("tensorflow", "onnxruntime")
+    attrs = Cache(cache).attrs("catvnoncat", first["group"])
+    assert attrs["engine"] == first["engine"] and attrs["backbone"]["engine"] == "auto"
+    again = extract(datasets_dir, cache, "auto")
+    assert again["cache_hit"] and again["engine"] == first["engine"]

@@ -35,8 +35,9 @@ def main() -> None:
     from featurecache.stages.train_head import train_heads
 
     work = args.work or Path(tempfile.mkdtemp(prefix="fc-bench-ft-"))
-    pipeline = load_pipeline(REPO / "pipelines" / "clothing.toml", cache=work / "cache",
-                             output=work / "runs")
+    pipeline = load_pipeline(
+        REPO / "pipelines" / "clothing.toml", cache=work / "cache", output=work / "runs"
+    )
     t = time.perf_counter()
     extract(pipeline)
     extract_s = time.perf_counter() - t
@@ -51,17 +52,27 @@ def main() -> None:
 
     rows = [
         ("logistic regression on cached features", logreg.accuracy, logreg.seconds),
-        ("dense head on cached features (frozen)", result.frozen_accuracy,
-         next(h for h in heads if h.head == "dense").seconds),
-        (f"fine-tuned last block, {result.epochs_run} epochs", result.finetuned_accuracy,
-         result.seconds),
+        (
+            "dense head on cached features (frozen)",
+            result.frozen_accuracy,
+            next(h for h in heads if h.head == "dense").seconds,
+        ),
+        (
+            f"fine-tuned last block, {result.epochs_run} epochs",
+            result.finetuned_accuracy,
+            result.seconds,
+        ),
     ]
-    print(f"clothing_small, MobileNetV2 (ImageNet), test = 372 images; extraction once: "
-          f"{extract_s:.0f} s")
+    print(
+        f"clothing_small, MobileNetV2 (ImageNet), test = 372 images; extraction once: "
+        f"{extract_s:.0f} s"
+    )
     print(f"{'model':<46}{'val top-1':>10}{'test top-1':>11}{'seconds':>9}")
     for name, acc, secs in rows:
-        print(f"{name:<46}{acc.get('validation', float('nan')):>10.3f}"
-              f"{acc['test']:>11.3f}{secs:>9.0f}")
+        print(
+            f"{name:<46}{acc.get('validation', float('nan')):>10.3f}"
+            f"{acc['test']:>11.3f}{secs:>9.0f}"
+        )
     out = {
         "benchmark": "finetune_clothing",
         "extract_seconds": extract_s,
@@ -69,8 +80,11 @@ def main() -> None:
         "finetune_seconds": finetune_s,
         "finetune": result.to_dict(),
         "logistic_regression": logreg.to_dict(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "device": result.device},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "device": result.device,
+        },
         "date": time.strftime("%Y-%m-%d"),
     }
     (HERE / "results").mkdir(exist_ok=True)
@@ -95,8 +109,10 @@ def main() -> None:
         "| --- | ---: | ---: | ---: |",
     ]
     for name, acc, secs in rows:
-        lines.append(f"| {name} | {acc.get('validation', float('nan')):.3f} | "
-                     f"{acc['test']:.3f} | {secs:.0f} |")
+        lines.append(
+            f"| {name} | {acc.get('validation', float('nan')):.3f} | "
+            f"{acc['test']:.3f} | {secs:.0f} |"
+        )
     lines += ["", f"Feature extraction (once, all 3,781 images): {extract_s:.0f} s.", ""]
     (REPO / "docs" / "finetune.md").write_text("\n".join(lines))
     print("saved benchmarks/results/finetune_clothing.json and docs/finetune.md")

@@ -60,8 +60,11 @@ def main() -> None:
         library_times.append(time.perf_counter() - t)
         assert again.extract[0].cache_hit and not any(h.trained for h in again.heads)
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "featurecache", "-q", "refresh", str(pipeline_file),
-                        "--json"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "featurecache", "-q", "refresh", str(pipeline_file), "--json"],
+            check=True,
+            capture_output=True,
+        )
         cli_times.append(time.perf_counter() - t)
 
     rows = [
@@ -83,8 +86,11 @@ def main() -> None:
         "listing_seconds": listing_times,
         "noop_library_seconds": library_times,
         "noop_cli_seconds": cli_times,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
         "date": time.strftime("%Y-%m-%d"),
     }
     out = HERE / "results" / "noop_refresh.json"

@@ -559,6 +559,11 @@ def finetune(
                 f"{r.trainable_layers} layers trained, {r.epochs_run} epochs of "
                 f"{r.steps_per_epoch} steps ({r.seconds:.0f} s) -> {r.folder}"
             )
+            if not r.improved:
+                typer.echo(
+                    f"  validation loss never beat the start ({r.best_val_loss:.4f} vs "
+                    f"{r.start_val_loss:.4f}): kept the starting weights"
+                )
             typer.echo(f"  {'split':<12}{'frozen head':>12}{'fine-tuned':>12}")
             for split, acc in r.finetuned_accuracy.items():
                 before = r.frozen_accuracy.get(split)

@@ -19,9 +19,20 @@ pytestmark = [
 
 
 def extract(datasets_dir, cache, engine):
-    result = CliRunner().invoke(app, [
-        "extract", str(REPO / "pipelines" / "catvnoncat.toml"), "--data-root", str(datasets_dir),
-        "--cache", str(cache), "--engine", engine, "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            str(REPO / "pipelines" / "catvnoncat.toml"),
+            "--data-root",
+            str(datasets_dir),
+            "--cache",
+            str(cache),
+            "--engine",
+            engine,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["extract"][0]
 

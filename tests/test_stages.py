@@ -156,3 +156,27 @@ def test_predict_with_a_trained_head(pipeline, split_folder):
     assert all(0 <= p.probability <= 1 for p in good)
     truth = [p.source.split("/")[-2] for p in good]
     assert np.mean([p.label == t for p, t in zip(good, truth, strict=True)]) >= 0.8
+
+
+def test_weights_from_a_local_file_are_hashed_into_the_recipe(pipeline, tmp_path):
+    from featurecache.backbones import import_keras, sha256_file
+
+    keras = import_keras()
+    path = tmp_path / "mine.weights.h5"
+
+    def save_random_weights(seed):
+        keras.utils.set_random_seed(seed)
+        keras.applications.MobileNetV2(
+            include_top=False, weights=None, pooling="avg", input_shape=(SIZE, SIZE, 3)
+        ).save_weights(path)
+
+    save_random_weights(3)
+    config = BackboneConfig.create("mobilenet_v2", weights=str(path), input_size=SIZE)
+    [first] = extract(replace(pipeline, backbones=(config,)))
+    attrs = Cache(pipeline.cache).attrs("tiny", first.group)
+    assert attrs["weights"]["file"] == str(path.resolve())
+    assert attrs["weights"]["sha256"] == sha256_file(path)
+    assert extract(replace(pipeline, backbones=(config,)))[0].cache_hit
+    save_random_weights(4)  # the same file name, other weights: never a silent mix
+    [second] = extract(replace(pipeline, backbones=(config,)))
+    assert not second.cache_hit and second.group != first.group

@@ -11,7 +11,9 @@ For each data set x backbone of a pipeline, starting from the dense head that
 3. unfreeze the last block, compile with SGD, train with augmentation and early
    stopping on validation loss, a checkpoint after every epoch
    (``keras.callbacks.BackupAndRestore``): an interrupted run resumes at the last
-   finished epoch;
+   finished epoch. The best epoch's weights are kept (``restore_best_weights``); if no
+   epoch beats the starting model's validation loss, the starting weights are kept,
+   so fine-tuning never hands back a model worse on validation than it was given;
 4. write ``model.keras`` (raw pixels in, probabilities out; ``featurecache
    predict`` takes its folder), ``metrics.json`` (same form as train-head's),
    ``curves.png``, ``history.json``, ``finetune.json`` and ``comparison.md`` /
@@ -64,6 +66,9 @@ class FinetuneResult:
     seconds: float
     frozen_accuracy: dict[str, float]
     finetuned_accuracy: dict[str, float]
+    start_val_loss: float = float("nan")
+    best_val_loss: float = float("nan")
+    improved: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,6 +214,10 @@ def _finetune_one(
     resumed_from = len(history["loss"])
     if resumed_from:
         log.info("resuming fine-tuning after epoch %d (checkpoint in %s)", resumed_from, backup)
+    # The starting point (the frozen-feature head on the backbone) is the baseline: if no
+    # epoch improves on its validation loss, its weights are kept.
+    start_weights = model.get_weights()
+    start_val_loss = float(model.evaluate(val, verbose=0, return_dict=True)["loss"])
     model.fit(
         train,
         validation_data=val,
@@ -223,6 +232,16 @@ def _finetune_one(
             _HistoryWriter(keras, history_file, history),
         ],
     )
+    best = min(history["val_loss"], default=float("inf"))
+    improved = best < start_val_loss
+    if not improved:
+        log.warning(
+            "fine-tuning did not improve the validation loss (%.4f, start %.4f): "
+            "keeping the starting weights",
+            best,
+            start_val_loss,
+        )
+        model.set_weights(start_weights)
     model.save(out / "model.keras")
 
     metrics = _evaluate(
@@ -263,6 +282,9 @@ def _finetune_one(
         seconds=time.perf_counter() - start,
         frozen_accuracy={s: m["accuracy"] for s, m in frozen.items()},
         finetuned_accuracy={s: m["accuracy"] for s, m in metrics.items()},
+        start_val_loss=start_val_loss,
+        best_val_loss=best,
+        improved=improved,
     )
 
 

@@ -120,3 +120,15 @@ def test_uint16_arrays_scale_to_8_bit():
 def test_array_with_wrong_shape_is_refused():
     with pytest.raises(ImageDecodeError, match="not an image"):
         array_to_rgb(np.zeros((4, 4, 7), np.uint8), 4, source="x.h5[3]")
+
+
+def test_large_jpegs_are_decoded_reduced_with_almost_the_same_pixels():
+    """Image.draft: libjpeg's DCT scaling for a JPEG >= 2x the target, then the resize."""
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (30, 40, 3)), np.ones((40, 40, 1))).astype(np.uint8)
+    data = encode(Image.fromarray(smooth), "JPEG", quality=95)  # 1600 x 1200
+    reduced = decode_bytes(data, 224)
+    with Image.open(io.BytesIO(data)) as image:
+        full = np.asarray(image.convert("RGB").resize((224, 224), Image.BILINEAR))
+    assert reduced.shape == (224, 224, 3)
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 3.0

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("avg", "max")
 ENGINES = ("tensorflow", "onnxruntime", "auto")
+DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +268,9 @@ class BackboneConfig:
         Extra builder arguments such as ``alpha``.
     engine : {"tensorflow", "onnxruntime", "auto"}
         What runs the frozen backbone (see :mod:`featurecache.engines`).
+    dtype : {"float32", "float16"}
+        Storage type of the cached features (float16 halves the cache; features are
+        read back as float32; ``benchmarks/storage.py`` measures the accuracy effect).
     """
 
     name: str
@@ -275,6 +279,7 @@ class BackboneConfig:
     pooling: str = "avg"
     args: Mapping[str, Any] = field(default_factory=dict)
     engine: str = "tensorflow"
+    dtype: str = "float32"
 
     @classmethod
     def create(
@@ -286,11 +291,14 @@ class BackboneConfig:
         pooling: str = "avg",
         args: Mapping[str, Any] | None = None,
         engine: str = "tensorflow",
+        dtype: str = "float32",
     ) -> BackboneConfig:
         """Validate and normalise; raise :class:`ConfigError` naming the bad field."""
         spec = get_spec(name)
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         size = spec.input_size if input_size is None else input_size
@@ -351,6 +359,7 @@ class BackboneConfig:
             "preprocessing": self.preprocessing,
             "embedded_preprocessing": self.spec.embedded_preprocessing,
             "engine": self.engine,
+            "dtype": self.dtype,
         }
 
     def replace(self, **changes: Any) -> BackboneConfig:

@@ -232,6 +232,7 @@ def _pipeline(
                     pooling=b.pooling,
                     args=b.args,
                     engine=engine,
+                    dtype=b.dtype,
                 )
                 for b in loaded.backbones
             )

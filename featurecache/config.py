@@ -418,7 +418,9 @@ def _under(root: Path, value: str) -> Path:
 
 
 def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
-    _check_keys(table, ("name", "weights", "input_size", "pooling", "args", "engine"), where)
+    _check_keys(
+        table, ("name", "weights", "input_size", "pooling", "args", "engine", "dtype"), where
+    )
     try:
         return BackboneConfig.create(
             _require(table, "name", str, where),
@@ -427,9 +429,10 @@ def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
             pooling=str(table.get("pooling", "avg")),
             args=dict(table.get("args", {})),
             engine=str(table.get("engine", "tensorflow")),
+            dtype=str(table.get("dtype", "float32")),
         )
     except FeaturecacheError as exc:
-        fields = ("pooling", "input_size", "weights", "engine")
+        fields = ("pooling", "input_size", "weights", "engine", "dtype")
         key = next((k for k in fields if str(exc).startswith(k)), "name")
         raise _fail(f"{where}: {exc}", key, where) from exc
 

@@ -85,7 +85,7 @@ def recipe_hash(backbone: BackboneConfig, weights_sha256: str | None, engine: st
 
 def model_id(backbone: BackboneConfig, weights_sha256: str | None) -> str:
     """Identity of the backbone model itself (not the engine): names its ONNX export."""
-    described = {k: v for k, v in backbone.describe().items() if k != "engine"}
+    described = {k: v for k, v in backbone.describe().items() if k not in ("engine", "dtype")}
     return _hash(
         {
             "backbone": described,
@@ -96,8 +96,9 @@ def model_id(backbone: BackboneConfig, weights_sha256: str | None) -> str:
 
 
 def group_name(backbone: BackboneConfig, recipe: str) -> str:
-    """``<backbone>-<size>px-<pooling>-<first 10 hex digits of the recipe hash>``."""
-    return f"{backbone.name}-{backbone.input_size}px-{backbone.pooling}-{recipe[:10]}"
+    """``<backbone>-<size>px-<pooling>[-f16]-<first 10 hex digits of the recipe hash>``."""
+    f16 = "-f16" if backbone.dtype == "float16" else ""
+    return f"{backbone.name}-{backbone.input_size}px-{backbone.pooling}{f16}-{recipe[:10]}"
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class FeatureSet:
         The generation's provenance attributes.
     """
 
-    features: np.ndarray
+    features: np.ndarray  # always float32 in memory, whatever the storage type
     labels: np.ndarray
     split: np.ndarray
     keys: np.ndarray
@@ -280,9 +280,18 @@ class Cache:
         return ComputeStage(parent / plan, feature_dim=feature_dim)
 
     def generation_writer(
-        self, dataset: str, group: str, *, feature_dim: int, group_attrs: dict[str, Any]
+        self,
+        dataset: str,
+        group: str,
+        *,
+        feature_dim: int,
+        group_attrs: dict[str, Any],
+        dtype: str = "float32",
     ) -> GenerationWriter:
-        """Start the next generation of a group; invisible until ``commit``."""
+        """Start the next generation of a group; invisible until ``commit``.
+
+        ``dtype`` is the features' storage type, ``float32`` or ``float16``.
+        """
         folder = self.root / dataset / group
         for path in (self.root / dataset, folder):
             if not (path / "zarr.json").is_file():
@@ -291,21 +300,23 @@ class Cache:
             shutil.rmtree(partial, ignore_errors=True)
         numbers = [int(p.name[4:]) for p in folder.glob("gen-*") if p.name[4:].isdigit()]
         name = f"gen-{max(numbers, default=0) + 1:06d}"
-        return GenerationWriter(folder, name, feature_dim=feature_dim)
+        return GenerationWriter(folder, name, feature_dim=feature_dim, dtype=dtype)
 
     def generations(self, dataset: str, group: str) -> list[Path]:
         folder = self.root / dataset / group
         return sorted(p for p in folder.glob("gen-*") if p.is_dir())
 
 
-def _create_arrays(group: zarr.Group, feature_dim: int, rows: int, names: Sequence[str]):
+def _create_arrays(
+    group: zarr.Group, feature_dim: int, rows: int, names: Sequence[str], dtype: str = "float32"
+):
     arrays = {}
     for name in names:
         if name == "features":
             arrays[name] = group.create_array(
                 "features",
                 shape=(0, feature_dim),
-                dtype="float32",
+                dtype=dtype,
                 chunks=(rows, feature_dim),
                 compressors=COMPRESSOR,
                 dimension_names=("image", "feature"),
@@ -389,16 +400,19 @@ class ComputeStage:
 class GenerationWriter:
     """Writes one generation chunk by chunk, then commits it by swapping ``current``."""
 
-    def __init__(self, group_dir: Path, name: str, *, feature_dim: int) -> None:
+    def __init__(
+        self, group_dir: Path, name: str, *, feature_dim: int, dtype: str = "float32"
+    ) -> None:
         self.group_dir = group_dir
         self.name = name
         self.partial = group_dir / f"{name}.partial"
         self.feature_dim = feature_dim
-        self.rows_per_chunk = chunk_rows(feature_dim)
+        self.dtype = np.dtype(dtype)
+        self.rows_per_chunk = chunk_rows(feature_dim, self.dtype.itemsize)
         self.n_rows = 0
         self._group = zarr.open_group(self.partial, mode="w")
         self._arrays = _create_arrays(
-            self._group, feature_dim, self.rows_per_chunk, ("features", *ROW_ARRAYS)
+            self._group, feature_dim, self.rows_per_chunk, ("features", *ROW_ARRAYS), dtype
         )
         self._features: list[np.ndarray] = []
         self._columns: dict[str, list[Any]] = {n: [] for n in ROW_ARRAYS}
@@ -420,7 +434,7 @@ class GenerationWriter:
 
     def _flush(self, rows: int) -> None:
         features = np.concatenate(self._features, axis=0)
-        self._arrays["features"].append(features[:rows], axis=0)
+        self._arrays["features"].append(features[:rows].astype(self.dtype), axis=0)
         self._features = [features[rows:]] if features.shape[0] > rows else []
         for name, values in self._columns.items():
             self._arrays[name].append(np.asarray(values[:rows], dtype=_DTYPES[name]), axis=0)

@@ -180,3 +180,25 @@ def test_weights_from_a_local_file_are_hashed_into_the_recipe(pipeline, tmp_path
     save_random_weights(4)  # the same file name, other weights: never a silent mix
     [second] = extract(replace(pipeline, backbones=(config,)))
     assert not second.cache_hit and second.group != first.group
+
+
+@pytest.mark.real_weights
+def test_float16_storage_halves_the_features_and_reads_back_as_float32(pipeline):
+    import zarr
+
+    # Real weights: random-weight features are ~1e-13 and would underflow in float16.
+    real = BackboneConfig.create("mobilenet_v2")
+    pipeline = replace(pipeline, backbones=(real,))
+    half = real.replace(dtype="float16")
+    [full] = extract(pipeline)
+    [small] = extract(replace(pipeline, backbones=(half,)))
+    assert small.group != full.group and "-f16-" in small.group
+    cache = Cache(pipeline.cache)
+    stored = zarr.open_group(cache.current("tiny", small.group), mode="r")["features"]
+    assert stored.dtype == np.float16
+    a, b = cache.read("tiny", full.group), cache.read("tiny", small.group)
+    assert b.features.dtype == np.float32
+    scale = float(np.abs(a.features).max())
+    np.testing.assert_allclose(b.features, a.features, rtol=1e-3, atol=1e-3 * scale)
+    results = train_heads(replace(pipeline, backbones=(half,), heads=pipeline.heads[:1]))
+    assert results[0].accuracy["train"] == 1.0

@@ -391,6 +391,7 @@ def _commit(
         group,
         feature_dim=backbone.feature_dim,
         group_attrs={"request_hash": recipe.request_hash(backbone), "recipe_hash": recipe_hash},
+        dtype=backbone.dtype,
     )
     content = hashlib.blake2b(digest_size=16)
     split_counts: dict[str, int] = {}

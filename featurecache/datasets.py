@@ -96,16 +96,22 @@ class Listing:
         ImageDecodeError
             If the file cannot be read or decoded; the message names the file.
         """
+        key, pixels = self.read_sizes(record, (size,))
+        return key, pixels[size]
+
+    def read_sizes(self, record: Record, sizes: Sequence[int]) -> tuple[str, dict[int, np.ndarray]]:
+        """Like :meth:`read` for several sizes: the file is read and hashed once, then
+        decoded once per size (so each size's pixels equal a single-size read's)."""
         if self.config.format == "hdf5":
             path, index = record.source.rsplit("[", 1)
             with self._lock:  # h5py serialises access anyway; keep it explicit
                 row = self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
-            return content_key(row), array_to_rgb(row, size, source=record.source)
+            return content_key(row), {s: array_to_rgb(row, s, source=record.source) for s in sizes}
         try:
             data = Path(record.source).read_bytes()
         except OSError as exc:
             raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
-        return content_key(data), decode_bytes(data, size, source=record.source)
+        return content_key(data), {s: decode_bytes(data, s, source=record.source) for s in sizes}
 
     def content_key(self, record: Record) -> str | None:
         """The record's content key without decoding; ``None`` if it cannot be read."""

@@ -202,3 +202,38 @@ def test_float16_storage_halves_the_features_and_reads_back_as_float32(pipeline)
     np.testing.assert_allclose(b.features, a.features, rtol=1e-3, atol=1e-3 * scale)
     results = train_heads(replace(pipeline, backbones=(half,), heads=pipeline.heads[:1]))
     assert results[0].accuracy["train"] == 1.0
+
+
+def test_several_backbones_decode_each_image_once_and_match_solo_runs(
+    pipeline, monkeypatch, tmp_path
+):
+    from featurecache.datasets import Listing
+
+    backbones = (
+        BackboneConfig.create("mobilenet_v2", weights="none", input_size=SIZE),
+        BackboneConfig.create("mobilenet", weights="none", input_size=SIZE, args={"alpha": 0.25}),
+        BackboneConfig.create("mobilenet_v2", weights="none", input_size=96),
+    )
+    reads = []
+    original = Listing.read_sizes
+
+    def counting(self, record, sizes):
+        reads.append((record.source, tuple(sizes)))
+        return original(self, record, sizes)
+
+    monkeypatch.setattr(Listing, "read_sizes", counting)
+    together = extract(replace(pipeline, backbones=backbones))
+    assert [r.n_extracted for r in together] == [39, 39, 39]
+    assert len(reads) == 39  # one read per image for all three backbones
+    assert all(sizes == (SIZE, 96) for _, sizes in reads)  # one decode per input size
+    monkeypatch.setattr(Listing, "read_sizes", original)
+    for backbone, joint in zip(backbones, together, strict=True):
+        solo_pipeline = replace(
+            pipeline,
+            backbones=(backbone,),
+            cache=tmp_path / backbone.name / str(backbone.input_size),
+        )
+        [solo] = extract(solo_pipeline)
+        a = Cache(pipeline.cache).read("tiny", joint.group)
+        b = Cache(solo_pipeline.cache).read("tiny", solo.group)
+        np.testing.assert_array_equal(a.features, b.features)

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from featurecache import engines, recipe
 from featurecache.backbones import BackboneConfig, BuiltBackbone, build_backbone, import_keras
 from featurecache.config import Pipeline
-from featurecache.datasets import Listing, Record, list_dataset
+from featurecache.datasets import Listing, list_dataset
 from featurecache.errors import DatasetError, ImageDecodeError
 from featurecache.store import CODEC_DESCRIPTION, Cache, ComputeStage, storable
 
@@ -107,17 +107,16 @@ def extract(
     for dataset in pipeline.datasets:
         listing = list_dataset(dataset)
         try:
-            for backbone in pipeline.backbones:
-                results.append(
-                    extract_one(
-                        cache,
-                        listing,
-                        backbone,
-                        batch_size=pipeline.batch_size,
-                        progress=progress,
-                        wait=wait,
-                    )
+            results.extend(
+                extract_dataset(
+                    cache,
+                    listing,
+                    pipeline.backbones,
+                    batch_size=pipeline.batch_size,
+                    progress=progress,
+                    wait=wait,
                 )
+            )
         finally:
             listing.close()
     return results
@@ -135,6 +134,30 @@ class _Plan:
     n_removed: int = 0
 
 
+@dataclass
+class _Job:
+    """One backbone's pending extraction over a data set."""
+
+    backbone: BackboneConfig
+    start: float
+    plan: _Plan
+    built: BuiltBackbone | None
+    runner: engines.Runner | None
+    engine: str
+    known: Any
+    recipe_hash: str
+    group: str
+    stage: ComputeStage
+    todo: list[int]
+    n_resumed: int
+    done: int
+    n_computed: int = 0
+    compute_seconds: float = 0.0
+    buffer: list[tuple[str | None, np.ndarray | None, dict[str, str] | None]] = field(
+        default_factory=list
+    )
+
+
 def extract_one(
     cache: Cache,
     listing: Listing,
@@ -145,85 +168,135 @@ def extract_one(
     wait: bool = True,
 ) -> ExtractResult:
     """Extract one data set with one backbone: only what the cache lacks."""
-    start = time.perf_counter()
+    return extract_dataset(
+        cache, listing, [backbone], batch_size=batch_size, progress=progress, wait=wait
+    )[0]
+
+
+def extract_dataset(
+    cache: Cache,
+    listing: Listing,
+    backbones: Sequence[BackboneConfig],
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    wait: bool = True,
+) -> list[ExtractResult]:
+    """Extract one data set with several backbones in one pass over the images.
+
+    Each image is read and hashed once, and decoded once per distinct input size,
+    for every backbone that lacks it. Each backbone still computes exactly the
+    batches it would compute alone, so its features do not depend on which other
+    backbones ran beside it.
+    """
     cache.ensure()
     with cache.lock(listing.name, wait=wait):
-        found = recipe.find_group(cache, listing.name, backbone)
-        if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
-            log.info(
-                "cache hit: %s/%s (%d images), nothing to compute",
-                listing.name,
-                found.group,
-                found.attrs["n_images"],
-            )
-            return ExtractResult(
-                dataset=listing.name,
-                backbone=backbone.name,
-                group=found.group,
-                cache_hit=True,
-                n_images=found.attrs["n_images"],
-                n_extracted=0,
-                weights=backbone.weights,
-                seconds=time.perf_counter() - start,
-                n_reused=found.attrs["n_images"],
-                split_counts=found.attrs["split_counts"],
-                skipped=found.attrs.get("skipped", []),
-                content_hash=found.attrs.get("content_hash", ""),
-                engine=found.attrs.get("engine", "tensorflow"),
-            )
-        known = found or recipe.find_any_group(cache, backbone)
-        plan = _plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
-        built: BuiltBackbone | None = None
-        runner: engines.Runner | None = None
-        engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
-        if plan.compute or known is None:
-            built = _build(backbone)
-            # "auto" is resolved once, then kept: switching would recompute everything.
-            engine, runner = engines.select(
-                built,
-                engine,
-                cache.root / ENGINE_DIR,
-                recipe.model_id(backbone, built.weights_sha256),
-                batch_size,
-            )
-            recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256, engine)
-        else:
-            recipe_hash = known.attrs["recipe_hash"]
-        group = recipe.group_name(backbone, recipe_hash)
-        plan_id = _plan_id(listing, recipe_hash, found, plan.compute)
-        stage = cache.stage(listing.name, group, plan_id, feature_dim=backbone.feature_dim)
-        n_resumed = stage.rows
-        compute_start = time.perf_counter()
-        n_computed = _compute(
-            stage, listing, plan.compute, built, runner, backbone, batch_size, progress
+        prepared = [_prepare(cache, listing, b, batch_size) for b in backbones]
+        jobs = [p for p in prepared if isinstance(p, _Job)]
+        _compute(listing, jobs, batch_size, progress)
+        return [p if isinstance(p, ExtractResult) else _finish(cache, listing, p) for p in prepared]
+
+
+def _prepare(
+    cache: Cache, listing: Listing, backbone: BackboneConfig, batch_size: int
+) -> _Job | ExtractResult:
+    """Plan one backbone: a cache hit, or a job with its staging area and runner."""
+    start = time.perf_counter()
+    found = recipe.find_group(cache, listing.name, backbone)
+    if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
+        log.info(
+            "cache hit: %s/%s (%d images), nothing to compute",
+            listing.name,
+            found.group,
+            found.attrs["n_images"],
         )
-        compute_seconds = time.perf_counter() - compute_start
-        result = _commit(
-            cache,
-            listing,
-            backbone,
-            group,
-            recipe_hash,
-            plan,
-            stage,
+        return ExtractResult(
+            dataset=listing.name,
+            backbone=backbone.name,
+            group=found.group,
+            cache_hit=True,
+            n_images=found.attrs["n_images"],
+            n_extracted=0,
+            weights=backbone.weights,
+            seconds=time.perf_counter() - start,
+            n_reused=found.attrs["n_images"],
+            split_counts=found.attrs["split_counts"],
+            skipped=found.attrs.get("skipped", []),
+            content_hash=found.attrs.get("content_hash", ""),
+            engine=found.attrs.get("engine", "tensorflow"),
+        )
+    known = found or recipe.find_any_group(cache, backbone)
+    plan = _plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
+    built: BuiltBackbone | None = None
+    runner: engines.Runner | None = None
+    engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
+    if plan.compute or known is None:
+        built = _build(backbone)
+        # "auto" is resolved once, then kept: switching would recompute everything.
+        engine, runner = engines.select(
             built,
-            known,
-            compute_seconds,
             engine,
+            cache.root / ENGINE_DIR,
+            recipe.model_id(backbone, built.weights_sha256),
+            batch_size,
         )
-        stage.remove()
+        recipe_hash = recipe.recipe_hash(backbone, built.weights_sha256, engine)
+    else:
+        recipe_hash = known.attrs["recipe_hash"]
+    group = recipe.group_name(backbone, recipe_hash)
+    plan_id = _plan_id(listing, recipe_hash, found, plan.compute)
+    stage = cache.stage(listing.name, group, plan_id, feature_dim=backbone.feature_dim)
+    if stage.records_done:
+        log.info(
+            "resuming %s: %d of %d images were computed by an interrupted run",
+            group,
+            stage.records_done,
+            len(plan.compute),
+        )
+    return _Job(
+        backbone=backbone,
+        start=start,
+        plan=plan,
+        built=built,
+        runner=runner,
+        engine=engine,
+        known=known,
+        recipe_hash=recipe_hash,
+        group=group,
+        stage=stage,
+        todo=plan.compute[stage.records_done :],
+        n_resumed=stage.rows,
+        done=stage.records_done,
+    )
+
+
+def _finish(cache: Cache, listing: Listing, job: _Job) -> ExtractResult:
+    result = _commit(
+        cache,
+        listing,
+        job.backbone,
+        job.group,
+        job.recipe_hash,
+        job.plan,
+        job.stage,
+        job.built,
+        job.known,
+        job.compute_seconds,
+        job.engine,
+    )
+    job.stage.remove()
     result.update(
-        n_extracted=n_computed,
-        n_resumed=n_resumed,
-        seconds=time.perf_counter() - start,
-        images_per_second=n_computed / compute_seconds if n_computed else None,
+        n_extracted=job.n_computed,
+        n_resumed=job.n_resumed,
+        seconds=time.perf_counter() - job.start,
+        images_per_second=job.n_computed / job.compute_seconds if job.n_computed else None,
     )
     log.info(
         "extracted %s/%s: %d computed, %d reused, %d skipped (%.1f s)",
         listing.name,
-        group,
-        n_computed,
-        len(plan.reuse),
+        job.group,
+        job.n_computed,
+        len(job.plan.reuse),
         len(result["skipped"]),
         result["seconds"],
     )
@@ -301,56 +374,65 @@ def _plan_id(listing: Listing, recipe_hash: str, found, compute: Sequence[int]) 
     return digest.hexdigest()
 
 
-def _compute(
-    stage: ComputeStage,
-    listing: Listing,
-    compute: Sequence[int],
-    built: BuiltBackbone | None,
-    runner: engines.Runner | None,
-    backbone: BackboneConfig,
-    batch_size: int,
-    progress: bool,
-) -> int:
-    """Run the backbone over ``compute[stage.records_done:]``; returns images computed."""
-    todo = [listing.records[i] for i in compute[stage.records_done :]]
-    if not todo:
-        return 0
-    if built is None or runner is None:
-        raise RuntimeError("internal error: images to compute but no backbone built")
-    if stage.records_done:
-        log.info(
-            "resuming: %d of %d images were computed by an interrupted run",
-            stage.records_done,
-            len(compute),
-        )
-    done, computed = stage.records_done, 0
+def _compute(listing: Listing, jobs: Sequence[_Job], batch_size: int, progress: bool) -> None:
+    """Run every job's backbone over its missing images, decoding each image once per
+    input size; each job's batches are made durable in its staging area as they fill."""
+    need: dict[int, list[_Job]] = {}
+    for job in jobs:
+        if job.todo and (job.built is None or job.runner is None):
+            raise RuntimeError("internal error: images to compute but no backbone built")
+        for index in job.todo:
+            need.setdefault(index, []).append(job)
+    if not need:
+        return
+    order = sorted(need)
+    names = " + ".join(job.backbone.name for job in jobs if job.todo)
+    start = time.perf_counter()
     bar = tqdm(
-        total=len(compute),
-        initial=done,
+        total=len(order),
         unit="img",
         dynamic_ncols=True,
-        desc=f"{listing.name} x {backbone.name}",
         disable=not progress,
+        desc=f"{listing.name} x {names}",
     )
     with bar:
-        for batch in decoded_batches(listing, todo, backbone.input_size, batch_size):
-            good = [(key, px) for _, key, px, err in batch if err is None]
-            skipped = [
-                {"source": storable(r.source), "reason": str(err)}
-                for r, _, _, err in batch
-                if err is not None
-            ]
-            for item in skipped:
-                log.warning("skipped %s", item["reason"])
-            features = np.zeros((0, backbone.feature_dim), np.float32)
-            if good:
-                pixels = np.stack([px for _, px in good]).astype(np.float32)
-                features = np.asarray(runner(built.preprocess(pixels)), dtype=np.float32)
-            done += len(batch)
-            stage.append(done, features, [k for k, _ in good], skipped)
-            computed += len(good)
-            bar.update(len(batch))
-    return computed
+        for batch in decoded_batches(listing, order, need, batch_size):
+            for index, key, pixels, error in batch:
+                for job in need[index]:
+                    if error is not None:
+                        skip = {
+                            "source": storable(listing.records[index].source),
+                            "reason": str(error),
+                        }
+                        job.buffer.append((None, None, skip))
+                    else:
+                        job.buffer.append((key, pixels[job.backbone.input_size], None))
+                    if len(job.buffer) == batch_size:
+                        _flush(job)
+                bar.update(1)
+        for job in jobs:
+            if job.buffer:
+                _flush(job)
+    elapsed = time.perf_counter() - start
+    for job in jobs:
+        if job.todo:
+            job.compute_seconds = elapsed
+
+
+def _flush(job: _Job) -> None:
+    """Run the backbone on the job's buffered batch and record it in its stage."""
+    good = [(key, px) for key, px, skip in job.buffer if skip is None]
+    skipped = [skip for _, _, skip in job.buffer if skip is not None]
+    for item in skipped:
+        log.warning("skipped %s", item["reason"])
+    features = np.zeros((0, job.backbone.feature_dim), np.float32)
+    if good:
+        pixels = np.stack([px for _, px in good]).astype(np.float32)
+        features = np.asarray(job.runner(job.built.preprocess(pixels)), dtype=np.float32)
+    job.done += len(job.buffer)
+    job.stage.append(job.done, features, [k for k, _ in good], skipped)
+    job.n_computed += len(good)
+    job.buffer.clear()
 
 
 def _commit(
@@ -484,42 +566,44 @@ def _provenance(listing, backbone, weights, recipe_hash, split_counts, skipped, 
     }
 
 
-Decoded = tuple[Record, str | None, np.ndarray | None, ImageDecodeError | None]
+Decoded = tuple[int, str | None, dict[int, np.ndarray] | None, ImageDecodeError | None]
 
 
-def _read(listing: Listing, record: Record, size: int) -> Decoded:
+def _read(listing: Listing, index: int, sizes: Sequence[int]) -> Decoded:
     try:
-        key, pixels = listing.read(record, size)
+        key, pixels = listing.read_sizes(listing.records[index], sizes)
     except ImageDecodeError as exc:
-        return record, None, None, exc
-    return record, key, pixels, None
+        return index, None, None, exc
+    return index, key, pixels, None
 
 
 def decoded_batches(
     listing: Listing,
-    records: Sequence[Record],
-    size: int,
+    order: Sequence[int],
+    need: dict[int, list[Any]],
     batch_size: int,
     workers: int | None = None,
 ) -> Iterator[list[Decoded]]:
-    """Yield batches of ``(record, key, pixels, error)`` in the order of ``records``.
+    """Yield batches of ``(record index, key, {size: pixels}, error)`` in ``order``.
 
-    Decoding runs in a thread pool (Pillow releases the GIL while decoding) at most
-    :data:`PREFETCH_BATCHES` batches ahead, so memory stays bounded whatever the
-    data set's size. ``pixels`` is ``(size, size, 3)`` uint8, or ``None`` with
-    ``error`` set when the image could not be decoded.
+    Each image is read once and decoded once per input size its jobs need. Decoding
+    runs in a thread pool (Pillow releases the GIL while decoding) at most
+    :data:`PREFETCH_BATCHES` batches ahead, so memory stays bounded whatever the data
+    set's size. ``pixels[size]`` is ``(size, size, 3)`` uint8; on failure ``error`` is
+    set instead.
     """
     workers = workers or min(8, os.cpu_count() or 1)
-    pending = iter(records)
+    pending = iter(order)
     window: deque[Future[Decoded]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
 
         def fill() -> None:
             while len(window) < batch_size * (PREFETCH_BATCHES + 1):
-                record = next(pending, None)
-                if record is None:
+                index = next(pending, None)
+                if index is None:
                     return
-                window.append(pool.submit(_read, listing, record, size))
+                sizes = sorted({job.backbone.input_size for job in need[index]})
+                window.append(pool.submit(_read, listing, index, sizes))
 
         fill()
         while window:

@@ -41,6 +41,7 @@ def main() -> None:
     from featurecache import recipe
     from featurecache.backbones import BackboneConfig, build_backbone
     from featurecache.engines import onnx_runner, tensorflow_runner
+    from featurecache.errors import EngineError
 
     folder = Path(tempfile.mkdtemp(prefix="fc-bench-onnx-"))
     rows = []
@@ -51,9 +52,25 @@ def main() -> None:
         pixels = np.random.default_rng(0).uniform(0, 255, (args.batch_size, size, size, 3))
         batch = np.asarray(built.preprocess(pixels.astype(np.float32)))
         start = time.perf_counter()
-        ort = onnx_runner(built, folder, recipe.model_id(config, None))
-        export_s = time.perf_counter() - start
         tf = tensorflow_runner(built)
+        try:
+            ort = onnx_runner(built, folder, recipe.model_id(config, None))
+        except EngineError as exc:
+            print(f"{name}: onnxruntime unavailable: {exc}", flush=True)
+            rows.append(
+                {
+                    "backbone": name,
+                    "input_size": size,
+                    "tensorflow_images_per_s": rate(tf, batch, args.batches),
+                    "onnxruntime_images_per_s": None,
+                    "ratio_ort_over_tf": None,
+                    "max_abs_diff": None,
+                    "export_seconds": None,
+                    "error": str(exc),
+                }
+            )
+            continue
+        export_s = time.perf_counter() - start
         diff = float(np.abs(np.asarray(tf(batch)) - ort(batch)).max())
         tf_rate = rate(tf, batch, args.batches)
         ort_rate = rate(ort, batch, args.batches)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from featurecache.backbones import ENGINES, BuiltBackbone
-from featurecache.errors import DependencyError
+from featurecache.errors import DependencyError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     ------
     DependencyError
         If onnxruntime or tf2onnx is not installed.
+    EngineError
+        If the export cannot run on images alone (EfficientNet's, with tf2onnx 1.17).
     """
     if not onnx_available():
         raise DependencyError(
@@ -77,7 +79,16 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        # Seen with EfficientNet: tf2onnx turns the Normalization layer's statistics
+        # into extra graph inputs, so the export cannot run on images alone.
+        raise EngineError(
+            f"engine 'onnxruntime' cannot run {built.config.name}: its ONNX export expects "
+            f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not just the "
+            "images (a tf2onnx limitation); use engine 'tensorflow' for this backbone"
+        )
+    name = inputs[0].name
     return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
 
 

@@ -54,3 +54,7 @@ class LockedError(FeaturecacheError, BlockingIOError):
     """Another process is writing the same data set of the cache."""
 
     exit_code = EXIT_BUSY
+
+
+class EngineError(FeaturecacheError, RuntimeError):
+    """An inference engine cannot run a backbone."""

@@ -60,3 +60,23 @@ def test_auto_picks_an_engine_says_which_and_keeps_it(datasets_dir, tmp_path):
     assert attrs["engine"] == first["engine"] and attrs["backbone"]["engine"] == "auto"
     again = extract(datasets_dir, cache, "auto")
     assert again["cache_hit"] and again["engine"] == first["engine"]
+
+
+def test_a_backbone_onnx_cannot_run_is_a_clear_error_and_auto_falls_back(tmp_path):
+    """EfficientNet's export needs extra inputs (tf2onnx): say so; auto keeps TensorFlow."""
+    from featurecache import engines, recipe
+    from featurecache.backbones import BackboneConfig, build_backbone
+    from featurecache.errors import EngineError
+
+    config = BackboneConfig.create("efficientnet_b0", weights="none", input_size=64)
+    built = build_backbone(config)
+    model_id = recipe.model_id(config, None)
+    try:
+        engines.onnx_runner(built, tmp_path, model_id)
+    except EngineError as exc:
+        assert "use engine 'tensorflow'" in str(exc)
+        name, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
+        assert name == "tensorflow"
+    else:  # a newer tf2onnx may export it cleanly; then auto may choose either
+        name, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
+        assert name in ("tensorflow", "onnxruntime")

@@ -91,9 +91,12 @@ def main() -> None:
         f"{'max|diff|':>11}{'export s':>10}"
     )
     for r in rows:
+        head = f"{r['backbone']:<18}{r['input_size']:>5}{r['tensorflow_images_per_s']:>10.1f}"
+        if r["onnxruntime_images_per_s"] is None:
+            print(f"{head}{'cannot run: see the JSON':>30}")
+            continue
         print(
-            f"{r['backbone']:<18}{r['input_size']:>5}{r['tensorflow_images_per_s']:>10.1f}"
-            f"{r['onnxruntime_images_per_s']:>11.1f}{r['ratio_ort_over_tf']:>8.2f}"
+            f"{head}{r['onnxruntime_images_per_s']:>11.1f}{r['ratio_ort_over_tf']:>8.2f}"
             f"{r['max_abs_diff']:>11.1e}{r['export_seconds']:>10.1f}"
         )
     out = {

@@ -265,7 +265,9 @@ class Cache:
         finally:
             lock.release()
 
-    def stage(self, dataset: str, group: str, plan: str, *, feature_dim: int) -> ComputeStage:
+    def stage(
+        self, dataset: str, group: str, plan: str, *, feature_dim: int, chunk: int = 32
+    ) -> ComputeStage:
         """The resumable staging area for computing ``plan``'s features.
 
         Stale stages of the same group with another plan are removed (the caller
@@ -277,7 +279,7 @@ class Cache:
                 if other.name != plan:
                     log.info("removing stale staging %s", other)
                     shutil.rmtree(other, ignore_errors=True)
-        return ComputeStage(parent / plan, feature_dim=feature_dim)
+        return ComputeStage(parent / plan, feature_dim=feature_dim, chunk=chunk)
 
     def generation_writer(
         self,
@@ -308,7 +310,12 @@ class Cache:
 
 
 def _create_arrays(
-    group: zarr.Group, feature_dim: int, rows: int, names: Sequence[str], dtype: str = "float32"
+    group: zarr.Group,
+    feature_dim: int,
+    rows: int,
+    names: Sequence[str],
+    dtype: str = "float32",
+    compressors: Any = COMPRESSOR,
 ):
     arrays = {}
     for name in names:
@@ -318,7 +325,7 @@ def _create_arrays(
                 shape=(0, feature_dim),
                 dtype=dtype,
                 chunks=(rows, feature_dim),
-                compressors=COMPRESSOR,
+                compressors=compressors,
                 dimension_names=("image", "feature"),
             )
         else:
@@ -327,7 +334,7 @@ def _create_arrays(
                 shape=(0,),
                 dtype=_DTYPES[name],
                 chunks=(rows,),
-                compressors=COMPRESSOR,
+                compressors=compressors,
                 dimension_names=("image",),
             )
     return arrays
@@ -342,7 +349,7 @@ class ComputeStage:
     the recorded progress (a batch written but not yet recorded) are dropped.
     """
 
-    def __init__(self, folder: Path, *, feature_dim: int) -> None:
+    def __init__(self, folder: Path, *, feature_dim: int, chunk: int = 32) -> None:
         self.folder = folder
         if (folder / "zarr.json").is_file():
             self._group = zarr.open_group(folder, mode="r+")
@@ -357,7 +364,11 @@ class ComputeStage:
         else:
             folder.parent.mkdir(parents=True, exist_ok=True)
             self._group = zarr.open_group(folder, mode="w")
-            self._arrays = _create_arrays(self._group, feature_dim, 256, ("features", "keys"))
+            # One chunk per batch, uncompressed: each batch is written once, cheaply
+            # (the stage is temporary; the committed generation is compressed).
+            self._arrays = _create_arrays(
+                self._group, feature_dim, chunk, ("features", "keys"), compressors=None
+            )
             self.records_done, self.rows, self.skipped = 0, 0, []
             self._group.attrs["progress"] = {"records_done": 0, "rows": 0, "skipped": []}
 

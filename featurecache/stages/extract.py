@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Folder of the cache holding ONNX exports of backbones, by model identity.
 ENGINE_DIR = ".engines"
+#: Decoding threads; None: one fewer than the CPU cores (at least one), so that the
+#: backbone keeps the other cores (measured in benchmarks/extraction.py).
+DECODE_WORKERS: int | None = None
 #: Batches decoded ahead of the one the backbone is running on.
 PREFETCH_BATCHES = 2
 
@@ -244,8 +247,10 @@ def _prepare(
     else:
         recipe_hash = known.attrs["recipe_hash"]
     group = recipe.group_name(backbone, recipe_hash)
-    plan_id = _plan_id(listing, recipe_hash, found, plan.compute)
-    stage = cache.stage(listing.name, group, plan_id, feature_dim=backbone.feature_dim)
+    plan_id = _plan_id(listing, recipe_hash, found, plan.compute, batch_size)
+    stage = cache.stage(
+        listing.name, group, plan_id, feature_dim=backbone.feature_dim, chunk=batch_size
+    )
     if stage.records_done:
         log.info(
             "resuming %s: %d of %d images were computed by an interrupted run",
@@ -365,9 +370,13 @@ def _keys_elsewhere(cache: Cache, dataset: str, recipe_hash: str) -> dict[str, t
     return found
 
 
-def _plan_id(listing: Listing, recipe_hash: str, found, compute: Sequence[int]) -> str:
+def _plan_id(
+    listing: Listing, recipe_hash: str, found, compute: Sequence[int], batch_size: int
+) -> str:
+    """Identity of a compute plan; the batch size is in it, because a resumed run must
+    compute the same batches to give bit-identical features."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{listing.fingerprint}\0{recipe_hash}\0".encode())
+    digest.update(f"{listing.fingerprint}\0{recipe_hash}\0{batch_size}\0".encode())
     digest.update(str(found.attrs.get("generation") if found else None).encode())
     for index in compute:
         digest.update(storable(listing.records[index].source).encode() + b"\0")
@@ -592,7 +601,7 @@ def decoded_batches(
     set's size. ``pixels[size]`` is ``(size, size, 3)`` uint8; on failure ``error`` is
     set instead.
     """
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or DECODE_WORKERS or max(1, min(8, (os.cpu_count() or 2) - 1))
     pending = iter(order)
     window: deque[Future[Decoded]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:

@@ -118,10 +118,12 @@ def select(
         np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
     )
     timings = {}
-    candidates = {
-        "tensorflow": tensorflow_runner(built),
-        "onnxruntime": onnx_runner(built, folder, model_id),
-    }
+    candidates = {"tensorflow": tensorflow_runner(built)}
+    try:
+        candidates["onnxruntime"] = onnx_runner(built, folder, model_id)
+    except EngineError as exc:
+        log.warning("engine auto: %s; using tensorflow", exc)
+        return "tensorflow", candidates["tensorflow"]
     for name, run in candidates.items():
         run(batch)
         start = time.perf_counter()

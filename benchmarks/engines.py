@@ -11,7 +11,6 @@ Prints a table and writes benchmarks/results/engines.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import save  # benchmarks/_results.py: scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = ["mobilenet_v2", "mobilenet", "resnet50", "efficientnet_b0", "vgg16"]
@@ -107,9 +107,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "engines.json").write_text(json.dumps(out, indent=2))
-    print("saved benchmarks/results/engines.json")
+    save("engines", out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Prints a table and writes benchmarks/results/extraction.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import save  # benchmarks/_results.py: scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "datasets" / "clothing_small"
@@ -111,9 +111,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "extraction.json").write_text(json.dumps(out, indent=2))
-    print("saved benchmarks/results/extraction.json")
+    save("extraction", out)
 
 
 if __name__ == "__main__":

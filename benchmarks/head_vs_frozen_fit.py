@@ -14,7 +14,6 @@ Prints a table and writes benchmarks/results/head_vs_frozen_fit.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import save  # benchmarks/_results.py: scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -115,9 +115,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "head_vs_frozen_fit.json").write_text(json.dumps(out, indent=2))
-    print("saved benchmarks/results/head_vs_frozen_fit.json")
+    save("head_vs_frozen_fit", out)
 
 
 if __name__ == "__main__":

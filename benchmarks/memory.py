@@ -11,7 +11,6 @@ Prints a table and writes benchmarks/results/memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import save  # benchmarks/_results.py: scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "datasets" / "cifar10" / "train"
@@ -90,9 +91,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "memory.json").write_text(json.dumps(out, indent=2))
-    print("saved benchmarks/results/memory.json")
+    save("memory", out)
 
 
 if __name__ == "__main__":

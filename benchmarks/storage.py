@@ -13,7 +13,6 @@ Prints a table and writes benchmarks/results/storage.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import save  # benchmarks/_results.py: scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -116,9 +116,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "extracted_now": not result.cache_hit,
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "storage.json").write_text(json.dumps(out, indent=2))
-    print("saved benchmarks/results/storage.json")
+    save("storage", out)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,18 +37,15 @@ from featurecache import engines, recipe
 from featurecache.backbones import BackboneConfig, BuiltBackbone, build_backbone, import_keras
 from featurecache.config import Pipeline
 from featurecache.datasets import Listing, list_dataset
-from featurecache.errors import DatasetError, ImageDecodeError
+from featurecache.errors import DatasetError
+from featurecache.stages.decoding import decoded_batches
+from featurecache.stages.plan import Plan, make_plan, plan_id
 from featurecache.store import CODEC_DESCRIPTION, Cache, ComputeStage, storable
 
 log = logging.getLogger(__name__)
 
 #: Folder of the cache holding ONNX exports of backbones, by model identity.
 ENGINE_DIR = ".engines"
-#: Decoding threads; None: one fewer than the CPU cores (at least one), so that the
-#: backbone keeps the other cores (measured in benchmarks/extraction.py).
-DECODE_WORKERS: int | None = None
-#: Batches decoded ahead of the one the backbone is running on.
-PREFETCH_BATCHES = 2
 
 
 @dataclass
@@ -126,24 +120,12 @@ def extract(
 
 
 @dataclass
-class _Plan:
-    """Where each record's features come from."""
-
-    keys: dict[int, str] = field(default_factory=dict)
-    reuse: dict[int, tuple[Any, int]] = field(default_factory=dict)  # index -> (array, row)
-    compute: list[int] = field(default_factory=list)
-    n_new: int = 0
-    n_changed: int = 0
-    n_removed: int = 0
-
-
-@dataclass
 class _Job:
     """One backbone's pending extraction over a data set."""
 
     backbone: BackboneConfig
     start: float
-    plan: _Plan
+    plan: Plan
     built: BuiltBackbone | None
     runner: engines.Runner | None
     engine: str
@@ -229,7 +211,7 @@ def _prepare(
             engine=found.attrs.get("engine", "tensorflow"),
         )
     known = found or recipe.find_any_group(cache, backbone)
-    plan = _plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
+    plan = make_plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
     built: BuiltBackbone | None = None
     runner: engines.Runner | None = None
     engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
@@ -247,9 +229,12 @@ def _prepare(
     else:
         recipe_hash = known.attrs["recipe_hash"]
     group = recipe.group_name(backbone, recipe_hash)
-    plan_id = _plan_id(listing, recipe_hash, found, plan.compute, batch_size)
     stage = cache.stage(
-        listing.name, group, plan_id, feature_dim=backbone.feature_dim, chunk=batch_size
+        listing.name,
+        group,
+        plan_id(listing, recipe_hash, found, plan.compute, batch_size),
+        feature_dim=backbone.feature_dim,
+        chunk=batch_size,
     )
     if stage.records_done:
         log.info(
@@ -312,75 +297,6 @@ def _build(backbone: BackboneConfig) -> BuiltBackbone:
     if backbone.weights == "none":
         import_keras().utils.set_random_seed(recipe.RANDOM_WEIGHTS_SEED)
     return build_backbone(backbone)
-
-
-def _plan(cache: Cache, listing: Listing, found, recipe_hash: str | None) -> _Plan:
-    plan = _Plan()
-    old_rows: dict[str, tuple[int, int, str, int]] = {}
-    by_key: dict[str, tuple[Any, int]] = {}
-    if found is not None:
-        old = cache.open_rows(listing.name, found.group)
-        sources, sizes, mtimes, keys = (old[n][...] for n in ("sources", "sizes", "mtimes", "keys"))
-        old_rows = {
-            str(s): (int(z), int(m), str(k), row)
-            for row, (s, z, m, k) in enumerate(zip(sources, sizes, mtimes, keys, strict=True))
-        }
-        by_key = {str(k): (old["features"], row) for row, k in enumerate(keys)}
-    unknown = []
-    present = set()
-    for index, record in enumerate(listing.records):
-        source = storable(record.source)
-        present.add(source)
-        previous = old_rows.get(source)
-        if previous and record.size >= 0 and previous[:2] == (record.size, record.mtime_ns):
-            plan.keys[index] = previous[2]
-            plan.reuse[index] = by_key[previous[2]]
-            continue
-        plan.n_changed += previous is not None
-        plan.n_new += previous is None
-        unknown.append(index)
-    plan.n_removed = len(set(old_rows) - present)
-    if unknown and recipe_hash is not None:
-        others = _keys_elsewhere(cache, listing.name, recipe_hash)
-        for index in unknown:
-            key = listing.content_key(listing.records[index])
-            if key is None:
-                plan.compute.append(index)
-                continue
-            plan.keys[index] = key
-            where = by_key.get(key) or others.get(key)
-            if where is None:
-                plan.compute.append(index)
-            else:
-                plan.reuse[index] = where
-    else:
-        plan.compute = unknown
-    return plan
-
-
-def _keys_elsewhere(cache: Cache, dataset: str, recipe_hash: str) -> dict[str, tuple[Any, int]]:
-    """Content key -> (features array, row) over other data sets made by the same recipe."""
-    found: dict[str, tuple[Any, int]] = {}
-    for other, group, attrs in cache.groups():
-        if other == dataset or attrs.get("recipe_hash") != recipe_hash:
-            continue
-        rows = cache.open_rows(other, group)
-        for row, key in enumerate(rows["keys"][...]):
-            found.setdefault(str(key), (rows["features"], row))
-    return found
-
-
-def _plan_id(
-    listing: Listing, recipe_hash: str, found, compute: Sequence[int], batch_size: int
-) -> str:
-    """Identity of a compute plan; the batch size is in it, because a resumed run must
-    compute the same batches to give bit-identical features."""
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{listing.fingerprint}\0{recipe_hash}\0{batch_size}\0".encode())
-    digest.update(str(found.attrs.get("generation") if found else None).encode())
-    for index in compute:
-        digest.update(storable(listing.records[index].source).encode() + b"\0")
-    return digest.hexdigest()
 
 
 def _compute(listing: Listing, jobs: Sequence[_Job], batch_size: int, progress: bool) -> None:
@@ -533,7 +449,7 @@ def _commit(
     )
 
 
-def _gather(window, plan: _Plan, stage: ComputeStage, stage_rows, feature_dim: int) -> np.ndarray:
+def _gather(window, plan: Plan, stage: ComputeStage, stage_rows, feature_dim: int) -> np.ndarray:
     """Features for ``window`` (record indices), from the cache or the staging group."""
     out = np.empty((len(window), feature_dim), np.float32)
     by_array: dict[int, tuple[Any, list[int], list[int]]] = {}
@@ -573,49 +489,3 @@ def _provenance(listing, backbone, weights, recipe_hash, split_counts, skipped, 
         "split_counts": split_counts,
         "skipped": list(skipped),
     }
-
-
-Decoded = tuple[int, str | None, dict[int, np.ndarray] | None, ImageDecodeError | None]
-
-
-def _read(listing: Listing, index: int, sizes: Sequence[int]) -> Decoded:
-    try:
-        key, pixels = listing.read_sizes(listing.records[index], sizes)
-    except ImageDecodeError as exc:
-        return index, None, None, exc
-    return index, key, pixels, None
-
-
-def decoded_batches(
-    listing: Listing,
-    order: Sequence[int],
-    need: dict[int, list[Any]],
-    batch_size: int,
-    workers: int | None = None,
-) -> Iterator[list[Decoded]]:
-    """Yield batches of ``(record index, key, {size: pixels}, error)`` in ``order``.
-
-    Each image is read once and decoded once per input size its jobs need. Decoding
-    runs in a thread pool (Pillow releases the GIL while decoding) at most
-    :data:`PREFETCH_BATCHES` batches ahead, so memory stays bounded whatever the data
-    set's size. ``pixels[size]`` is ``(size, size, 3)`` uint8; on failure ``error`` is
-    set instead.
-    """
-    workers = workers or DECODE_WORKERS or max(1, min(8, (os.cpu_count() or 2) - 1))
-    pending = iter(order)
-    window: deque[Future[Decoded]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-
-        def fill() -> None:
-            while len(window) < batch_size * (PREFETCH_BATCHES + 1):
-                index = next(pending, None)
-                if index is None:
-                    return
-                sizes = sorted({job.backbone.input_size for job in need[index]})
-                window.append(pool.submit(_read, listing, index, sizes))
-
-        fill()
-        while window:
-            batch = [window.popleft().result() for _ in range(min(batch_size, len(window)))]
-            fill()
-            yield batch

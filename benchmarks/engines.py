@@ -11,8 +11,6 @@ Prints a table and writes benchmarks/results/engines.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -104,8 +102,6 @@ def main() -> None:
         "batch_size": args.batch_size,
         "batches": args.batches,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d"),
     }
     save("engines", out)
 

@@ -15,8 +15,6 @@ Prints a table and writes benchmarks/results/extraction.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -108,8 +106,6 @@ def main() -> None:
         "n_images": n,
         "decode_images_per_s_one_thread": decode_rate,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d"),
     }
     save("extraction", out)
 

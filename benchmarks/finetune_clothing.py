@@ -20,6 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from _results import save  # benchmarks/_results.py: scripts run from this folder
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -97,10 +99,9 @@ def main() -> None:
         },
         "date": time.strftime("%Y-%m-%d"),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "finetune_clothing.json").write_text(json.dumps(out, indent=2))
+    save("finetune_clothing", out)
     (REPO / "docs" / "finetune.md").write_text(markdown(out, args.epochs))
-    print("saved benchmarks/results/finetune_clothing.json and docs/finetune.md")
+    print("saved docs/finetune.md")
 
 
 def markdown(out: dict, epochs: int) -> str:

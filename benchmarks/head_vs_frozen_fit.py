@@ -14,8 +14,6 @@ Prints a table and writes benchmarks/results/head_vs_frozen_fit.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -112,8 +110,6 @@ def main() -> None:
         "cached_head_test_accuracy": cached_acc,
         "speedup_head_only": frozen_fit_s / head_s,
         "speedup_including_extraction": frozen_fit_s / total_fc,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d"),
     }
     save("head_vs_frozen_fit", out)
 

@@ -11,8 +11,6 @@ Prints a table and writes benchmarks/results/memory.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -88,8 +86,6 @@ def main() -> None:
         "benchmark": "memory",
         "input_size": args.input_size,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d"),
     }
     save("memory", out)
 

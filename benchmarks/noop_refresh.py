@@ -13,15 +13,14 @@ Prints a table and writes benchmarks/results/noop_refresh.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import save  # benchmarks/_results.py: scripts run from this folder
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "datasets" / "cifar10" / "test"
@@ -86,17 +85,8 @@ def main() -> None:
         "listing_seconds": listing_times,
         "noop_library_seconds": library_times,
         "noop_cli_seconds": cli_times,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
-        "date": time.strftime("%Y-%m-%d"),
     }
-    out = HERE / "results" / "noop_refresh.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
+    save("noop_refresh", result)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ Prints a table and writes benchmarks/results/storage.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -112,8 +110,6 @@ def main() -> None:
         "extraction_seconds": extraction_s,
         "rows": rows,
         "codec": found.attrs["codec"],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "date": time.strftime("%Y-%m-%d"),
         "extracted_now": not result.cache_hit,
     }
     save("storage", out)

@@ -76,10 +76,6 @@ class BackboneSpec:
     alpha_rule: str | None = None
     default_args: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def family(self) -> str:
-        return self.module
-
     def last_block_layers(self, layer_names: list[str]) -> list[str]:
         """The names among ``layer_names`` that belong to the last block."""
         patterns = [re.compile(p) for p in self.last_block]

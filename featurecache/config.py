@@ -126,10 +126,6 @@ class Augmentation:
     zoom: float = 0.1
     translation: float = 0.1
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.flip) or any((self.rotation, self.zoom, self.translation))
-
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:

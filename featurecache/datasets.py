@@ -102,28 +102,27 @@ class Listing:
     def read_sizes(self, record: Record, sizes: Sequence[int]) -> tuple[str, dict[int, np.ndarray]]:
         """Like :meth:`read` for several sizes: the file is read and hashed once, then
         decoded once per size (so each size's pixels equal a single-size read's)."""
-        if self.config.format == "hdf5":
-            path, index = record.source.rsplit("[", 1)
-            with self._lock:  # h5py serialises access anyway; keep it explicit
-                row = self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
-            return content_key(row), {s: array_to_rgb(row, s, source=record.source) for s in sizes}
-        try:
-            data = Path(record.source).read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
-        return content_key(data), {s: decode_bytes(data, s, source=record.source) for s in sizes}
+        raw = self._load(record)
+        decode = array_to_rgb if isinstance(raw, np.ndarray) else decode_bytes
+        return content_key(raw), {s: decode(raw, s, source=record.source) for s in sizes}
 
     def content_key(self, record: Record) -> str | None:
         """The record's content key without decoding; ``None`` if it cannot be read."""
+        try:
+            return content_key(self._load(record))
+        except ImageDecodeError:
+            return None
+
+    def _load(self, record: Record) -> np.ndarray | bytes:
+        """The record's raw content: an HDF5 row, or a file's bytes."""
         if self.config.format == "hdf5":
             path, index = record.source.rsplit("[", 1)
-            with self._lock:
-                row = self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
-            return content_key(row)
+            with self._lock:  # h5py serialises access anyway; keep it explicit
+                return self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
         try:
-            return content_key(Path(record.source).read_bytes())
-        except OSError:
-            return None
+            return Path(record.source).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
 
     def close(self) -> None:
         for handle in {id(h): h for h in self._arrays.values()}.values():
@@ -164,13 +163,17 @@ def list_dataset(config: DatasetConfig) -> Listing:
     )
 
 
-def _image_suffixes() -> set[str]:
+def image_suffixes() -> set[str]:
+    """File extensions Pillow can open (lower case, with the dot)."""
     from PIL import Image
 
     return {ext.lower() for ext in Image.registered_extensions()}
 
 
-def _files(folder: Path, suffixes: set[str]) -> list[Path]:
+def image_files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
+    """Image files under ``folder``, recursively and sorted; hidden files and other
+    extensions are skipped. Dangling links are kept, so that reading them reports them."""
+    suffixes = image_suffixes() if suffixes is None else suffixes
     files = []
     for path in sorted(folder.rglob("*")):
         if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):
@@ -194,14 +197,14 @@ def _list_folder(root: Path) -> tuple[list[tuple[Path, int, str | None]], list[s
             f"other folders ({', '.join(others)}); use root/<class>/* or root/<split>/<class>/*"
         )
     layout = [(SPLIT_ALIASES[p.name.lower()], p) for p in split_dirs] or [(None, root)]
-    suffixes = _image_suffixes()
+    suffixes = image_suffixes()
     per_class: dict[str, list[tuple[Path, str | None]]] = {}
     for split, folder in layout:
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             if class_dir.name.startswith("."):
                 continue
             bucket = per_class.setdefault(class_dir.name, [])
-            bucket.extend((f, split) for f in _files(class_dir, suffixes))
+            bucket.extend((f, split) for f in image_files(class_dir, suffixes))
     empty = [name for name, files in per_class.items() if not files]
     if empty:
         raise DatasetError(

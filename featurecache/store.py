@@ -120,7 +120,15 @@ class FeatureSet:
         return [s for s in ("train", "validation", "test") if s in present]
 
 
-def _read_attrs(folder: Path) -> dict[str, Any] | None:
+def disk_bytes(path: Path) -> int:
+    """Bytes on disk of a file, or of every file under a folder (links not followed)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def read_attrs(folder: Path) -> dict[str, Any] | None:
+    """The attributes in ``folder/zarr.json``, or None if it is missing or unreadable."""
     meta = folder / "zarr.json"
     try:
         return json.loads(meta.read_text()).get("attributes", {})
@@ -143,7 +151,7 @@ class Cache:
         """Raise :class:`CacheError` unless ``root`` is a featurecache cache."""
         if not self.root.exists():
             raise CacheError(f"no cache at {str(self.root)!r}; run `featurecache extract` first")
-        attrs = _read_attrs(self.root)
+        attrs = read_attrs(self.root)
         if attrs is None:
             raise CacheError(f"{str(self.root)!r} is not a featurecache cache (no zarr.json)")
         if "featurecache_format" not in attrs:
@@ -168,7 +176,7 @@ class Cache:
     def groups(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Yield ``(dataset, group, attrs)`` for every group with a committed generation."""
         for dataset, group, folder in self.group_dirs():
-            attrs = _read_attrs(folder / CURRENT)
+            attrs = read_attrs(folder / CURRENT)
             if attrs and "recipe_hash" in attrs:
                 yield dataset, group, attrs
 
@@ -183,7 +191,7 @@ class Cache:
         return link.resolve()
 
     def attrs(self, dataset: str, group: str) -> dict[str, Any]:
-        return _read_attrs(self.current(dataset, group)) or {}
+        return read_attrs(self.current(dataset, group)) or {}
 
     def open_rows(self, dataset: str, group: str) -> zarr.Group:
         """The committed generation as a read-only zarr group (arrays read lazily)."""
@@ -198,7 +206,7 @@ class Cache:
             If the group does not exist or is incomplete.
         """
         folder = self.current(dataset, group)
-        attrs = _read_attrs(folder) or {}
+        attrs = read_attrs(folder) or {}
         node = zarr.open_group(folder, mode="r")
         try:
             arrays = {name: node[name][...] for name in ("features", *ROW_ARRAYS[:4])}
@@ -219,8 +227,7 @@ class Cache:
 
     def nbytes(self, dataset: str, group: str) -> int:
         """Bytes on disk of the committed generation."""
-        folder = self.current(dataset, group)
-        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        return disk_bytes(self.current(dataset, group))
 
     # ------------------------------------------------------------------ writing
 

@@ -80,10 +80,6 @@ class ExtractResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
-    def changed(self) -> bool:
-        return not self.cache_hit
-
 
 def extract(
     pipeline: Pipeline, *, progress: bool = False, wait: bool = True

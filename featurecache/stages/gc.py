@@ -8,7 +8,6 @@ Each data set is handled under its writer lock, so gc never races a refresh.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from featurecache import recipe
 from featurecache.config import Pipeline
-from featurecache.store import CURRENT, STAGING, Cache
+from featurecache.store import CURRENT, STAGING, Cache, disk_bytes, read_attrs
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +26,6 @@ class GcResult:
     removed: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     dry_run: bool = False
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def collect(
@@ -60,7 +53,7 @@ def collect(
 
     def remove(path: Path) -> None:
         result.removed.append(str(path.relative_to(cache.root)))
-        result.freed_bytes += _size(path)
+        result.freed_bytes += disk_bytes(path)
         if not dry_run:
             log.info("removing %s", path)
             shutil.rmtree(path, ignore_errors=True)
@@ -73,10 +66,7 @@ def collect(
         with cache.lock(dataset, wait=wait):
             for _group, folder in datasets.get(dataset, []):
                 link = folder / CURRENT
-                attrs_hash = None
-                if (link / "zarr.json").is_file():
-                    attrs = json.loads((link / "zarr.json").read_text()).get("attributes", {})
-                    attrs_hash = attrs.get("request_hash")
+                attrs_hash = (read_attrs(link) or {}).get("request_hash")
                 if pipelines and (dataset, attrs_hash) not in referenced:
                     remove(folder)
                     continue

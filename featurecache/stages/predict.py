@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from featurecache.backbones import BackboneConfig, build_backbone, import_keras
+from featurecache.datasets import image_files
 from featurecache.errors import CacheError, ConfigError, ImageDecodeError
 from featurecache.heads import load_head, predict_proba
 from featurecache.images import decode_bytes
@@ -28,7 +29,7 @@ class Prediction:
     error: str | None = None
 
 
-def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand files and folders (recursively) into image files, sorted per folder.
 
     Raises
@@ -36,17 +37,10 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     ConfigError
         If an input does not exist.
     """
-    from PIL import Image
-
-    suffixes = {ext.lower() for ext in Image.registered_extensions()}
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(
-                p
-                for p in sorted(item.rglob("*"))
-                if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
-            )
+            files.extend(image_files(item))
         elif item.is_file():
             files.append(item)
         else:
@@ -87,7 +81,7 @@ def predict(
         If ``head_dir`` is not a trained head or an input does not exist.
     """
     head, info = load_head(head_dir)
-    files = image_files(inputs)
+    files = expand_inputs(inputs)
     b = info["backbone"]
     config = BackboneConfig.create(
         b["name"],

@@ -68,13 +68,21 @@ class Hdf5Source:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetConfig:
-    """One data set: where it is, its format, and how to split it."""
+    """One data set: where it is, its format, and how to split it.
+
+    ``classes`` keeps only the named classes of a folder or CSV data set (empty:
+    all). ``resplit`` pools the images of every split folder (or CSV split column)
+    and splits them again with ``split`` (stratified), for data sets whose own
+    split is not the one to compare with.
+    """
 
     name: str
     format: str
     path: Path | None = None
     hdf5: Mapping[str, Hdf5Source] = field(default_factory=dict)
     split: SplitRatios = field(default_factory=SplitRatios)
+    classes: tuple[str, ...] = ()
+    resplit: bool = False
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "format": self.format}
@@ -95,6 +103,10 @@ class DatasetConfig:
             "test": self.split.test,
             "seed": self.split.seed,
         }
+        if self.classes:  # only when set, so existing caches keep their fingerprint
+            out["classes"] = list(self.classes)
+        if self.resplit:
+            out["resplit"] = True
         return out
 
 
@@ -105,11 +117,39 @@ class HeadConfig:
     ``kind`` is ``dense`` (the Keras dense head), a registered scikit-learn name
     (``logistic_regression``, ``linear_svm``, ``knn``, ``random_forest``) or the
     import path of any scikit-learn classifier (``sklearn.ensemble.ExtraTreesClassifier``).
+
+    ``search`` maps parameter names to candidate values (``{C = [0.01, 0.1, 1]}``):
+    the head is then tuned by a grid search with ``cv``-fold stratified
+    cross-validation on the training split only (top-1 accuracy), and refitted on
+    the whole training split with the best values. ``search_samples`` (0: all)
+    bounds the images the search uses (a stratified sample of the training split),
+    for large data sets; the refit still uses all of them.
     """
 
     name: str
     kind: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    search: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    cv: int = 5
+    search_samples: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reference:
+    """A published figure to compare with, shown beside ours by ``featurecache report``.
+
+    ``value`` is a top-1 accuracy (fraction) on ``split`` of data set ``dataset``;
+    ``model`` says what produced it; ``comparable`` is false when the data or the
+    backbone differ from ours, and ``note`` then says how.
+    """
+
+    dataset: str
+    source: str
+    model: str
+    value: float
+    split: str = "test"
+    comparable: bool = True
+    note: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +200,8 @@ class Pipeline:
     output: Path
     batch_size: int = 32
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    references: tuple[Reference, ...] = ()
+    description: str = ""
     source: Path | None = None
 
 
@@ -282,6 +324,8 @@ def _parse(
             "backbones",
             "heads",
             "finetune",
+            "references",
+            "description",
         ),
         "the pipeline",
     )
@@ -305,6 +349,11 @@ def _parse(
         output=Path(output if output is not None else raw.get("output", DEFAULT_OUTPUT)),
         batch_size=batch_size,
         finetune=_parse_finetune(raw.get("finetune", {})),
+        references=tuple(
+            _parse_reference(t, {d.name for d in datasets}, f"references[{i}]")
+            for i, t in enumerate(raw.get("references", []))
+        ),
+        description=str(raw.get("description", "")),
         source=file,
     )
 
@@ -367,7 +416,7 @@ def _tables(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 
 def _parse_dataset(table: Mapping[str, Any], root: Path, where: str) -> DatasetConfig:
-    _check_keys(table, ("name", "format", "path", "hdf5", "split"), where)
+    _check_keys(table, ("name", "format", "path", "hdf5", "split", "classes", "resplit"), where)
     name = _require(table, "name", str, where)
     fmt = table.get("format")
     hdf5: dict[str, Hdf5Source] = {}
@@ -405,7 +454,23 @@ def _parse_dataset(table: Mapping[str, Any], root: Path, where: str) -> DatasetC
         split = SplitRatios(**split_table)
     except ConfigError as exc:
         raise _fail(f"{where}.{exc}", "split", where) from exc
-    return DatasetConfig(name=name, format=fmt, path=path, hdf5=hdf5, split=split)
+    classes = table.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise _fail(f"{where}.classes must be a list of class names", "classes", where)
+    if classes and fmt == "hdf5":
+        raise _fail(f"{where}.classes works for folder and csv data sets", "classes", where)
+    resplit = table.get("resplit", False)
+    if not isinstance(resplit, bool):
+        raise _fail(f"{where}.resplit must be true or false", "resplit", where)
+    return DatasetConfig(
+        name=name,
+        format=fmt,
+        path=path,
+        hdf5=hdf5,
+        split=split,
+        classes=tuple(classes),
+        resplit=resplit,
+    )
 
 
 def _under(root: Path, value: str) -> Path:
@@ -436,12 +501,72 @@ def _parse_backbone(table: Mapping[str, Any], where: str) -> BackboneConfig:
 def _parse_head(table: Mapping[str, Any], where: str) -> HeadConfig:
     if not isinstance(table, dict):
         raise _fail("heads must be written as [[heads]] tables", "heads")
-    _check_keys(table, ("name", "kind", "params"), where)
+    _check_keys(table, ("name", "kind", "params", "search", "cv", "search_samples"), where)
     kind = _require(table, "kind", str, where)
     params = table.get("params", {})
     if not isinstance(params, dict):
         raise _fail(f"{where}.params must be a table, got {params!r}", "params", where)
-    return HeadConfig(name=str(table.get("name", kind)), kind=kind, params=params)
+    search = table.get("search", {})
+    if not isinstance(search, dict) or not all(isinstance(v, list) and v for v in search.values()):
+        raise _fail(
+            f"{where}.search must map parameter names to non-empty lists of values, "
+            f"e.g. search = {{C = [0.01, 0.1, 1.0]}}; got {search!r}",
+            "search",
+            where,
+        )
+    cv = table.get("cv", 5)
+    if not isinstance(cv, int) or isinstance(cv, bool) or cv < 2:
+        raise _fail(f"{where}.cv must be an integer >= 2 (folds), got {cv!r}", "cv", where)
+    samples = table.get("search_samples", 0)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+        raise _fail(
+            f"{where}.search_samples must be an integer >= 0 (0: all), got {samples!r}",
+            "search_samples",
+            where,
+        )
+    return HeadConfig(
+        name=str(table.get("name", kind)),
+        kind=kind,
+        params=params,
+        search={k: tuple(v) for k, v in search.items()},
+        cv=cv,
+        search_samples=samples,
+    )
+
+
+_REFERENCE_TYPES = {
+    "dataset": str,
+    "source": str,
+    "model": str,
+    "value": (int, float),
+    "split": str,
+    "comparable": bool,
+    "note": str,
+}
+
+
+def _parse_reference(table: Mapping[str, Any], datasets: set[str], where: str) -> Reference:
+    if not isinstance(table, dict):
+        raise _fail("references must be written as [[references]] tables", "references")
+    _check_keys(table, tuple(_REFERENCE_TYPES), where)
+    for key in ("dataset", "source", "model", "value"):
+        _require(table, key, _REFERENCE_TYPES[key], where)  # type: ignore[arg-type]
+    for key, value in table.items():
+        kind = _REFERENCE_TYPES[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and key != "comparable"):
+            raise _fail(f"{where}.{key} has the wrong type: {value!r}", key, where)
+    if table["dataset"] not in datasets:
+        raise _fail(
+            f"{where}.dataset {table['dataset']!r} is not a data set of this pipeline "
+            f"({', '.join(sorted(datasets))})",
+            "dataset",
+            where,
+        )
+    if not 0.0 <= table["value"] <= 1.0:
+        raise _fail(f"{where}.value is a top-1 accuracy in [0, 1]", "value", where)
+    if table.get("split", "test") not in SPLITS:
+        raise _fail(f"{where}.split must be one of {', '.join(SPLITS)}", "split", where)
+    return Reference(**{**table, "value": float(table["value"])})
 
 
 # --------------------------------------------------------------------------- options

@@ -152,6 +152,10 @@ def list_dataset(config: DatasetConfig) -> Listing:
         entries, class_names = _list_csv(config.path)
     else:
         entries, class_names = _list_folder(config.path)
+    if config.classes:
+        entries, class_names = _keep_classes(config, entries, class_names)
+    if config.resplit:
+        entries = [(path, label, None) for path, label, _ in entries]
     _check_classes(config.name, class_names, [label for _, label, _ in entries])
     records = _assign_splits(entries, config.path, config.split)
     return Listing(
@@ -251,6 +255,21 @@ def _list_csv(manifest: Path) -> tuple[list[tuple[Path, int, str | None]], list[
         raise DatasetError(f"{manifest}: give a split on every row or on none")
     class_names = sorted({label for _, label, _ in rows})
     return [(p, class_names.index(label), s) for p, label, s in rows], class_names
+
+
+def _keep_classes(
+    config: DatasetConfig, entries: list[tuple[Path, int, str | None]], class_names: list[str]
+) -> tuple[list[tuple[Path, int, str | None]], list[str]]:
+    """Only the images of ``config.classes``, relabelled in that order."""
+    missing = [c for c in config.classes if c not in class_names]
+    if missing:
+        raise DatasetError(
+            f"data set {config.name!r}: no class {', '.join(map(repr, missing))} in "
+            f"{config.path}; its classes are {', '.join(class_names)}"
+        )
+    index = {class_names.index(c): i for i, c in enumerate(config.classes)}
+    kept = [(path, index[label], split) for path, label, split in entries if label in index]
+    return kept, list(config.classes)
 
 
 def _check_classes(name: str, class_names: Sequence[str], labels: Sequence[int]) -> None:

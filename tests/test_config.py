@@ -29,7 +29,9 @@ weights = "none"
 """
 
 
-@pytest.mark.parametrize("name", ["catvnoncat", "clothing"])
+@pytest.mark.parametrize(
+    "name", ["catvnoncat", "clothing", "clothing_sleeves", "fingers", "cifar10", "cub50"]
+)
 def test_shipped_pipelines_load_and_point_at_real_data(name, datasets_dir, monkeypatch):
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     pipeline = load_pipeline(REPO / "pipelines" / f"{name}.toml")
@@ -39,6 +41,7 @@ def test_shipped_pipelines_load_and_point_at_real_data(name, datasets_dir, monke
     paths = [s.path for s in dataset.hdf5.values()] or [dataset.path]
     assert all(p.exists() for p in paths), paths
     assert {h.kind for h in pipeline.heads} >= {"logistic_regression"}
+    assert pipeline.references and pipeline.description  # each reproduces a write-up
 
 
 def test_data_root_option_and_environment(tmp_path, monkeypatch):
@@ -104,3 +107,54 @@ def test_options_build_the_same_kind_of_pipeline(tmp_path):
         pipeline_from_options(data=[str(tmp_path)], backbones=["nope"], heads=[])
     with pytest.raises(ConfigError, match="--data"):
         pipeline_from_options(data=[], backbones=[], heads=[])
+
+
+def test_search_references_classes_and_resplit(tmp_path):
+    text = (
+        MINIMAL.replace('path = "flat"', 'path = "flat"\nclasses = ["a", "b"]\nresplit = true')
+        + """
+[[heads]]
+name = "lr"
+kind = "logistic_regression"
+search = { C = [0.1, 1.0] }
+cv = 3
+[[references]]
+dataset = "flat"
+source = "a write-up"
+model = "an MLP"
+value = 0.8
+comparable = false
+note = "other data"
+"""
+    )
+    pipeline = load_pipeline(write(tmp_path, text))
+    dataset = pipeline.datasets[0]
+    assert dataset.classes == ("a", "b") and dataset.resplit
+    assert dataset.describe()["classes"] == ["a", "b"]
+    head = pipeline.heads[0]
+    assert dict(head.search) == {"C": (0.1, 1.0)} and head.cv == 3
+    ref = pipeline.references[0]
+    assert (ref.value, ref.split, ref.comparable) == (0.8, "test", False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[[heads]]\nkind = 'knn'\nsearch = { n_neighbors = [] }\n", "non-empty lists"),
+        ("[[heads]]\nkind = 'knn'\ncv = 1\n", "cv must be an integer >= 2"),
+        (
+            "[[references]]\ndataset = 'other'\nsource = 's'\nmodel = 'm'\nvalue = 0.5\n",
+            "not a data set of this pipeline",
+        ),
+        (
+            "[[references]]\ndataset = 'flat'\nsource = 's'\nmodel = 'm'\nvalue = 80\n",
+            r"top-1 accuracy in \[0, 1\]",
+        ),
+        ("[[references]]\ndataset = 'flat'\nmodel = 'm'\nvalue = 0.5\n", "needs a 'source'"),
+    ],
+)
+def test_bad_search_or_reference_is_named_with_its_line(tmp_path, extra, message):
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_pipeline(path)
+    assert str(info.value).startswith(f"{path}:")

@@ -187,3 +187,25 @@ def test_wrong_hdf5_key_lists_the_keys(datasets_dir):
     )
     with pytest.raises(DatasetError, match=r"no array 'images'.*train_set_x"):
         list_dataset(config)
+
+
+def test_classes_keeps_and_relabels_only_the_named_classes(split_folder):
+    listing = list_dataset(folder(split_folder, classes=("red", "blue")))
+    assert listing.class_names == ["red", "blue"]
+    assert Counter(r.label for r in listing.records) == {0: 13, 1: 13}
+    assert all("/green/" not in r.source for r in listing.records)
+    assert all(("/red/" in r.source) == (r.label == 0) for r in listing.records)
+    with pytest.raises(DatasetError, match="no class 'purple'.*its classes are blue, green, red"):
+        list_dataset(folder(split_folder, classes=("red", "purple")))
+
+
+def test_resplit_pools_the_split_folders_and_splits_again(split_folder):
+    given = list_dataset(folder(split_folder))
+    pooled = list_dataset(
+        folder(split_folder, resplit=True, split=SplitRatios(validation=0.0, test=0.3))
+    )
+    assert {r.source for r in pooled.records} == {r.source for r in given.records}
+    counts = Counter((r.label, r.split) for r in pooled.records)
+    for label in range(3):  # 13 images per class: round(13 * 0.3) = 4 test
+        assert counts[(label, "test")] == 4 and counts[(label, "train")] == 9
+    assert pooled.fingerprint != given.fingerprint

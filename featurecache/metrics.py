@@ -13,6 +13,40 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+def accuracy_interval(
+    correct: np.ndarray, *, n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of top-1 accuracy.
+
+    ``correct`` is a boolean array of shape ``(n_images,)``. The images are
+    resampled with replacement ``n_resamples`` times (seeded, so the interval is
+    reproducible) and the 2.5th and 97.5th percentiles of the resampled accuracies
+    are returned, as fractions. This is the percentile bootstrap of Efron and
+    Tibshirani, "An Introduction to the Bootstrap" (1993), ch. 13, computed with
+    ``scipy.stats.bootstrap``. When every image is right (or every one wrong) the
+    interval is that single value: the bootstrap cannot see beyond the sample.
+    """
+    from scipy.stats import bootstrap
+
+    values = np.asarray(correct, dtype=np.float64)
+    if values.size == 0:
+        return 0.0, 0.0
+    if values.min() == values.max():
+        return float(values[0]), float(values[0])
+    result = bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Metrics of one split.
@@ -29,6 +63,8 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     -------
     dict
         ``n_images``; ``accuracy`` (top-1, a fraction in [0, 1]);
+        ``accuracy_ci95`` (``[low, high]``, :func:`accuracy_interval`) and
+        ``bootstrap`` (how it was computed);
         ``balanced_accuracy`` (mean per-class recall over the classes present, as
         ``sklearn.metrics.balanced_accuracy_score``);
         ``log_loss`` (natural log, probabilities clipped by scikit-learn);
@@ -45,6 +81,13 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     return {
         "n_images": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy_ci95": list(accuracy_interval(np.asarray(y_true) == y_pred)),
+        "bootstrap": {
+            "method": "percentile",
+            "n_resamples": BOOTSTRAP_RESAMPLES,
+            "confidence": CONFIDENCE,
+            "seed": 0,
+        },
         # mean recall over the classes present: scikit-learn's balanced_accuracy_score
         "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
         "log_loss": float(

@@ -9,6 +9,7 @@ from featurecache.heads import (
     load_head,
     predict_proba,
     save_head,
+    tune,
 )
 
 
@@ -96,3 +97,36 @@ def test_sklearn_head_save_and_load(blobs, tmp_path):
 def test_load_head_from_a_wrong_folder(tmp_path):
     with pytest.raises(ConfigError, match="not a trained head"):
         load_head(tmp_path)
+
+
+def test_tune_chooses_by_stratified_cross_validation_and_refits(blobs):
+    X, y = blobs
+    head, summary = tune(build_head("logistic_regression"), {"C": [1e-6, 1.0]}, X, y, cv=4)
+    assert summary["grid"] == {"logisticregression__C": [1e-6, 1.0]}
+    assert len(summary["candidates"]) == 2 and summary["cv"] == 4
+    best = max(summary["candidates"], key=lambda c: c["mean_accuracy"])
+    assert summary["best_params"] == best["params"]
+    assert summary["best_cv_accuracy"] == best["mean_accuracy"]
+    assert head.get_params()["logisticregression__C"] == best["params"]["C"]
+    assert head.predict(X).tolist() == y.tolist()  # refitted on all of the training data
+    svm, found = tune(build_head("linear_svm"), {"C": [0.01]}, X, y, cv=3)
+    assert list(found["grid"]) == ["calibratedclassifiercv__estimator__C"]
+
+
+def test_tune_explains_a_bad_parameter_or_too_few_images(blobs):
+    X, y = blobs
+    with pytest.raises(ConfigError, match="no parameter 'k'.*n_neighbors"):
+        tune(build_head("knn"), {"k": [1]}, X, y)
+    with pytest.raises(ConfigError, match="cv = 5 needs at least 5 training images per class"):
+        tune(build_head("knn"), {"n_neighbors": [1]}, X[:13], np.array([0] * 10 + [1] * 3))
+
+
+def test_tune_on_a_sample_refits_on_everything(blobs):
+    X, y = blobs
+    head, summary = tune(build_head("knn"), {"n_neighbors": [1, 3]}, X, y, cv=3, max_samples=60)
+    assert summary["n_searched"] == 60
+    assert head[-1].n_samples_fit_ == len(y)  # the refit saw all 180 images
+    assert (
+        head.get_params()["kneighborsclassifier__n_neighbors"]
+        == (summary["best_params"]["n_neighbors"])
+    )

@@ -421,6 +421,9 @@ def _commit(
         )
         attrs["content_hash"] = content.hexdigest()
         attrs["engine"] = engine
+        # extraction_seconds covers the n_computed images of this generation only
+        attrs["n_computed"] = len(stage_rows)
+        attrs["n_reused"] = len(plan.reuse)
         writer.commit(attrs)
     except BaseException:
         writer.abort()

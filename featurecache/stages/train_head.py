@@ -91,6 +91,10 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
                         cache_root=pipeline.cache,
                         dataset=dataset.name,
                         group=found.group,
+                        pipeline={
+                            "name": pipeline.name,
+                            "source": str(pipeline.source) if pipeline.source else None,
+                        },
                     )
                 )
     return results
@@ -108,6 +112,7 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
         and info.get("recipe_hash") == attrs.get("recipe_hash")
         and info.get("kind") == kind
         and info.get("params") == dict(head.params)
+        and info.get("search", {}).get("grid_given") == _grid(head)
         and (folder / info.get("model_file", "-")).is_file()
     )
     if not same:
@@ -125,6 +130,11 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
     )
 
 
+def _grid(head: HeadConfig) -> dict[str, list] | None:
+    grid = {k: list(v) for k, v in head.search.items()}
+    return {**grid, "search_samples": head.search_samples} if grid else None
+
+
 def train_one(
     features: FeatureSet,
     head_config: HeadConfig,
@@ -134,9 +144,16 @@ def train_one(
     cache_root: Path,
     dataset: str,
     group: str,
+    pipeline: dict[str, Any] | None = None,
 ) -> HeadResult:
-    """Fit one head on the train split, evaluate every split, write its folder."""
+    """Fit one head on the train split, evaluate every split, write its folder.
+
+    With ``head_config.search``, the parameters are first chosen by stratified
+    cross-validation on the train split (:func:`featurecache.heads.tune`); the
+    choice and every candidate's score go to ``head.json`` under ``search``.
+    """
     from featurecache.dense_head import DenseHead
+    from featurecache.heads import tune
     from featurecache.metrics import evaluate
     from featurecache.plots import confusion_matrix_png, curves_png
 
@@ -145,9 +162,27 @@ def train_one(
         raise CacheError(f"{dataset}/{group} has no 'train' images to fit a head on")
     n_classes = len(features.class_names)
     head = build_head(kind, head_config.params)
+    search: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        if isinstance(head, DenseHead) and "validation" in features.splits:
+        if head_config.search:
+            head, search = tune(
+                head,
+                head_config.search,
+                x_train,
+                y_train,
+                cv=head_config.cv,
+                max_samples=head_config.search_samples,
+            )
+            search["grid_given"] = _grid(head_config)
+            log.info(
+                "head %s: cross-validation chose %s (%d-fold top-1 %.3f)",
+                head_config.name,
+                search["best_params"],
+                head_config.cv,
+                search["best_cv_accuracy"],
+            )
+        elif isinstance(head, DenseHead) and "validation" in features.splits:
             head.fit(x_train, y_train, validation_data=features.subset("validation"))
         else:
             head.fit(x_train, y_train)
@@ -173,6 +208,15 @@ def train_one(
             "recipe_hash": attrs["recipe_hash"],
             "content_hash": attrs.get("content_hash"),
             "feature_dim": attrs["feature_dim"],
+            "search": search,
+            "pipeline": pipeline or {},
+            "extraction": {
+                "seconds": attrs.get("extraction_seconds"),
+                "n_images": attrs.get("n_images"),
+                "n_computed": attrs.get("n_computed"),
+                "engine": attrs.get("engine"),
+                "created": attrs.get("created"),
+            },
             "train_seconds": round(seconds, 3),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": recipe.versions(),

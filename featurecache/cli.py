@@ -759,3 +759,69 @@ def info(cache: CacheOpt = None, as_json: JsonOpt = False) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app() or EXIT_ERROR)
+
+
+@app.command()
+def report(
+    targets: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Pipeline files, runs folders or cache folders to report on.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Report path without suffix: writes OUT.md, OUT.html, OUT.json and OUT_files/. "
+            "Default: runs/<pipeline>/report for one pipeline, runs/report otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="Where train-head wrote the heads (as given to run / train-head): overrides "
+            "the pipelines' own `output`; for a cache folder, where its heads are looked for "
+            "(default: runs).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Markdown + HTML report of trained heads: top-1 with 95% bootstrap intervals, balanced
+    accuracy, the write-ups' figures beside ours, confusion matrices, timings and provenance."""
+
+    def call():
+        from featurecache.config import DEFAULT_OUTPUT
+        from featurecache.report import to_json, write_report
+        from featurecache.stages.report import collect
+
+        collection = collect(targets, output=output)
+        target = out
+        if target is None:
+            names = {b.pipeline for b in collection.blocks}
+            roots = {Path(b.heads[0].folder).parents[3] for b in collection.blocks if b.heads}
+            base = roots.pop() if len(roots) == 1 else output or Path(DEFAULT_OUTPUT)
+            target = base / names.pop() / "report" if len(names) == 1 else base / "report"
+        return collection, write_report(collection, target), to_json
+
+    collection, paths, to_json = _guard(call)
+    missing = [(b.dataset, h) for b in collection.blocks for h in b.missing]
+
+    def text() -> None:
+        for block in collection.blocks:
+            for run in block.heads:
+                test = run.metrics.get("test", {})
+                low, high = test.get("accuracy_ci95", (0.0, 0.0))
+                shown = f"test top-1 {test['accuracy']:.3f} [{low:.3f}, {high:.3f}]" if test else ""
+                typer.echo(
+                    f"{block.dataset:<18} {block.backbone['name']:<14} {run.name:<22} {shown}"
+                )
+        for dataset, head in missing:
+            typer.echo(f"warning: {dataset}: head {head!r} is not trained yet", err=True)
+        typer.echo(f"wrote {paths['markdown']} and {paths['html']}")
+
+    _emit(as_json, {**to_json(collection), "files": {k: str(v) for k, v in paths.items()}}, text)

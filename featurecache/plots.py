@@ -51,3 +51,40 @@ def curves_png(history: Mapping[str, Sequence[float]], path: Path, title: str) -
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def accuracy_bars_png(
+    rows: Sequence[tuple[str, float, float, float]],
+    references: Sequence[tuple[str, float]],
+    path: Path,
+    title: str,
+) -> Path:
+    """Test top-1 per head as horizontal bars with their 95% intervals, to ``path``.
+
+    ``rows`` holds ``(label, accuracy, ci_low, ci_high)`` (fractions); each of
+    ``references`` (``(label, accuracy)``, a published figure) is a dashed
+    vertical line, so whether ours clears it is seen at a glance.
+    """
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.8))
+    y = np.arange(len(rows))
+    acc = np.array([r[1] for r in rows])
+    err = np.array([[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]])
+    ax.barh(y, acc, xerr=err, color="#4c72b0", capsize=3, height=0.6)
+    low = min([*(r[2] for r in rows), *(v for _, v in references)], default=0.0)
+    left = max(0.0, low - 0.1)
+    for yi, a in zip(y, acc, strict=True):
+        ax.text(left + 0.005, yi, f"{a:.3f}", va="center", color="white", fontsize=9)
+    colours = plt.cm.Dark2.colors  # type: ignore[attr-defined]
+    for i, (label, value) in enumerate(references):
+        ax.axvline(value, color=colours[i % len(colours)], ls="--", lw=1.5, label=label)
+    ax.set_yticks(y, [r[0] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(left, 1.005)
+    ax.set_xlabel("test top-1 accuracy (bars: 95% bootstrap interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    if references:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.12 - 0.5 / len(rows)))
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -72,3 +72,26 @@ def split_folder(tmp_path: Path) -> Path:
                 ext = "jpg" if j % 2 else "png"
                 make_image(root / split / name / f"{j:02d}.{ext}", color, pattern=i)
     return root
+
+
+@pytest.fixture(scope="session")
+def catvnoncat_run(tmp_path_factory, datasets_dir):
+    """`featurecache run pipelines/catvnoncat.toml` twice, as the README's main job does."""
+    from typer.testing import CliRunner
+
+    from featurecache.cli import app
+
+    work = tmp_path_factory.mktemp("main-job")
+    args = [
+        "run",
+        REPO / "pipelines" / "catvnoncat.toml",
+        "--data-root",
+        datasets_dir,
+        "--cache",
+        work / "cache",
+        "--output",
+        work / "runs",
+    ]
+    first = CliRunner().invoke(app, [str(a) for a in [*args, "--json"]])
+    second = CliRunner().invoke(app, [str(a) for a in args])
+    return work, first, second

@@ -15,7 +15,7 @@ from featurecache.cli import app
 from featurecache.errors import EXIT_PARTIAL
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["backbones", "extract", "train-head", "run", "predict", "info"]
+COMMANDS = ["backbones", "extract", "train-head", "run", "predict", "info", "report"]
 
 
 def invoke(*args: str):
@@ -101,25 +101,6 @@ def test_options_without_a_file_and_partial_exit_code(tmp_path, split_folder):
     assert "cache hit" in text.output and "RANDOM weights" in text.output
     info = json.loads(invoke("info", "--cache", tmp_path / "c", "--json").stdout)
     assert info["groups"][0]["n_images"] == 39 and info["groups"][0]["bytes"] > 0
-
-
-@pytest.fixture(scope="module")
-def catvnoncat_run(tmp_path_factory, datasets_dir):
-    """`featurecache run pipelines/catvnoncat.toml` twice, as the README's main job does."""
-    work = tmp_path_factory.mktemp("main-job")
-    args = [
-        "run",
-        REPO / "pipelines" / "catvnoncat.toml",
-        "--data-root",
-        datasets_dir,
-        "--cache",
-        work / "cache",
-        "--output",
-        work / "runs",
-    ]
-    first = invoke(*args, "--json")
-    second = invoke(*args)
-    return work, first, second
 
 
 @pytest.mark.real_weights

@@ -815,8 +815,9 @@ def report(
         for block in collection.blocks:
             for run in block.heads:
                 test = run.metrics.get("test", {})
-                low, high = test.get("accuracy_ci95", (0.0, 0.0))
-                shown = f"test top-1 {test['accuracy']:.3f} [{low:.3f}, {high:.3f}]" if test else ""
+                shown = f"test top-1 {test['accuracy']:.3f}" if test else ""
+                if "accuracy_ci95" in test:
+                    shown += " [{:.3f}, {:.3f}]".format(*test["accuracy_ci95"])
                 typer.echo(
                     f"{block.dataset:<18} {block.backbone['name']:<14} {run.name:<22} {shown}"
                 )

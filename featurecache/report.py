@@ -31,6 +31,24 @@ from featurecache.stages.report import Block, Collection, HeadRun
 log = logging.getLogger(__name__)
 
 SPLIT_ORDER = ("train", "validation", "test")
+MAX_FIGURE_PX = 1400  # wider figures (50-class confusion matrices) are scaled down
+
+
+def _figure_png(path: Path) -> bytes:
+    """The figure's PNG bytes, scaled down (Lanczos) to at most ``MAX_FIGURE_PX`` wide."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.width <= MAX_FIGURE_PX:
+            return path.read_bytes()
+        height = round(image.height * MAX_FIGURE_PX / image.width)
+        buffer = io.BytesIO()
+        image.resize((MAX_FIGURE_PX, height), Image.Resampling.LANCZOS).save(
+            buffer, "PNG", optimize=True
+        )
+        return buffer.getvalue()
 
 
 def _pct(value: float | None) -> str:
@@ -85,7 +103,7 @@ def _versus(best: HeadRun | None, ref: Reference) -> str:
         notes.append(f"theirs on {ref.split}, ours on {split}")
     if not ref.comparable:
         notes.append("not like for like")
-    return f"{ref.value:.3f} {ref.model} ({', '.join(notes)})"
+    return f"{ref.value:g} {ref.model} ({', '.join(notes)})"
 
 
 def _best(block: Block) -> HeadRun | None:
@@ -176,7 +194,7 @@ def render(collection: Collection, image: Callable[[Path, str], str], figures: P
                 if "test" in r.metrics
             ]
             refs = [
-                (f"{r.model}: {r.value:.3f} ({r.split})", r.value)
+                (f"{r.model}: {r.value:g} ({r.split})", r.value)
                 for r in collection.references.get(block.dataset, [])
             ]
             if rows:
@@ -209,7 +227,7 @@ def _block(w: _Writer, collection: Collection, block: Block, plot: Path) -> None
                     r.source,
                     r.model,
                     r.split,
-                    f"{r.value:.3f}",
+                    f"{r.value:g}",
                     "yes" if r.comparable else f"no: {r.note}",
                 ]
                 for r in refs
@@ -308,12 +326,12 @@ def write_report(collection: Collection, out: Path) -> dict[str, Path]:
                 path.name if path.parent == files else f"{len(copied):03d}-{path.name}"
             )
             if path != target:
-                shutil.copyfile(path, target)
+                target.write_bytes(_figure_png(path))
             copied[path] = target.relative_to(out.parent).as_posix()
         return f"![{alt}]({copied[path]})"
 
     def embedded(path: Path, alt: str) -> str:
-        data = base64.b64encode(path.read_bytes()).decode()
+        data = base64.b64encode(_figure_png(path)).decode()
         return f"![{alt}](data:image/png;base64,{data})"
 
     text = render(collection, linked, files)

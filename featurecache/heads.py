@@ -200,14 +200,11 @@ def tune(
         grid,
         scoring="accuracy",
         cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed),
-        refit=len(y_search) == len(y),
+        refit=False,  # refitted below on all of (x, y), sampled or not
         error_score="raise",
     )
     searcher.fit(x_search, y_search)
-    if len(y_search) == len(y):
-        best = searcher.best_estimator_
-    else:
-        best = clone(head).set_params(**searcher.best_params_).fit(x, y)
+    best = clone(head).set_params(**searcher.best_params_).fit(x, y)
     results = searcher.cv_results_
     summary = {
         "cv": cv,

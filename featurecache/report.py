@@ -68,7 +68,7 @@ def _secs(value: float | None) -> str:
 
 def _params(run: HeadRun) -> str:
     search = run.info.get("search") or {}
-    given = {k: v for k, v in run.info.get("params", {}).items()}
+    given = dict(run.info.get("params", {}))
     if search:
         chosen = ", ".join(f"{k}={v}" for k, v in search["best_params"].items())
         grid = "; ".join(
@@ -130,10 +130,41 @@ class _Writer:
         self.add("")
 
 
-def render(collection: Collection, image: Callable[[Path, str], str], figures: Path) -> str:
-    """The report as Markdown. ``figures`` is where the summary plots are drawn."""
+def draw_plots(collection: Collection, figures: Path) -> dict[int, Path]:
+    """Each block's bar plot of test top-1 per head against the published figures,
+    drawn into ``figures``; keyed by the block's index (blocks without a tested head
+    have none)."""
     from featurecache.plots import accuracy_bars_png
 
+    plots = {}
+    for index, block in enumerate(collection.blocks):
+        rows = [
+            (
+                r.name,
+                r.metrics["test"]["accuracy"],
+                # runs from before intervals were computed: no whisker
+                *r.metrics["test"].get("accuracy_ci95", [r.metrics["test"]["accuracy"]] * 2),
+            )
+            for r in block.heads
+            if "test" in r.metrics
+        ]
+        if rows:
+            plots[index] = accuracy_bars_png(
+                rows,
+                [
+                    (f"{r.model}: {r.value:g} ({r.split})", r.value)
+                    for r in collection.references.get(block.dataset, [])
+                ],
+                figures / f"accuracy-{index}-{block.dataset}.png",
+                f"{block.dataset} / {block.backbone['name']}",
+            )
+    return plots
+
+
+def render(
+    collection: Collection, image: Callable[[Path, str], str], plots: dict[int, Path]
+) -> str:
+    """The report as Markdown; ``plots`` are :func:`draw_plots`' figures."""
     w = _Writer(image)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     versions = recipe.versions()
@@ -181,35 +212,11 @@ def render(collection: Collection, image: Callable[[Path, str], str], figures: P
         "lllrrlrr",
     )
     for index, block in enumerate(collection.blocks):
-        _block(w, collection, block, figures / f"accuracy-{index}-{block.dataset}.png")
-        if block.heads:
-            rows = [
-                (
-                    r.name,
-                    r.metrics["test"]["accuracy"],
-                    # runs from before intervals were computed: no whisker
-                    *r.metrics["test"].get("accuracy_ci95", [r.metrics["test"]["accuracy"]] * 2),
-                )
-                for r in block.heads
-                if "test" in r.metrics
-            ]
-            refs = [
-                (f"{r.model}: {r.value:g} ({r.split})", r.value)
-                for r in collection.references.get(block.dataset, [])
-            ]
-            if rows:
-                path = accuracy_bars_png(
-                    rows,
-                    refs,
-                    figures / f"accuracy-{index}-{block.dataset}.png",
-                    f"{block.dataset} / {block.backbone['name']}",
-                )
-                marker = f"<!--accuracy-{index}-->"
-                w.lines[w.lines.index(marker)] = w.image(path, f"test top-1 of {block.dataset}")
+        _block(w, collection, block, plots.get(index))
     return "\n".join(w.lines) + "\n"
 
 
-def _block(w: _Writer, collection: Collection, block: Block, plot: Path) -> None:
+def _block(w: _Writer, collection: Collection, block: Block, plot: Path | None) -> None:
     b = block.backbone
     w.add(
         f"## {block.dataset} x {b['name']}",
@@ -242,8 +249,8 @@ def _block(w: _Writer, collection: Collection, block: Block, plot: Path) -> None
     if not block.heads:
         w.add(f"No trained head found (missing: {', '.join(block.missing)}).", "")
         return
-    index = int(plot.stem.split("-")[1])
-    w.add(f"<!--accuracy-{index}-->", "")
+    if plot is not None:
+        w.add(w.image(plot, f"test top-1 of {block.dataset}"), "")
     ext = block.extraction
     first = block.heads[0].info
     computed = ext.get("n_computed")
@@ -322,21 +329,23 @@ def write_report(collection: Collection, out: Path) -> dict[str, Path]:
 
     def linked(path: Path, alt: str) -> str:
         if path not in copied:
-            target = files / (
-                path.name if path.parent == files else f"{len(copied):03d}-{path.name}"
-            )
-            if path != target:
+            target = path  # the plots are drawn in files/ already
+            if path.parent != files:  # head figures: numbered, as names repeat across heads
+                n = sum(p.parent != files for p in copied)
+                target = files / f"{n:03d}-{path.name}"
                 target.write_bytes(_figure_png(path))
             copied[path] = target.relative_to(out.parent).as_posix()
         return f"![{alt}]({copied[path]})"
 
     def embedded(path: Path, alt: str) -> str:
-        data = base64.b64encode(_figure_png(path)).decode()
+        linked(path, alt)  # the copy already holds the scaled-down figure
+        data = base64.b64encode((out.parent / copied[path]).read_bytes()).decode()
         return f"![{alt}](data:image/png;base64,{data})"
 
-    text = render(collection, linked, files)
+    plots = draw_plots(collection, files)
+    text = render(collection, linked, plots)
     html_body = markdown.markdown(
-        render(collection, embedded, files), extensions=["tables", "fenced_code"]
+        render(collection, embedded, plots), extensions=["tables", "fenced_code"]
     )
     html = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>featurecache results</title>"

@@ -237,3 +237,34 @@ def test_several_backbones_decode_each_image_once_and_match_solo_runs(
         a = Cache(pipeline.cache).read("tiny", joint.group)
         b = Cache(solo_pipeline.cache).read("tiny", solo.group)
         np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_a_changed_search_retrains_the_head(tmp_path):
+    """refresh keeps a head only if its search (grid, folds, sample) is the one asked for."""
+    from featurecache.config import HeadConfig
+    from featurecache.stages.train_head import _unchanged
+
+    head = HeadConfig(name="lr", kind="logistic_regression", search={"C": (0.1, 1.0)}, cv=5)
+    attrs = {"content_hash": "c", "recipe_hash": "r", "backbone": {"name": "mobilenet_v2"}}
+    (tmp_path / "model.joblib").write_bytes(b"")
+    (tmp_path / "metrics.json").write_text('{"test": {"accuracy": 0.9}}')
+    info = {
+        "content_hash": "c",
+        "recipe_hash": "r",
+        "kind": "logistic_regression",
+        "params": {},
+        "model_file": "model.joblib",
+        "cache": {"dataset": "d", "group": "g"},
+        "search": {"cv": 5, "grid_given": {"C": [0.1, 1.0], "search_samples": 0}},
+    }
+    (tmp_path / "head.json").write_text(json.dumps(info))
+    assert _unchanged(tmp_path, head, "logistic_regression", attrs) is not None
+    for changed in (
+        HeadConfig(name="lr", kind="logistic_regression", search={"C": (0.1, 1.0)}, cv=3),
+        HeadConfig(name="lr", kind="logistic_regression", search={"C": (1.0,)}, cv=5),
+        HeadConfig(
+            name="lr", kind="logistic_regression", search={"C": (0.1, 1.0)}, search_samples=9
+        ),
+        HeadConfig(name="lr", kind="logistic_regression"),
+    ):
+        assert _unchanged(tmp_path, changed, "logistic_regression", attrs) is None

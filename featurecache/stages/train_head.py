@@ -113,6 +113,7 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
         and info.get("kind") == kind
         and info.get("params") == dict(head.params)
         and info.get("search", {}).get("grid_given") == _grid(head)
+        and info.get("search", {}).get("cv") == (head.cv if head.search else None)
         and (folder / info.get("model_file", "-")).is_file()
     )
     if not same:

@@ -17,6 +17,7 @@ from typing import Any
 
 from featurecache.backbones import BackboneConfig
 from featurecache.errors import ConfigError, FeaturecacheError
+from featurecache.storage import is_url
 
 DATA_ROOT_ENV = "FEATURECACHE_DATA_ROOT"
 CACHE_ENV = "FEATURECACHE_CACHE"
@@ -196,7 +197,7 @@ class Pipeline:
     datasets: tuple[DatasetConfig, ...]
     backbones: tuple[BackboneConfig, ...]
     heads: tuple[HeadConfig, ...]
-    cache: Path
+    cache: Path | str  # a folder, or a URL such as s3://bucket/prefix
     output: Path
     batch_size: int = 32
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -399,11 +400,17 @@ def _parse_finetune(table: Mapping[str, Any]) -> FinetuneConfig:
     return FinetuneConfig(augment=augmentation, **values)
 
 
-def cache_path(value: str | Path | None) -> Path:
-    """The cache folder: ``value``, else ``$FEATURECACHE_CACHE``, else ``./cache``."""
-    if value is not None:
-        return Path(value).expanduser()
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+def cache_path(value: str | Path | None) -> Path | str:
+    """The cache: ``value``, else ``$FEATURECACHE_CACHE``, else ``./cache``.
+
+    A folder becomes a :class:`~pathlib.Path`; a URL (``s3://bucket/prefix``,
+    ``memory://name``) stays a string (see :mod:`featurecache.storage`).
+    """
+    if value is None:
+        value = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
+    if is_url(value):
+        return str(value)
+    return Path(value).expanduser()
 
 
 def _tables(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:

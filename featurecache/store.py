@@ -33,11 +33,9 @@ next commit or ``featurecache gc``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,13 +48,12 @@ from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec
 
 from featurecache.errors import CacheError, LockedError
+from featurecache.storage import CURRENT, LocalLocation, Location, is_url  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 STAGING = ".staging"
-LOCKS = ".locks"
-CURRENT = "current"
 MIN_CHUNK_BYTES = 1 << 20
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 CODEC_DESCRIPTION = "blosc(zstd, clevel=5, shuffle)"
@@ -122,80 +119,105 @@ class FeatureSet:
 
 def disk_bytes(path: Path) -> int:
     """Bytes on disk of a file, or of every file under a folder (links not followed)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return LocalLocation(str(path)).size(str(path))
 
 
 def read_attrs(folder: Path) -> dict[str, Any] | None:
     """The attributes in ``folder/zarr.json``, or None if it is missing or unreadable."""
-    meta = folder / "zarr.json"
-    try:
-        return json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return None
+    return LocalLocation(str(folder)).read_json(str(folder))
+
+
+def cache_id(root: str | Path) -> str:
+    """How a cache is named in head.json: an absolute folder path, or its URL."""
+    return str(Path(root).resolve()) if not is_url(root) else str(root)
 
 
 class Cache:
-    """A featurecache store rooted at a local folder (created on first write)."""
+    """A featurecache store at a local folder or an fsspec URL (created on first write).
+
+    ``root`` is a folder path, or a URL such as ``s3://bucket/prefix`` or
+    ``memory://name`` (see :mod:`featurecache.storage`).
+    """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.location = Location.parse(root)
+        self.root: Path | str = Path(self.location.root) if self.location.local else root
+        self.url = self.location.url()
+
+    def _path(self, *parts: str) -> str:
+        return self.location.join(*parts)
+
+    def _open(self, path: str, *, mode: str, **kwargs: Any) -> zarr.Group:
+        store = self.location.zarr_store(path, read_only=mode == "r")
+        return zarr.open_group(store, mode=mode, **kwargs)
 
     # ------------------------------------------------------------------ reading
 
     def exists(self) -> bool:
-        return (self.root / "zarr.json").is_file()
+        return self.location.is_file(self._path("zarr.json"))
 
     def check(self) -> None:
         """Raise :class:`CacheError` unless ``root`` is a featurecache cache."""
-        if not self.root.exists():
-            raise CacheError(f"no cache at {str(self.root)!r}; run `featurecache extract` first")
-        attrs = read_attrs(self.root)
+        if self.location.local and not Path(self.location.root).exists():
+            raise CacheError(f"no cache at {self.url!r}; run `featurecache extract` first")
+        attrs = self.location.read_json(self.location.root)
         if attrs is None:
-            raise CacheError(f"{str(self.root)!r} is not a featurecache cache (no zarr.json)")
+            if not self.location.local and not self.location.entries(self.location.root):
+                raise CacheError(f"no cache at {self.url!r}; run `featurecache extract` first")
+            raise CacheError(f"{self.url!r} is not a featurecache cache (no zarr.json)")
         if "featurecache_format" not in attrs:
-            raise CacheError(f"{str(self.root)!r} is a zarr store but not a featurecache cache")
+            raise CacheError(f"{self.url!r} is a zarr store but not a featurecache cache")
         if attrs["featurecache_format"] != FORMAT_VERSION:
             raise CacheError(
-                f"{str(self.root)!r} has cache format {attrs['featurecache_format']}, this "
+                f"{self.url!r} has cache format {attrs['featurecache_format']}, this "
                 f"featurecache reads format {FORMAT_VERSION}; extract into a new --cache"
             )
 
-    def group_dirs(self) -> Iterator[tuple[str, str, Path]]:
-        """Yield ``(dataset, group, folder)`` for every backbone group folder."""
+    def datasets(self) -> list[str]:
+        """Names of the data set groups (hidden folders such as .staging excluded)."""
         if not self.exists():
-            return
+            return []
         self.check()
-        for dataset_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if dataset_dir.name.startswith("."):
-                continue
-            for group_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir()):
-                yield dataset_dir.name, group_dir.name, group_dir
+        return [d for d in self.location.subdirs(self.location.root) if not d.startswith(".")]
+
+    def group_names(self, dataset: str) -> list[str]:
+        return self.location.subdirs(self._path(dataset))
+
+    def group_dirs(self) -> Iterator[tuple[str, str, str]]:
+        """Yield ``(dataset, group, path)`` for every backbone group folder."""
+        for dataset in self.datasets():
+            for group in self.group_names(dataset):
+                yield dataset, group, self._path(dataset, group)
 
     def groups(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """Yield ``(dataset, group, attrs)`` for every group with a committed generation."""
-        for dataset, group, folder in self.group_dirs():
-            attrs = read_attrs(folder / CURRENT)
+        for dataset, group, _ in self.group_dirs():
+            name = self.committed(dataset, group)
+            attrs = self.location.read_json(self._path(dataset, group, name)) if name else None
             if attrs and "recipe_hash" in attrs:
                 yield dataset, group, attrs
 
-    def current(self, dataset: str, group: str) -> Path:
-        """Folder of the committed generation (resolved, so it stays valid to read)."""
-        link = self.root / dataset / group / CURRENT
-        if not (link / "zarr.json").is_file():
+    def committed(self, dataset: str, group: str) -> str | None:
+        """Name of the group's committed generation (``gen-NNNNNN``), or None."""
+        return self.location.pointer(self._path(dataset, group))
+
+    def current(self, dataset: str, group: str) -> str:
+        """Path of the committed generation (resolved, so it stays valid to read)."""
+        name = self.committed(dataset, group)
+        path = self._path(dataset, group, name) if name else None
+        if path is None or not self.location.is_file(f"{path}/zarr.json"):
             raise CacheError(
-                f"the cache {str(self.root)!r} has no group {dataset}/{group}; "
+                f"the cache {self.url!r} has no group {dataset}/{group}; "
                 "run `featurecache extract` (see `featurecache info`)"
             )
-        return link.resolve()
+        return path
 
     def attrs(self, dataset: str, group: str) -> dict[str, Any]:
-        return read_attrs(self.current(dataset, group)) or {}
+        return self.location.read_json(self.current(dataset, group)) or {}
 
     def open_rows(self, dataset: str, group: str) -> zarr.Group:
         """The committed generation as a read-only zarr group (arrays read lazily)."""
-        return zarr.open_group(self.current(dataset, group), mode="r")
+        return self._open(self.current(dataset, group), mode="r")
 
     def read(self, dataset: str, group: str) -> FeatureSet:
         """Read the committed generation into memory.
@@ -205,9 +227,9 @@ class Cache:
         CacheError
             If the group does not exist or is incomplete.
         """
-        folder = self.current(dataset, group)
-        attrs = read_attrs(folder) or {}
-        node = zarr.open_group(folder, mode="r")
+        path = self.current(dataset, group)
+        attrs = self.location.read_json(path) or {}
+        node = self._open(path, mode="r")
         try:
             arrays = {name: node[name][...] for name in ("features", *ROW_ARRAYS[:4])}
         except KeyError as exc:
@@ -226,44 +248,70 @@ class Cache:
         )
 
     def nbytes(self, dataset: str, group: str) -> int:
-        """Bytes on disk of the committed generation."""
-        return disk_bytes(self.current(dataset, group))
+        """Bytes stored for the committed generation."""
+        return self.location.size(self.current(dataset, group))
+
+    def size(self, path: str) -> int:
+        return self.location.size(path)
+
+    def remove(self, path: str) -> None:
+        self.location.remove(path)
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the cache root, for messages."""
+        return path[len(self.location.root) :].lstrip("/")
+
+    def generations(self, dataset: str, group: str) -> list[str]:
+        """Paths of every generation folder of a group (committed or not), oldest first."""
+        return [
+            self._path(dataset, group, name)
+            for name in self.location.subdirs(self._path(dataset, group))
+            if name.startswith("gen-")
+        ]
+
+    def staged_datasets(self) -> list[str]:
+        return self.location.subdirs(self._path(STAGING))
+
+    def staging_path(self, dataset: str) -> str:
+        return self._path(STAGING, dataset)
 
     # ------------------------------------------------------------------ writing
 
     def ensure(self) -> None:
         """Create the root group if needed; refuse a folder that is something else."""
-        visible = self.root.exists() and any(
-            not p.name.startswith(".") for p in self.root.iterdir()
-        )
+        visible = [e for e in self.location.entries(self.location.root) if not e.startswith(".")]
         if visible and not self.exists():
             raise CacheError(
-                f"{str(self.root)!r} exists and is not a featurecache cache; choose another --cache"
+                f"{self.url!r} exists and is not a featurecache cache; choose another --cache"
             )
         if not self.exists():
-            zarr.open_group(self.root, mode="a", attributes={"featurecache_format": FORMAT_VERSION})
+            self._open(
+                self.location.root, mode="a", attributes={"featurecache_format": FORMAT_VERSION}
+            )
         self.check()
 
     @contextmanager
     def lock(self, dataset: str, *, wait: bool = True) -> Iterator[None]:
         """Hold the writer lock of one data set (an OS file lock, released by the
-        kernel if the holder dies, so a killed run never blocks the next).
+        kernel if the holder dies, so a killed run never blocks the next). For a
+        cache at a URL the lock file is on this machine (see
+        :mod:`featurecache.storage`).
 
         Raises
         ------
         LockedError
             If ``wait`` is false and another process holds the lock.
         """
-        folder = self.root / LOCKS
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(folder / f"{dataset}.lock")
+        path = self.location.lock_file(dataset)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path)
         try:
             lock.acquire(timeout=0)
         except Timeout:
             if not wait:
                 raise LockedError(
                     f"another featurecache process is writing data set {dataset!r} in "
-                    f"{str(self.root)!r}; try again later, or pass --wait to queue"
+                    f"{self.url!r}; try again later, or pass --wait to queue"
                 ) from None
             log.warning("waiting for another process writing data set %r", dataset)
             lock.acquire()
@@ -273,20 +321,21 @@ class Cache:
             lock.release()
 
     def stage(
-        self, dataset: str, group: str, plan: str, *, feature_dim: int, chunk: int = 32
+        self, dataset: str, group: str, plan: str, *, n_records: int, feature_dim: int, batch: int
     ) -> ComputeStage:
-        """The resumable staging area for computing ``plan``'s features.
+        """The resumable staging area for computing ``plan``'s ``n_records`` features.
 
         Stale stages of the same group with another plan are removed (the caller
         holds the data set's lock, so no one else is using them).
         """
-        parent = self.root / STAGING / dataset / group
-        if parent.exists():
-            for other in parent.iterdir():
-                if other.name != plan:
-                    log.info("removing stale staging %s", other)
-                    shutil.rmtree(other, ignore_errors=True)
-        return ComputeStage(parent / plan, feature_dim=feature_dim, chunk=chunk)
+        parent = self._path(STAGING, dataset, group)
+        for other in self.location.subdirs(parent):
+            if other != plan:
+                log.info("removing stale staging %s", self.relative(f"{parent}/{other}"))
+                self.location.remove(self.location.join(STAGING, dataset, group, other))
+        return ComputeStage(
+            self, self._path(STAGING, dataset, group, plan), n_records, feature_dim, batch
+        )
 
     def generation_writer(
         self,
@@ -301,19 +350,20 @@ class Cache:
 
         ``dtype`` is the features' storage type, ``float32`` or ``float16``.
         """
-        folder = self.root / dataset / group
-        for path in (self.root / dataset, folder):
-            if not (path / "zarr.json").is_file():
-                zarr.open_group(path, mode="a", attributes=group_attrs if path == folder else {})
-        for partial in folder.glob("gen-*.partial"):
-            shutil.rmtree(partial, ignore_errors=True)
-        numbers = [int(p.name[4:]) for p in folder.glob("gen-*") if p.name[4:].isdigit()]
+        for path in (self._path(dataset), self._path(dataset, group)):
+            if not self.location.is_file(f"{path}/zarr.json"):
+                attrs = group_attrs if path == self._path(dataset, group) else {}
+                self._open(path, mode="a", attributes=attrs)
+        committed = self.committed(dataset, group)
+        names = self.location.subdirs(self._path(dataset, group))
+        for name in names:
+            if name.endswith(".partial"):
+                self.location.remove(self._path(dataset, group, name))
+        numbers = [int(n[4:]) for n in names if n.startswith("gen-") and n[4:].isdigit()]
         name = f"gen-{max(numbers, default=0) + 1:06d}"
-        return GenerationWriter(folder, name, feature_dim=feature_dim, dtype=dtype)
-
-    def generations(self, dataset: str, group: str) -> list[Path]:
-        folder = self.root / dataset / group
-        return sorted(p for p in folder.glob("gen-*") if p.is_dir())
+        return GenerationWriter(
+            self, dataset, group, name, committed, feature_dim=feature_dim, dtype=dtype
+        )
 
 
 def _create_arrays(
@@ -323,13 +373,15 @@ def _create_arrays(
     names: Sequence[str],
     dtype: str = "float32",
     compressors: Any = COMPRESSOR,
+    rows_total: int = 0,
 ):
+    """Create the row arrays, ``rows_total`` long (0: grown by appends)."""
     arrays = {}
     for name in names:
         if name == "features":
             arrays[name] = group.create_array(
                 "features",
-                shape=(0, feature_dim),
+                shape=(rows_total, feature_dim),
                 dtype=dtype,
                 chunks=(rows, feature_dim),
                 compressors=compressors,
@@ -338,7 +390,7 @@ def _create_arrays(
         else:
             arrays[name] = group.create_array(
                 name,
-                shape=(0,),
+                shape=(rows_total,),
                 dtype=_DTYPES[name],
                 chunks=(rows,),
                 compressors=compressors,
@@ -350,85 +402,140 @@ def _create_arrays(
 class ComputeStage:
     """Features computed so far for one extraction plan, durable batch by batch.
 
-    Rows are appended in compute order after every batch, then the progress
-    attribute (``records_done``, ``skipped``) is written; both writes are atomic
-    renames, so after a kill the stage holds every finished batch, and rows past
-    the recorded progress (a batch written but not yet recorded) are dropped.
+    Row ``i`` holds the ``i``-th image of the plan's compute list; batch ``b`` is
+    rows ``[b * batch, (b + 1) * batch)``, which is exactly one chunk, so each
+    batch is written by exactly one writer (one process, or one Dask worker) and
+    never shares a chunk with another (zarr chunks must have one writer). A
+    skipped (undecodable) image leaves a zero row and an empty key.
+
+    Only the coordinator records progress (``batches`` done, ``skipped``), after
+    the batch's chunks are written; both are whole-object writes, so after a kill
+    the stage holds every recorded batch, and a batch written but not recorded is
+    simply computed and written again.
+
+    Raises
+    ------
+    CacheError
+        If an existing stage has another shape (it is then removed by the caller's
+        next plan).
     """
 
-    def __init__(self, folder: Path, *, feature_dim: int, chunk: int = 32) -> None:
-        self.folder = folder
-        if (folder / "zarr.json").is_file():
-            self._group = zarr.open_group(folder, mode="r+")
+    def __init__(
+        self, cache: Cache, path: str, n_records: int, feature_dim: int, batch: int
+    ) -> None:
+        self.cache = cache
+        self.path = path
+        self.n_records = n_records
+        self.batch = batch
+        self.feature_dim = feature_dim
+        if cache.location.is_file(f"{path}/zarr.json"):
+            self._group = cache._open(path, mode="r+")
             progress = dict(self._group.attrs.get("progress", {}))
-            self.records_done = int(progress.get("records_done", 0))
-            self.rows = int(progress.get("rows", 0))
+            self.done: set[int] = {int(b) for b in progress.get("batches", [])}
             self.skipped: list[dict[str, str]] = list(progress.get("skipped", []))
-            self._arrays = {n: self._group[n] for n in ("features", "keys")}
-            for array in self._arrays.values():
-                if array.shape[0] != self.rows:
-                    array.resize((self.rows, *array.shape[1:]))
         else:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            self._group = zarr.open_group(folder, mode="w")
+            self._group = cache._open(path, mode="w")
             # One chunk per batch, uncompressed: each batch is written once, cheaply
             # (the stage is temporary; the committed generation is compressed).
-            self._arrays = _create_arrays(
-                self._group, feature_dim, chunk, ("features", "keys"), compressors=None
+            _create_arrays(
+                self._group,
+                feature_dim,
+                batch,
+                ("features", "keys"),
+                compressors=None,
+                rows_total=n_records,
             )
-            self.records_done, self.rows, self.skipped = 0, 0, []
-            self._group.attrs["progress"] = {"records_done": 0, "rows": 0, "skipped": []}
+            self.done, self.skipped = set(), []
+            self._record()
 
-    def append(
-        self,
-        records_done: int,
-        features: np.ndarray,
-        keys: Sequence[str],
-        skipped: Sequence[dict[str, str]],
-    ) -> None:
-        """Record one finished batch: ``records_done`` counts every record handled."""
-        if len(keys):
-            self._arrays["features"].append(np.asarray(features, dtype=np.float32), axis=0)
-            self._arrays["keys"].append(np.asarray(keys, dtype=str), axis=0)
-        self.rows += len(keys)
-        self.records_done = records_done
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(self.n_records / self.batch)
+
+    def missing(self) -> list[int]:
+        """Batch numbers not yet recorded as done, in order."""
+        return [b for b in range(self.n_batches) if b not in self.done]
+
+    @property
+    def records_done(self) -> int:
+        return sum(min(self.batch, self.n_records - b * self.batch) for b in self.done)
+
+    def write(self, batch: int, features: np.ndarray, keys: Sequence[str]) -> None:
+        """Write batch ``batch``'s rows (``features`` zero and key ``""`` where skipped)."""
+        write_stage_batch(self.cache.url, self.path, batch, self.batch, features, keys)
+
+    def record(self, batches: Sequence[int], skipped: Sequence[dict[str, str]]) -> None:
+        """Mark ``batches`` (already written) done, with the images they skipped."""
+        self.done.update(batches)
         self.skipped.extend(skipped)
+        self._record()
+
+    def _record(self) -> None:
         self._group.attrs["progress"] = {
-            "records_done": records_done,
-            "rows": self.rows,
+            "batches": sorted(self.done),
+            "records_done": self.records_done,
             "skipped": self.skipped,
         }
 
     def features(self) -> zarr.Array:
-        return self._arrays["features"]
+        return self._group["features"]
 
     def keys(self) -> list[str]:
-        return [str(k) for k in self._arrays["keys"][...]] if self.rows else []
+        """Every row's content key; ``""`` for a skipped image."""
+        return [str(k) for k in self._group["keys"][...]] if self.n_records else []
 
     def remove(self) -> None:
         """Delete the stage, and its parent folders when they are left empty."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        for parent in (self.folder.parent, self.folder.parent.parent):
-            try:
-                parent.rmdir()
-            except OSError:
+        location = self.cache.location
+        location.remove(self.path)
+        parent = self.path
+        for _ in range(2):
+            parent = parent.rsplit("/", 1)[0]
+            if location.entries(parent):
                 break
+            location.remove(parent)
+
+
+def write_stage_batch(
+    cache_url: str, path: str, batch: int, batch_size: int, features: np.ndarray, keys
+) -> None:
+    """Write one batch's rows into the stage at ``path`` of the cache at ``cache_url``.
+
+    Called by whichever process computed the batch (a Dask worker, or the local
+    process); rows ``[batch * batch_size, ...)`` are one chunk of each array.
+    """
+    cache = Cache(cache_url)
+    group = cache._open(path, mode="r+")
+    start = batch * batch_size
+    stop = start + len(keys)
+    group["features"][start:stop] = np.asarray(features, dtype=np.float32)
+    group["keys"][start:stop] = np.asarray(keys, dtype=str)
 
 
 class GenerationWriter:
-    """Writes one generation chunk by chunk, then commits it by swapping ``current``."""
+    """Writes one generation chunk by chunk, then commits it by naming it ``current``."""
 
     def __init__(
-        self, group_dir: Path, name: str, *, feature_dim: int, dtype: str = "float32"
+        self,
+        cache: Cache,
+        dataset: str,
+        group: str,
+        name: str,
+        previous: str | None,
+        *,
+        feature_dim: int,
+        dtype: str = "float32",
     ) -> None:
-        self.group_dir = group_dir
+        self.cache = cache
+        self.group_path = cache._path(dataset, group)
         self.name = name
-        self.partial = group_dir / f"{name}.partial"
+        self.previous = previous
+        self.writing = cache.location.writing_name(name)
         self.feature_dim = feature_dim
         self.dtype = np.dtype(dtype)
         self.rows_per_chunk = chunk_rows(feature_dim, self.dtype.itemsize)
         self.n_rows = 0
-        self._group = zarr.open_group(self.partial, mode="w")
+        self._group = cache._open(f"{self.group_path}/{self.writing}", mode="w")
         self._arrays = _create_arrays(
             self._group, feature_dim, self.rows_per_chunk, ("features", *ROW_ARRAYS), dtype
         )
@@ -460,26 +567,22 @@ class GenerationWriter:
         self._buffered -= rows
         self.n_rows += rows
 
-    def commit(self, attrs: dict[str, Any]) -> Path:
+    def commit(self, attrs: dict[str, Any]) -> str:
         """Flush, write ``attrs``, and make this generation ``current`` atomically.
 
-        Generations older than the one it replaces are deleted.
+        Generations other than this one and the one it replaces are deleted.
         """
         if self._buffered:
             self._flush(self._buffered)
         self._group.attrs.update({**attrs, "n_images": self.n_rows, "generation": self.name})
-        final = self.group_dir / self.name
-        os.replace(self.partial, final)
-        link = self.group_dir / CURRENT
-        previous = link.resolve().name if link.is_symlink() else None
-        tmp = self.group_dir / f".{CURRENT}.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(self.name)
-        os.replace(tmp, link)
-        for old in self.group_dir.glob("gen-*"):
-            if old.name not in (self.name, previous) and not old.name.endswith(".partial"):
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        location = self.cache.location
+        location.publish(self.group_path, self.writing, self.name)
+        location.set_pointer(self.group_path, self.name)
+        for old in location.subdirs(self.group_path):
+            if old.startswith("gen-") and old not in (self.name, self.previous):
+                if not old.endswith(".partial"):
+                    location.remove(f"{self.group_path}/{old}")
+        return f"{self.group_path}/{self.name}"
 
     def abort(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self.cache.location.remove(f"{self.group_path}/{self.writing}")

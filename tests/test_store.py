@@ -68,7 +68,8 @@ def test_commit_swaps_current_and_keeps_only_the_previous_generation(tmp_path):
     for n in (5, 6, 7):
         write_gen(cache, n)
     assert cache.read("ds", "g").features.shape == (7, 8)
-    assert [p.name for p in cache.generations("ds", "g")] == ["gen-000002", "gen-000003"]
+    names = [p.rsplit("/", 1)[-1] for p in cache.generations("ds", "g")]
+    assert names == ["gen-000002", "gen-000003"]
     assert cache.attrs("ds", "g")["generation"] == "gen-000003"
 
 
@@ -90,21 +91,26 @@ def test_an_uncommitted_generation_is_invisible_and_aborts_cleanly(tmp_path):
     assert not list((tmp_path / "c" / "ds" / "g").glob("*.partial"))
 
 
-def test_compute_stage_resumes_from_its_recorded_progress(tmp_path):
+def test_compute_stage_resumes_from_its_recorded_batches(tmp_path):
     cache = Cache(tmp_path / "c")
     cache.ensure()
-    stage = cache.stage("ds", "g", "plan1", feature_dim=4)
-    stage.append(2, np.ones((2, 4)), ["a", "b"], [])
-    stage.append(4, np.full((1, 4), 2.0), ["c"], [{"source": "bad.jpg", "reason": "corrupt"}])
+    stage = cache.stage("ds", "g", "plan1", n_records=5, feature_dim=4, batch=2)
+    assert stage.missing() == [0, 1, 2]
+    stage.write(0, np.ones((2, 4)), ["a", "b"])
+    stage.record([0], [])
+    stage.write(2, np.full((1, 4), 2.0), [""])  # batches need not finish in order
+    stage.record([2], [{"source": "bad.jpg", "reason": "corrupt"}])
     # A batch written but not recorded (killed before the progress update):
-    stage.features().append(np.full((1, 4), 9.0, np.float32), axis=0)
-    again = cache.stage("ds", "g", "plan1", feature_dim=4)
-    assert (again.records_done, again.rows) == (4, 3)
-    assert again.keys() == ["a", "b", "c"]
-    assert again.features().shape == (3, 4)
+    stage.write(1, np.full((2, 4), 9.0), ["x", "y"])
+    again = cache.stage("ds", "g", "plan1", n_records=5, feature_dim=4, batch=2)
+    assert again.missing() == [1] and again.records_done == 3
     assert again.skipped == [{"source": "bad.jpg", "reason": "corrupt"}]
-    other = cache.stage("ds", "g", "plan2", feature_dim=4)  # a new plan drops stale stages
-    assert other.records_done == 0 and not again.folder.exists()
+    assert again.features().chunks == (2, 4)  # one chunk per batch: one writer each
+    np.testing.assert_array_equal(again.features()[0:2], np.ones((2, 4)))
+    assert again.keys()[0:2] == ["a", "b"] and again.keys()[4] == ""
+    other = cache.stage("ds", "g", "plan2", n_records=3, feature_dim=4, batch=2)
+    assert other.missing() == [0, 1]  # a new plan drops stale stages
+    assert not (tmp_path / "c" / ".staging" / "ds" / "g" / "plan1").exists()
 
 
 def test_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,9 +44,6 @@ from featurecache.stages.plan import Plan, make_plan, plan_id
 from featurecache.store import CODEC_DESCRIPTION, Cache, ComputeStage, storable
 
 log = logging.getLogger(__name__)
-
-#: Folder of the cache holding ONNX exports of backbones, by model identity.
-ENGINE_DIR = ".engines"
 
 
 @dataclass
@@ -130,8 +128,8 @@ class _Job:
     group: str
     stage: ComputeStage
     todo: list[int]
+    batches: deque[int]
     n_resumed: int
-    done: int
     n_computed: int = 0
     compute_seconds: float = 0.0
     buffer: list[tuple[str | None, np.ndarray | None, dict[str, str] | None]] = field(
@@ -217,7 +215,7 @@ def _prepare(
         engine, runner = engines.select(
             built,
             engine,
-            cache.root / ENGINE_DIR,
+            cache.location.engine_dir(),
             recipe.model_id(backbone, built.weights_sha256),
             batch_size,
         )
@@ -229,16 +227,18 @@ def _prepare(
         listing.name,
         group,
         plan_id(listing, recipe_hash, found, plan.compute, batch_size),
+        n_records=len(plan.compute),
         feature_dim=backbone.feature_dim,
-        chunk=batch_size,
+        batch=batch_size,
     )
-    if stage.records_done:
+    if stage.done:
         log.info(
             "resuming %s: %d of %d images were computed by an interrupted run",
             group,
             stage.records_done,
             len(plan.compute),
         )
+    batches = stage.missing()
     return _Job(
         backbone=backbone,
         start=start,
@@ -250,10 +250,15 @@ def _prepare(
         recipe_hash=recipe_hash,
         group=group,
         stage=stage,
-        todo=plan.compute[stage.records_done :],
-        n_resumed=stage.rows,
-        done=stage.records_done,
+        todo=[plan.compute[i] for b in batches for i in _rows(b, batch_size, len(plan.compute))],
+        batches=deque(batches),
+        n_resumed=stage.records_done - len(stage.skipped),
     )
+
+
+def _rows(batch: int, batch_size: int, n_records: int) -> range:
+    """Stage rows (positions in the plan's compute list) of batch number ``batch``."""
+    return range(batch * batch_size, min(n_records, (batch + 1) * batch_size))
 
 
 def _finish(cache: Cache, listing: Listing, job: _Job) -> ExtractResult:
@@ -341,19 +346,33 @@ def _compute(listing: Listing, jobs: Sequence[_Job], batch_size: int, progress: 
 
 
 def _flush(job: _Job) -> None:
-    """Run the backbone on the job's buffered batch and record it in its stage."""
-    good = [(key, px) for key, px, skip in job.buffer if skip is None]
-    skipped = [skip for _, _, skip in job.buffer if skip is not None]
+    """Run the backbone on the job's buffered batch, write it and record it in its stage."""
+    features, keys, skipped = run_batch(job.built, job.runner, job.buffer)
+    batch = job.batches.popleft()
+    job.stage.write(batch, features, keys)
+    job.stage.record([batch], skipped)
+    job.n_computed += sum(1 for k in keys if k)
+    job.buffer.clear()
+
+
+def run_batch(
+    built: BuiltBackbone, runner: engines.Runner, buffer
+) -> tuple[np.ndarray, list, list]:
+    """One batch through the backbone: ``buffer`` holds ``(key, pixels, skip)`` per image.
+
+    Returns features of shape ``(len(buffer), feature_dim)`` float32 (a zero row where
+    the image was skipped), the keys (``""`` where skipped) and the skip records.
+    Only the decodable images go through the backbone, together, as one batch.
+    """
+    skipped = [skip for _, _, skip in buffer if skip is not None]
     for item in skipped:
         log.warning("skipped %s", item["reason"])
-    features = np.zeros((0, job.backbone.feature_dim), np.float32)
+    features = np.zeros((len(buffer), built.config.feature_dim), np.float32)
+    good = [i for i, (_, _, skip) in enumerate(buffer) if skip is None]
     if good:
-        pixels = np.stack([px for _, px in good]).astype(np.float32)
-        features = np.asarray(job.runner(job.built.preprocess(pixels)), dtype=np.float32)
-    job.done += len(job.buffer)
-    job.stage.append(job.done, features, [k for k, _ in good], skipped)
-    job.n_computed += len(good)
-    job.buffer.clear()
+        pixels = np.stack([buffer[i][1] for i in good]).astype(np.float32)
+        features[good] = np.asarray(runner(built.preprocess(pixels)), dtype=np.float32)
+    return features, [key or "" for key, _, _ in buffer], skipped
 
 
 def _commit(
@@ -369,13 +388,8 @@ def _commit(
     compute_seconds,
     engine,
 ) -> dict[str, Any]:
-    skipped_sources = {s["source"] for s in stage.skipped}
     stage_keys = stage.keys()
-    stage_rows, row = {}, 0
-    for index in plan.compute:
-        if storable(listing.records[index].source) not in skipped_sources:
-            stage_rows[index] = row
-            row += 1
+    stage_rows = {index: row for row, index in enumerate(plan.compute) if stage_keys[row]}
     order = [i for i in range(len(listing.records)) if i in plan.reuse or i in stage_rows]
     if not order:
         raise DatasetError(

@@ -9,14 +9,13 @@ Each data set is handled under its writer lock, so gc never races a refresh.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurecache import recipe
 from featurecache.config import Pipeline
-from featurecache.store import CURRENT, STAGING, Cache, disk_bytes, read_attrs
+from featurecache.store import Cache
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +50,29 @@ def collect(
     }
     result = GcResult(dry_run=dry_run)
 
-    def remove(path: Path) -> None:
-        result.removed.append(str(path.relative_to(cache.root)))
-        result.freed_bytes += disk_bytes(path)
+    def remove(path: str) -> None:
+        result.removed.append(cache.relative(path))
+        result.freed_bytes += cache.size(path)
         if not dry_run:
             log.info("removing %s", path)
-            shutil.rmtree(path, ignore_errors=True)
+            cache.remove(path)
 
-    datasets: dict[str, list[tuple[str, Path]]] = {}
-    for dataset, group, folder in cache.group_dirs():
-        datasets.setdefault(dataset, []).append((group, folder))
-    staging = cache.root / STAGING
-    for dataset in sorted(set(datasets) | {p.name for p in staging.glob("*") if p.is_dir()}):
+    datasets: dict[str, list[tuple[str, str]]] = {}
+    for dataset, group, path in cache.group_dirs():
+        datasets.setdefault(dataset, []).append((group, path))
+    staged = cache.staged_datasets()
+    for dataset in sorted(set(datasets) | set(staged)):
         with cache.lock(dataset, wait=wait):
-            for _group, folder in datasets.get(dataset, []):
-                link = folder / CURRENT
-                attrs_hash = (read_attrs(link) or {}).get("request_hash")
-                if pipelines and (dataset, attrs_hash) not in referenced:
-                    remove(folder)
-                    continue
-                keep = link.resolve().name if link.is_symlink() else None
-                for gen in sorted(folder.glob("gen-*")):
-                    if gen.name != keep:
+            for group, path in datasets.get(dataset, []):
+                keep = cache.committed(dataset, group)
+                if pipelines:
+                    attrs = cache.attrs(dataset, group) if keep else {}
+                    if (dataset, attrs.get("request_hash")) not in referenced:
+                        remove(path)
+                        continue
+                for gen in cache.generations(dataset, group):
+                    if gen.rsplit("/", 1)[-1] != keep:
                         remove(gen)
-            if (staging / dataset).exists():
-                remove(staging / dataset)
+            if dataset in staged:
+                remove(cache.staging_path(dataset))
     return result

@@ -26,7 +26,7 @@ from featurecache import recipe
 from featurecache.config import HeadConfig, Pipeline
 from featurecache.errors import CacheError, FeaturecacheError
 from featurecache.heads import HEAD_JSON, build_head, canonical_kind, predict_proba, save_head
-from featurecache.store import Cache, FeatureSet
+from featurecache.store import Cache, FeatureSet, cache_id
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def train_one(
             "kind": kind,
             "params": dict(head_config.params),
             "class_names": features.class_names,
-            "cache": {"root": str(Path(cache_root).resolve()), "dataset": dataset, "group": group},
+            "cache": {"root": cache_id(cache_root), "dataset": dataset, "group": group},
             "backbone": attrs["backbone"],
             "weights": attrs["weights"],
             "recipe_hash": attrs["recipe_hash"],

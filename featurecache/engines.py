@@ -27,7 +27,14 @@ from featurecache.errors import DependencyError, EngineError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "onnx_available", "onnx_runner", "select", "tensorflow_runner"]
+__all__ = [
+    "ENGINES",
+    "onnx_available",
+    "onnx_runner",
+    "run_batch",
+    "select",
+    "tensorflow_runner",
+]
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -138,3 +145,21 @@ def select(
         ", ".join(f"{k} {v:.0f} images/s" for k, v in timings.items()),
     )
     return best, candidates[best]
+
+
+def run_batch(built: BuiltBackbone, runner: Runner, buffer) -> tuple[np.ndarray, list, list]:
+    """One batch through the backbone: ``buffer`` holds ``(key, pixels, skip)`` per image.
+
+    Returns features of shape ``(len(buffer), feature_dim)`` float32 (a zero row where
+    the image was skipped), the keys (``""`` where skipped) and the skip records.
+    Only the decodable images go through the backbone, together, as one batch.
+    """
+    skipped = [skip for _, _, skip in buffer if skip is not None]
+    for item in skipped:
+        log.warning("skipped %s", item["reason"])
+    features = np.zeros((len(buffer), built.config.feature_dim), np.float32)
+    good = [i for i, (_, _, skip) in enumerate(buffer) if skip is None]
+    if good:
+        pixels = np.stack([buffer[i][1] for i in good]).astype(np.float32)
+        features[good] = np.asarray(runner(built.preprocess(pixels)), dtype=np.float32)
+    return features, [key or "" for key, _, _ in buffer], skipped

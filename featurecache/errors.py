@@ -58,3 +58,7 @@ class LockedError(FeaturecacheError, BlockingIOError):
 
 class EngineError(FeaturecacheError, RuntimeError):
     """An inference engine cannot run a backbone."""
+
+
+class ClusterError(FeaturecacheError, RuntimeError):
+    """The Dask cluster cannot be reached or used, or a shard failed on it."""

@@ -27,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,10 +36,11 @@ import numpy as np
 from tqdm import tqdm
 
 from featurecache import engines, recipe
-from featurecache.backbones import BackboneConfig, BuiltBackbone, build_backbone, import_keras
+from featurecache.backbones import BackboneConfig, BuiltBackbone
 from featurecache.config import Pipeline
 from featurecache.datasets import Listing, list_dataset
 from featurecache.errors import DatasetError
+from featurecache.stages import shards
 from featurecache.stages.decoding import decoded_batches
 from featurecache.stages.plan import Plan, make_plan, plan_id
 from featurecache.store import CODEC_DESCRIPTION, Cache, ComputeStage, storable
@@ -74,15 +76,23 @@ class ExtractResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     content_hash: str = ""
     engine: str = ""
+    execution: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def extract(
-    pipeline: Pipeline, *, progress: bool = False, wait: bool = True
+    pipeline: Pipeline,
+    *,
+    progress: bool = False,
+    wait: bool = True,
+    cluster: shards.Cluster | None = None,
 ) -> list[ExtractResult]:
     """Extract every data set x backbone of ``pipeline`` into its cache.
+
+    With ``cluster``, the backbones run on a Dask cluster, shard by shard
+    (:mod:`featurecache.stages.shards`); the features are the same as a local run's.
 
     Raises
     ------
@@ -92,24 +102,35 @@ def extract(
         If a backbone cannot be built with its arguments or weights.
     LockedError
         If ``wait`` is false and another process is writing the same data set.
+    ClusterError
+        If the Dask cluster cannot be used, or a shard fails after its retries.
     """
     cache = Cache(pipeline.cache)
     results = []
-    for dataset in pipeline.datasets:
-        listing = list_dataset(dataset)
-        try:
-            results.extend(
-                extract_dataset(
-                    cache,
-                    listing,
-                    pipeline.backbones,
-                    batch_size=pipeline.batch_size,
-                    progress=progress,
-                    wait=wait,
+    with ExitStack() as stack:
+        client = None
+        if cluster is not None:
+            shards.check_reachable(cache, cluster)
+            client = stack.enter_context(shards.connect(cluster))
+        for dataset in pipeline.datasets:
+            listing = list_dataset(dataset)
+            try:
+                results.extend(
+                    extract_dataset(
+                        cache,
+                        listing,
+                        pipeline.backbones,
+                        batch_size=pipeline.batch_size,
+                        progress=progress,
+                        wait=wait,
+                        client=client,
+                        retries=cluster.retries if cluster else 0,
+                    )
                 )
-            )
-        finally:
-            listing.close()
+            finally:
+                listing.close()
+        for result in results:
+            result.execution = cluster.describe() if cluster else "local"
     return results
 
 
@@ -160,8 +181,13 @@ def extract_dataset(
     batch_size: int = 32,
     progress: bool = False,
     wait: bool = True,
+    client: Any = None,
+    retries: int = 0,
 ) -> list[ExtractResult]:
     """Extract one data set with several backbones in one pass over the images.
+
+    With a Dask ``client``, the missing batches run on its workers instead
+    (:func:`featurecache.stages.shards.run_jobs`), each backbone separately.
 
     Each image is read and hashed once, and decoded once per distinct input size,
     for every backbone that lacks it. Each backbone still computes exactly the
@@ -172,7 +198,12 @@ def extract_dataset(
     with cache.lock(listing.name, wait=wait):
         prepared = [_prepare(cache, listing, b, batch_size) for b in backbones]
         jobs = [p for p in prepared if isinstance(p, _Job)]
-        _compute(listing, jobs, batch_size, progress)
+        if client is not None:
+            shards.run_jobs(
+                client, cache, listing, jobs, batch_size, retries=retries, progress=progress
+            )
+        else:
+            _compute(listing, jobs, batch_size, progress)
         return [p if isinstance(p, ExtractResult) else _finish(cache, listing, p) for p in prepared]
 
 
@@ -210,7 +241,7 @@ def _prepare(
     runner: engines.Runner | None = None
     engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
     if plan.compute or known is None:
-        built = _build(backbone)
+        built = shards.build(backbone)
         # "auto" is resolved once, then kept: switching would recompute everything.
         engine, runner = engines.select(
             built,
@@ -294,12 +325,6 @@ def _finish(cache: Cache, listing: Listing, job: _Job) -> ExtractResult:
     return ExtractResult(**result)
 
 
-def _build(backbone: BackboneConfig) -> BuiltBackbone:
-    if backbone.weights == "none":
-        import_keras().utils.set_random_seed(recipe.RANDOM_WEIGHTS_SEED)
-    return build_backbone(backbone)
-
-
 def _compute(listing: Listing, jobs: Sequence[_Job], batch_size: int, progress: bool) -> None:
     """Run every job's backbone over its missing images, decoding each image once per
     input size; each job's batches are made durable in its staging area as they fill."""
@@ -347,32 +372,12 @@ def _compute(listing: Listing, jobs: Sequence[_Job], batch_size: int, progress: 
 
 def _flush(job: _Job) -> None:
     """Run the backbone on the job's buffered batch, write it and record it in its stage."""
-    features, keys, skipped = run_batch(job.built, job.runner, job.buffer)
+    features, keys, skipped = engines.run_batch(job.built, job.runner, job.buffer)
     batch = job.batches.popleft()
     job.stage.write(batch, features, keys)
     job.stage.record([batch], skipped)
     job.n_computed += sum(1 for k in keys if k)
     job.buffer.clear()
-
-
-def run_batch(
-    built: BuiltBackbone, runner: engines.Runner, buffer
-) -> tuple[np.ndarray, list, list]:
-    """One batch through the backbone: ``buffer`` holds ``(key, pixels, skip)`` per image.
-
-    Returns features of shape ``(len(buffer), feature_dim)`` float32 (a zero row where
-    the image was skipped), the keys (``""`` where skipped) and the skip records.
-    Only the decodable images go through the backbone, together, as one batch.
-    """
-    skipped = [skip for _, _, skip in buffer if skip is not None]
-    for item in skipped:
-        log.warning("skipped %s", item["reason"])
-    features = np.zeros((len(buffer), built.config.feature_dim), np.float32)
-    good = [i for i, (_, _, skip) in enumerate(buffer) if skip is None]
-    if good:
-        pixels = np.stack([buffer[i][1] for i in good]).astype(np.float32)
-        features[good] = np.asarray(runner(built.preprocess(pixels)), dtype=np.float32)
-    return features, [key or "" for key, _, _ in buffer], skipped
 
 
 def _commit(

@@ -1,0 +1,343 @@
+"""Extraction on a Dask cluster: shards of whole batches, one worker each, one commit.
+
+The client (the ``featurecache`` process) plans as it does locally, then cuts
+each backbone's missing batches into **shards** of consecutive whole batches and
+submits one Dask task per shard (``dask.distributed``: an existing cluster by
+its scheduler address, or a ``LocalCluster`` of worker processes):
+
+* A shard's worker lists the data set itself (and checks that it sees the same
+  files, by the listing fingerprint), builds the backbone once per worker
+  process (and checks the recipe hash: same weights, same library versions),
+  decodes and runs exactly the batches the local run would run, and writes each
+  batch into its own chunk of the staging arrays. A chunk therefore has exactly
+  one writer, which zarr needs (concurrent partial writes to one chunk lose
+  data, zarr-python issue #3682). Same batches, same kernels: the features are
+  identical to a local run's (``tests/test_shards.py`` checks it bit for bit).
+* The client records each shard in the stage as its result arrives, and only
+  after every shard has succeeded does it assemble and commit the generation:
+  one pointer write makes the new rows visible.
+* A shard that raises is retried (``retries``, Dask's own); a shard whose worker
+  dies is rescheduled by Dask on another worker. Finished shards are recorded by
+  the client and their results released at once, so a dead worker costs only
+  the shard it was running. If a shard still fails, nothing is committed and
+  every finished shard stays in staging: the next run computes only the rest.
+
+Shard size: :data:`MAX_SHARD_BATCHES` batches at most (256 images at batch
+size 32: a dead worker loses at most that much work), fewer when needed to give
+each worker :data:`SHARDS_PER_WORKER` shards to balance the load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from tqdm import tqdm
+
+from featurecache import engines, recipe
+from featurecache.backbones import BackboneConfig, BuiltBackbone, build_backbone, import_keras
+from featurecache.config import DatasetConfig
+from featurecache.datasets import Listing, list_dataset
+from featurecache.errors import ClusterError, DatasetError, DependencyError, EngineError
+from featurecache.stages.decoding import decoded_batches
+from featurecache.store import Cache, storable, write_stage_batch
+
+log = logging.getLogger(__name__)
+
+#: Most batches in one shard (a dead worker loses at most this much work).
+MAX_SHARD_BATCHES = 8
+#: Shards per worker wanted, so that fast workers take more of them.
+SHARDS_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where extraction runs: ``scheduler`` (``tcp://host:8786``) for an existing Dask
+    cluster, or ``workers`` worker processes of a new ``LocalCluster``.
+
+    ``retries`` is how many more times Dask runs a shard whose task raised.
+    """
+
+    scheduler: str | None = None
+    workers: int | None = None
+    retries: int = 2
+
+    def describe(self) -> str:
+        if self.scheduler:
+            return f"dask ({self.scheduler})"
+        return f"dask (LocalCluster, {self.workers} workers)"
+
+
+def shard_batches(n_batches: int, n_workers: int) -> int:
+    """Batches per shard: at most :data:`MAX_SHARD_BATCHES`, and small enough that
+    each worker gets :data:`SHARDS_PER_WORKER` shards when there are that many batches."""
+    wanted = math.ceil(n_batches / (SHARDS_PER_WORKER * max(1, n_workers)))
+    return max(1, min(MAX_SHARD_BATCHES, wanted))
+
+
+@contextmanager
+def connect(cluster: Cluster) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``cluster``; a ``LocalCluster`` is closed afterwards.
+
+    Raises
+    ------
+    DependencyError
+        If ``distributed`` is not installed (``pip install 'featurecache[dask]'``).
+    ClusterError
+        If the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise DependencyError(
+            "--scheduler/--workers need Dask: pip install 'featurecache[dask]'"
+        ) from exc
+    if cluster.scheduler:
+        try:
+            client = Client(cluster.scheduler, timeout="30s")
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {cluster.scheduler}: {exc}"
+            ) from exc
+        with client:
+            yield client
+        return
+    if not cluster.workers or cluster.workers < 1:
+        raise ClusterError("--workers must be at least 1")
+    # One task per worker process at a time: the backbone uses every core it is given.
+    local = LocalCluster(
+        n_workers=cluster.workers, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with local, Client(local) as client:
+        client.wait_for_workers(cluster.workers)
+        yield client
+
+
+def check_reachable(cache: Cache, cluster: Cluster) -> None:
+    """Refuse a cache the workers cannot write to; warn where it is up to the user.
+
+    Raises
+    ------
+    ClusterError
+        For a ``memory://`` cache: it lives in this process only.
+    """
+    if not cache.location.local and cache.url.startswith("memory://"):
+        raise ClusterError(
+            f"the cache {cache.url} lives in this process's memory, which Dask workers "
+            "cannot reach; use a folder (shared by the workers) or an s3:// URL"
+        )
+    if cluster.scheduler and cache.location.local:
+        log.warning(
+            "the cache %s is a local folder: every Dask worker must see it at the same path "
+            "(a shared file system), and the data set too",
+            cache.url,
+        )
+
+
+def build(backbone: BackboneConfig) -> BuiltBackbone:
+    """Build ``backbone`` for extraction (random weights seeded, so every process that
+    builds a ``weights = "none"`` backbone gets the same ones)."""
+    if backbone.weights == "none":
+        import_keras().utils.set_random_seed(recipe.RANDOM_WEIGHTS_SEED)
+    return build_backbone(backbone)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything a worker needs to compute one shard (sent to it by pickle)."""
+
+    cache_url: str
+    stage_path: str
+    dataset: DatasetConfig
+    fingerprint: str
+    backbone: BackboneConfig
+    engine: str
+    engine_dir: str
+    model_id: str
+    recipe_hash: str
+    batch_size: int
+    batches: tuple[int, ...]
+    indices: tuple[tuple[int, ...], ...]  # record indices of each batch
+
+
+@dataclass
+class ShardResult:
+    """What a worker did: the batches written, images skipped, images computed."""
+
+    batches: tuple[int, ...]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    n_computed: int = 0
+    seconds: float = 0.0
+    worker: str = ""
+
+
+#: Per worker process: listings and built backbones, reused by later shards.
+_WORKER_STATE: dict[Any, Any] = {}
+
+
+def _listing(spec: ShardSpec) -> Listing:
+    key = ("listing", spec.fingerprint)
+    if key not in _WORKER_STATE:
+        listing = list_dataset(spec.dataset)
+        if listing.fingerprint != spec.fingerprint:
+            listing.close()
+            raise DatasetError(
+                f"data set {spec.dataset.name!r}: this worker ({os.uname().nodename}) sees "
+                "other files than the client (listing fingerprints differ); the data must be "
+                "at the same path, unchanged, on every worker"
+            )
+        _WORKER_STATE[key] = listing
+    return _WORKER_STATE[key]
+
+
+def _runner(spec: ShardSpec) -> tuple[BuiltBackbone, engines.Runner]:
+    key = ("backbone", spec.recipe_hash)
+    if key not in _WORKER_STATE:
+        built = build(spec.backbone)
+        found = recipe.recipe_hash(spec.backbone, built.weights_sha256, spec.engine)
+        if found != spec.recipe_hash:
+            raise EngineError(
+                f"worker {os.uname().nodename} builds {spec.backbone.name} with another "
+                f"recipe ({found[:12]} vs the client's {spec.recipe_hash[:12]}): different "
+                "weights or TensorFlow/Keras versions; install the same on every worker"
+            )
+        _, runner = engines.select(
+            built, spec.engine, Path(spec.engine_dir), spec.model_id, spec.batch_size
+        )
+        _WORKER_STATE[key] = (built, runner)
+    return _WORKER_STATE[key]
+
+
+def compute_shard(spec: ShardSpec) -> ShardResult:
+    """Run on a worker: compute and write the shard's batches into the stage."""
+    start = time.perf_counter()
+    listing = _listing(spec)
+    built, runner = _runner(spec)
+    job = SimpleNamespace(backbone=spec.backbone)
+    order = [i for batch in spec.indices for i in batch]
+    need = {index: [job] for index in order}
+    result = ShardResult(batches=spec.batches, worker=os.uname().nodename)
+    decoded = decoded_batches(listing, order, need, spec.batch_size)
+    for number, expected, batch in zip(spec.batches, spec.indices, decoded, strict=True):
+        if tuple(index for index, *_ in batch) != expected:
+            raise RuntimeError("internal error: a decoded batch is not the planned batch")
+        buffer = []
+        for index, key, pixels, error in batch:
+            if error is not None:
+                source = storable(listing.records[index].source)
+                result.skipped.append({"source": source, "reason": str(error)})
+                buffer.append((None, None, result.skipped[-1]))
+            else:
+                buffer.append((key, pixels[spec.backbone.input_size], None))
+        features, keys, _ = engines.run_batch(built, runner, buffer)
+        write_stage_batch(spec.cache_url, spec.stage_path, number, spec.batch_size, features, keys)
+        result.n_computed += sum(1 for k in keys if k)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_jobs(
+    client: Any,
+    cache: Cache,
+    listing: Listing,
+    jobs: Sequence[Any],
+    batch_size: int,
+    *,
+    retries: int = 2,
+    progress: bool = False,
+) -> None:
+    """Compute every job's missing batches on the cluster and record them in the stages.
+
+    ``jobs`` are :class:`featurecache.stages.extract._Job`; their ``n_computed``
+    and ``compute_seconds`` are filled in.
+
+    Raises
+    ------
+    ClusterError
+        If a shard still fails after its retries (or its workers keep dying); the
+        shards that finished are kept in staging for the next run.
+    """
+    from distributed import as_completed
+
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    token = uuid.uuid4().hex[:8]
+    submitted: dict[Any, tuple[Any, ShardSpec]] = {}
+    for job in jobs:
+        batches = list(job.batches)
+        if not batches:
+            continue
+        per_shard = shard_batches(len(batches), n_workers)
+        n = len(job.plan.compute)
+        for first in range(0, len(batches), per_shard):
+            numbers = tuple(batches[first : first + per_shard])
+            spec = ShardSpec(
+                cache_url=cache.url,
+                stage_path=job.stage.path,
+                dataset=listing.config,
+                fingerprint=listing.fingerprint,
+                backbone=job.backbone,
+                engine=job.engine,
+                engine_dir=str(cache.location.engine_dir()),
+                model_id=recipe.model_id(job.backbone, job.built.weights_sha256),
+                recipe_hash=job.recipe_hash,
+                batch_size=batch_size,
+                batches=numbers,
+                indices=tuple(
+                    tuple(job.plan.compute[b * batch_size : min(n, (b + 1) * batch_size)])
+                    for b in numbers
+                ),
+            )
+            key = f"featurecache-{listing.name}-{job.backbone.name}-{numbers[0]:06d}-{token}"
+            future = client.submit(compute_shard, spec, key=key, retries=retries, pure=False)
+            submitted[future] = (job, spec)
+        log.info(
+            "%s x %s: %d batches in %d shards of up to %d on %d workers",
+            listing.name,
+            job.backbone.name,
+            len(batches),
+            math.ceil(len(batches) / per_shard),
+            per_shard,
+            n_workers,
+        )
+    if not submitted:
+        return
+    total = sum(sum(len(b) for b in spec.indices) for _, spec in submitted.values())
+    start = time.perf_counter()
+    bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=not progress)
+    bar.set_description(f"{listing.name} on {n_workers} Dask workers")
+    done = 0
+    with bar:
+        try:
+            for future in as_completed(list(submitted)):
+                job, spec = submitted[future]
+                result = future.result()
+                job.stage.record(result.batches, result.skipped)
+                for item in result.skipped:
+                    log.warning("skipped %s", item["reason"])
+                job.n_computed += result.n_computed
+                future.release()  # the result is recorded: a dead worker cannot lose it
+                done += 1
+                bar.update(sum(len(b) for b in spec.indices))
+        except Exception as exc:
+            for future in submitted:
+                future.cancel()
+            raise ClusterError(
+                f"a shard of {listing.name!r} failed on the Dask cluster after {retries} "
+                f"retries: {type(exc).__name__}: {exc}. Nothing was committed; the "
+                f"{done} shards that finished are kept in staging, so the next run "
+                "computes only the rest"
+            ) from exc
+    elapsed = time.perf_counter() - start
+    for job in jobs:
+        if job.batches:
+            job.compute_seconds = elapsed
+            job.batches.clear()

@@ -89,9 +89,10 @@ SizeOpt = Annotated[
     ),
 ]
 CacheOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        help="Cache folder. Default: the pipeline's 'cache', $FEATURECACHE_CACHE, or ./cache.",
+        help="Cache folder, or URL (s3://bucket/prefix; credentials from the usual AWS_* "
+        "variables). Default: the pipeline's 'cache', $FEATURECACHE_CACHE, or ./cache.",
         show_default=False,
     ),
 ]
@@ -131,6 +132,24 @@ WaitOpt = Annotated[
         "--wait/--no-wait",
         help="If another process is writing the same data "
         "set: wait for it (default), or exit at once with code 4.",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="FEATURECACHE_SCHEDULER",
+        help="Run the backbones on an existing Dask cluster: its scheduler address, "
+        "e.g. tcp://host:8786 (pip install 'featurecache[dask]'). Workers must see the "
+        "data set and the cache at the same paths (or use an s3:// cache).",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Run the backbones on a new local Dask cluster of this many worker processes.",
+        show_default=False,
     ),
 ]
 ProgressOpt = Annotated[
@@ -318,6 +337,19 @@ def _print_heads(results) -> None:
         typer.echo(f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} {how} -> {r.folder}")
 
 
+def _cluster(scheduler: str | None, workers: int | None):
+    """The Dask cluster asked for, or None to run locally."""
+    if scheduler is None and workers is None:
+        return None
+    if scheduler is not None and workers is not None:
+        raise FeaturecacheError(
+            "give either --scheduler (an existing Dask cluster) or --workers (a new local one)"
+        )
+    from featurecache.stages.shards import Cluster
+
+    return Cluster(scheduler=scheduler, workers=workers)
+
+
 def _partial(results) -> int:
     return EXIT_PARTIAL if any(r.skipped for r in results) else EXIT_OK
 
@@ -335,6 +367,8 @@ def extract(
     batch_size: BatchOpt = None,
     engine: EngineOpt = None,
     wait: WaitOpt = True,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -355,7 +389,8 @@ def extract(
             batch_size=batch_size,
             engine=engine,
         )
-        return run_extract(p, progress=_progress(progress), wait=wait)
+        cluster = _cluster(scheduler, workers)
+        return run_extract(p, progress=_progress(progress), wait=wait, cluster=cluster)
 
     results = _guard(call)
     _emit(as_json, {"extract": [r.to_dict() for r in results]}, lambda: _print_extract(results))
@@ -414,6 +449,8 @@ def run(
     batch_size: BatchOpt = None,
     engine: EngineOpt = None,
     wait: WaitOpt = True,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -437,7 +474,8 @@ def run(
             batch_size=batch_size,
             engine=engine,
         )
-        extracted = run_extract(p, progress=_progress(progress), wait=wait)
+        cluster = _cluster(scheduler, workers)
+        extracted = run_extract(p, progress=_progress(progress), wait=wait, cluster=cluster)
         if not as_json:
             _print_extract(extracted)
         return extracted, train_heads(p)
@@ -587,6 +625,8 @@ def refresh(
     output: OutputOpt = None,
     data_root: DataRootOpt = None,
     wait: WaitOpt = True,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     progress: ProgressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -600,7 +640,8 @@ def refresh(
         from featurecache.stages.refresh import refresh as run_refresh
 
         loaded = load_all(pipelines or [], data_root=data_root, cache=cache, output=output)
-        return run_refresh(loaded, progress=_progress(progress), wait=wait)
+        cluster = _cluster(scheduler, workers)
+        return run_refresh(loaded, progress=_progress(progress), wait=wait, cluster=cluster)
 
     results = _guard(call)
 

@@ -102,9 +102,6 @@ class Location:
     def size(self, path: str) -> int:
         raise NotImplementedError
 
-    def zarr_store(self, path: str, *, read_only: bool) -> Any:
-        raise NotImplementedError
-
     def pointer(self, group: str) -> str | None:
         raise NotImplementedError
 
@@ -174,11 +171,6 @@ class LocalLocation(Location):
         return sum(
             p.stat().st_size for p in target.rglob("*") if p.is_file() and not p.is_symlink()
         )
-
-    def zarr_store(self, path: str, *, read_only: bool) -> Any:
-        from zarr.storage import LocalStore
-
-        return LocalStore(path, read_only=read_only)
 
     def pointer(self, group: str) -> str | None:
         link = Path(group, CURRENT)
@@ -275,11 +267,6 @@ class UrlLocation(Location):
             return int(self.fs.du(path, total=True))
         except FileNotFoundError:
             return 0
-
-    def zarr_store(self, path: str, *, read_only: bool) -> Any:
-        from zarr.storage import FsspecStore
-
-        return FsspecStore.from_url(self.url(path), read_only=read_only)
 
     def pointer(self, group: str) -> str | None:
         raw = self.read_bytes(f"{group}/{CURRENT}")

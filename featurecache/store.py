@@ -7,7 +7,7 @@ Layout (zarr format 3, readable with plain ``zarr`` or ``xarray``)::
         <backbone>-<size>px-<pooling>-<recipe hash>/   group per backbone configuration
           gen-000001/, gen-000002/           generations: complete, immutable groups
           current -> gen-000002              symlink to the committed generation
-      .staging/<dataset>/<group>/<plan>/     features being computed (resumable)
+      .staging/<dataset>/<group>/<plan>/     features being computed (resumable; batch b = chunk b)
       .locks/<dataset>.lock                  one writer per data set at a time
 
 Each generation holds, per image (rows in data-set listing order):
@@ -29,6 +29,10 @@ sees the old generation or the new one, never a mix. zarr's ``LocalStore`` write
 every chunk and metadata file by rename too, so a killed writer leaves no torn
 file. The previous generation is kept (a reader may still be using it) until the
 next commit or ``featurecache gc``.
+
+The cache may also live at an fsspec URL (``s3://bucket/prefix``): then a
+generation is written in place and ``current`` is an object holding its name,
+written last (see :mod:`featurecache.storage`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import numpy as np
 import zarr
 from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec
+from zarr.storage import FsspecStore, LocalStore
 
 from featurecache.errors import CacheError, LockedError
 from featurecache.storage import CURRENT, LocalLocation, Location, is_url  # noqa: F401
@@ -148,7 +153,11 @@ class Cache:
         return self.location.join(*parts)
 
     def _open(self, path: str, *, mode: str, **kwargs: Any) -> zarr.Group:
-        store = self.location.zarr_store(path, read_only=mode == "r")
+        read_only = mode == "r"
+        if self.location.local:
+            store = LocalStore(path, read_only=read_only)
+        else:  # fsspec (s3fs...); zarr wraps a synchronous file system such as memory://
+            store = FsspecStore.from_url(self.location.url(path), read_only=read_only)
         return zarr.open_group(store, mode=mode, **kwargs)
 
     # ------------------------------------------------------------------ reading

@@ -17,6 +17,7 @@ from typing import Any
 from featurecache.config import Pipeline, load_pipeline
 from featurecache.errors import ConfigError
 from featurecache.stages.extract import ExtractResult, extract
+from featurecache.stages.shards import Cluster
 from featurecache.stages.train_head import HeadResult, train_heads
 
 DEFAULT_PIPELINES = Path("pipelines")
@@ -63,12 +64,17 @@ class RefreshResult:
 
 
 def refresh(
-    pipelines: Sequence[Pipeline], *, progress: bool = False, wait: bool = True
+    pipelines: Sequence[Pipeline],
+    *,
+    progress: bool = False,
+    wait: bool = True,
+    cluster: Cluster | None = None,
 ) -> list[RefreshResult]:
-    """Refresh every pipeline: incremental extraction, then changed heads only."""
+    """Refresh every pipeline: incremental extraction (on ``cluster`` if given, see
+    :mod:`featurecache.stages.shards`), then changed heads only."""
     results = []
     for pipeline in pipelines:
-        extracted = extract(pipeline, progress=progress, wait=wait)
+        extracted = extract(pipeline, progress=progress, wait=wait, cluster=cluster)
         heads = train_heads(pipeline, only_changed=True)
         results.append(RefreshResult(pipeline.name, extracted, heads))
     return results

@@ -103,7 +103,7 @@ def connect(cluster: Cluster) -> Iterator[Any]:
         ) from exc
     if cluster.scheduler:
         try:
-            client = Client(cluster.scheduler, timeout="30s")
+            client = Client(cluster.scheduler, timeout="10s")
         except OSError as exc:
             raise ClusterError(
                 f"cannot reach the Dask scheduler at {cluster.scheduler}: {exc}"

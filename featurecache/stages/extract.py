@@ -111,7 +111,8 @@ def extract(
         client = None
         if cluster is not None:
             shards.check_reachable(cache, cluster)
-            client = stack.enter_context(shards.connect(cluster))
+            # Connected (a LocalCluster started) only when something must be computed.
+            client = shards.LazyClient(cluster, stack)
         for dataset in pipeline.datasets:
             listing = list_dataset(dataset)
             try:

@@ -35,7 +35,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -120,6 +120,20 @@ def connect(cluster: Cluster) -> Iterator[Any]:
     with local, Client(local) as client:
         client.wait_for_workers(cluster.workers)
         yield client
+
+
+class LazyClient:
+    """Connects to ``cluster`` on first use; closed with ``stack``."""
+
+    def __init__(self, cluster: Cluster, stack: ExitStack) -> None:
+        self.cluster = cluster
+        self._stack = stack
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            self._client = self._stack.enter_context(connect(self.cluster))
+        return self._client
 
 
 def check_reachable(cache: Cache, cluster: Cluster) -> None:
@@ -217,6 +231,15 @@ def _runner(spec: ShardSpec) -> tuple[BuiltBackbone, engines.Runner]:
     return _WORKER_STATE[key]
 
 
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return os.uname().nodename
+
+
 def compute_shard(spec: ShardSpec) -> ShardResult:
     """Run on a worker: compute and write the shard's batches into the stage."""
     start = time.perf_counter()
@@ -225,7 +248,7 @@ def compute_shard(spec: ShardSpec) -> ShardResult:
     job = SimpleNamespace(backbone=spec.backbone)
     order = [i for batch in spec.indices for i in batch]
     need = {index: [job] for index in order}
-    result = ShardResult(batches=spec.batches, worker=os.uname().nodename)
+    result = ShardResult(batches=spec.batches, worker=_worker_name())
     decoded = decoded_batches(listing, order, need, spec.batch_size)
     for number, expected, batch in zip(spec.batches, spec.indices, decoded, strict=True):
         if tuple(index for index, *_ in batch) != expected:
@@ -257,6 +280,9 @@ def run_jobs(
 ) -> None:
     """Compute every job's missing batches on the cluster and record them in the stages.
 
+    ``client`` is a ``distributed.Client`` or a :class:`LazyClient` (connected only if
+    some batch is missing).
+
     ``jobs`` are :class:`featurecache.stages.extract._Job`; their ``n_computed``
     and ``compute_seconds`` are filled in.
 
@@ -268,6 +294,10 @@ def run_jobs(
     """
     from distributed import as_completed
 
+    if not any(job.batches for job in jobs):
+        return
+    if isinstance(client, LazyClient):
+        client = client.get()
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     token = uuid.uuid4().hex[:8]
     submitted: dict[Any, tuple[Any, ShardSpec]] = {}
@@ -324,6 +354,14 @@ def run_jobs(
                 for item in result.skipped:
                     log.warning("skipped %s", item["reason"])
                 job.n_computed += result.n_computed
+                log.info(
+                    "shard of batches %d-%d: %d images in %.1f s on %s",
+                    result.batches[0],
+                    result.batches[-1],
+                    result.n_computed,
+                    result.seconds,
+                    result.worker,
+                )
                 future.release()  # the result is recorded: a dead worker cannot lose it
                 done += 1
                 bar.update(sum(len(b) for b in spec.indices))

@@ -42,7 +42,7 @@ def forbid_backbone(monkeypatch):
         raise AssertionError("the backbone must not be built")
 
     monkeypatch.setattr(backbones, "build_backbone", boom)
-    monkeypatch.setattr("featurecache.stages.extract.build_backbone", boom)
+    monkeypatch.setattr("featurecache.stages.shards.build_backbone", boom)
 
 
 def test_extract_writes_features_equal_to_the_backbone(pipeline):

@@ -53,7 +53,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import FsspecStore, LocalStore
 
 from featurecache.errors import CacheError, LockedError
-from featurecache.storage import CURRENT, LocalLocation, Location, is_url  # noqa: F401
+from featurecache.storage import CURRENT, Location, is_url  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,6 @@ class FeatureSet:
     def splits(self) -> list[str]:
         present = set(self.split.tolist())
         return [s for s in ("train", "validation", "test") if s in present]
-
-
-def disk_bytes(path: Path) -> int:
-    """Bytes on disk of a file, or of every file under a folder (links not followed)."""
-    return LocalLocation(str(path)).size(str(path))
-
-
-def read_attrs(folder: Path) -> dict[str, Any] | None:
-    """The attributes in ``folder/zarr.json``, or None if it is missing or unreadable."""
-    return LocalLocation(str(folder)).read_json(str(folder))
 
 
 def cache_id(root: str | Path) -> str:
@@ -471,7 +461,7 @@ class ComputeStage:
 
     def write(self, batch: int, features: np.ndarray, keys: Sequence[str]) -> None:
         """Write batch ``batch``'s rows (``features`` zero and key ``""`` where skipped)."""
-        write_stage_batch(self.cache.url, self.path, batch, self.batch, features, keys)
+        _write_batch(self._group, batch, self.batch, features, keys)
 
     def record(self, batches: Sequence[int], skipped: Sequence[dict[str, str]]) -> None:
         """Mark ``batches`` (already written) done, with the images they skipped."""
@@ -513,8 +503,10 @@ def write_stage_batch(
     Called by whichever process computed the batch (a Dask worker, or the local
     process); rows ``[batch * batch_size, ...)`` are one chunk of each array.
     """
-    cache = Cache(cache_url)
-    group = cache._open(path, mode="r+")
+    _write_batch(Cache(cache_url)._open(path, mode="r+"), batch, batch_size, features, keys)
+
+
+def _write_batch(group: zarr.Group, batch: int, batch_size: int, features, keys) -> None:
     start = batch * batch_size
     stop = start + len(keys)
     group["features"][start:stop] = np.asarray(features, dtype=np.float32)

@@ -36,15 +36,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    from featurecache import recipe
-    from featurecache.backbones import BackboneConfig, build_backbone
-    from featurecache.engines import onnx_runner, tensorflow_runner
+    from featurecache.backbones import build_backbone
+    from featurecache.cache import recipe
+    from featurecache.config import BackboneConfig
     from featurecache.errors import EngineError
+    from featurecache.extraction.engines import onnx_runner, tensorflow_runner
 
     folder = Path(tempfile.mkdtemp(prefix="fc-bench-onnx-"))
     rows = []
     for name in args.backbones:
-        config = BackboneConfig.create(name, weights="none")
+        config = BackboneConfig(name=name, weights="none")
         built = build_backbone(config)
         size = config.input_size
         pixels = np.random.default_rng(0).uniform(0, 255, (args.batch_size, size, size, 3))

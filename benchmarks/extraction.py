@@ -41,12 +41,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    from featurecache import engines, recipe
-    from featurecache.backbones import BackboneConfig, build_backbone
-    from featurecache.config import DatasetConfig
+    from featurecache.backbones import build_backbone
+    from featurecache.cache import Cache, recipe
+    from featurecache.config import BackboneConfig, DatasetConfig
     from featurecache.datasets import list_dataset
-    from featurecache.stages.extract import extract_one
-    from featurecache.store import Cache
+    from featurecache.extraction import engines, extract_dataset
 
     listing = list_dataset(DatasetConfig(name="clothing_small", format="folder", path=args.data))
     n = len(listing.records)
@@ -58,7 +57,7 @@ def main() -> None:
     tensors = np.stack(decoded).astype(np.float32)
     rows = []
     for engine in args.engines:
-        config = BackboneConfig.create("mobilenet_v2", engine=engine)
+        config = BackboneConfig(name="mobilenet_v2", engine=engine)
         built = build_backbone(config)
         work = Path(tempfile.mkdtemp(prefix="fc-bench-extract-"))
         _, run = engines.select(
@@ -72,7 +71,9 @@ def main() -> None:
         # The machine's speed drifts: measure the backbone alone just before and just
         # after the extraction and compare with their mean.
         raw_before = raw(run, batches)
-        result = extract_one(Cache(work / "cache"), listing, config, batch_size=args.batch_size)
+        [result] = extract_dataset(
+            Cache(work / "cache"), listing, [config], batch_size=args.batch_size
+        )
         raw_after = raw(run, batches)
         raw_rate = (raw_before + raw_after) / 2
         full_rate = result.images_per_second  # the compute phase: decode + infer + stage

@@ -41,9 +41,9 @@ def main() -> None:
         (REPO / "docs" / "finetune.md").write_text(markdown(saved, saved.get("epochs", 3)))
         return
     from featurecache.config import load_pipeline
-    from featurecache.stages.extract import extract
-    from featurecache.stages.finetune import finetune
-    from featurecache.stages.train_head import train_heads
+    from featurecache.extraction import extract
+    from featurecache.finetune.train import finetune
+    from featurecache.heads.train import train_heads
 
     work = args.work or Path(tempfile.mkdtemp(prefix="fc-bench-ft-"))
     pipeline = load_pipeline(

@@ -29,13 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
     args = parser.parse_args()
-    from featurecache import recipe
-    from featurecache.backbones import BackboneConfig, build_backbone, import_keras
-    from featurecache.config import load_pipeline
+    from featurecache.backbones import build_backbone
+    from featurecache.cache import Cache, recipe
+    from featurecache.config import BackboneConfig, load_pipeline
     from featurecache.datasets import list_dataset
-    from featurecache.dense_head import DenseHead
-    from featurecache.stages.extract import extract
-    from featurecache.store import Cache
+    from featurecache.deps import import_keras
+    from featurecache.extraction import extract
+    from featurecache.heads.dense import DenseHead
 
     keras = import_keras()
     work = Path(tempfile.mkdtemp(prefix="fc-bench-headfit-"))
@@ -66,7 +66,7 @@ def main() -> None:
         pixels[record.split].append(listing.read(record, config.input_size)[1])
         labels[record.split].append(record.label)
     listing.close()
-    built = build_backbone(BackboneConfig.create("mobilenet_v2"))
+    built = build_backbone(BackboneConfig(name="mobilenet_v2"))
     keras.utils.set_random_seed(0)
     inputs = keras.Input((config.input_size, config.input_size, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)

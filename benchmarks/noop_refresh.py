@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     from featurecache.config import load_pipeline
     from featurecache.datasets import list_dataset
-    from featurecache.stages.refresh import refresh
+    from featurecache.workflow import refresh
 
     work = Path(tempfile.mkdtemp(prefix="fc-bench-noop-"))
     pipeline_file = work / "bench.toml"

@@ -52,11 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     from distributed import LocalCluster
 
-    from featurecache.backbones import BackboneConfig
-    from featurecache.config import DatasetConfig, Pipeline
-    from featurecache.stages.extract import extract
-    from featurecache.stages.shards import Cluster, shard_batches
-    from featurecache.store import Cache
+    from featurecache.cache import Cache
+    from featurecache.config import BackboneConfig, DatasetConfig, Pipeline
+    from featurecache.extraction import extract
+    from featurecache.extraction.dask import Cluster, shard_batches
 
     work = Path(tempfile.mkdtemp(prefix="fc-bench-scaleout-"))
     data = subset(args.images, work / "fingers")
@@ -68,7 +67,7 @@ def main() -> None:
         return Pipeline(
             name=name,
             datasets=(DatasetConfig(name=name, format="folder", path=folder),),
-            backbones=(BackboneConfig.create("mobilenet_v2"),),
+            backbones=(BackboneConfig(name="mobilenet_v2"),),
             heads=(),
             cache=cache,
             output=work / "runs",

@@ -28,11 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
-    from featurecache import recipe
+    from featurecache.cache import Cache, recipe
     from featurecache.config import load_pipeline
+    from featurecache.extraction import extract
     from featurecache.heads import build_head, predict_proba
-    from featurecache.stages.extract import extract
-    from featurecache.store import Cache
 
     work = Path(tempfile.mkdtemp(prefix="fc-bench-storage-"))
     pipeline = load_pipeline(

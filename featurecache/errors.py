@@ -24,7 +24,31 @@ class FeaturecacheError(Exception):
 
 
 class ConfigError(FeaturecacheError, ValueError):
-    """A pipeline file or an option is malformed or inconsistent."""
+    """A pipeline file or an option is malformed or inconsistent.
+
+    ``key`` names the setting at fault (``"pooling"``) and ``where`` the table that
+    holds it (``"backbones[0]"``), so that the pipeline loader can point at the file
+    and line; both are empty when the error is not about one setting.
+    """
+
+    def __init__(self, message: str, *, key: str = "", where: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.where = where
+
+    def within(self, where: str, *, key: str = "") -> ConfigError:
+        """The same error, qualified by the table (or key) that holds it.
+
+        ``"pooling must be ..."`` becomes ``"backbones[0].pooling must be ..."``; any
+        other message is prefixed with ``"backbones[0]: "``. ``key`` replaces the key
+        when ``where`` is itself a key of a larger table (``split`` of a data set).
+        """
+        message = str(self)
+        if self.key and message.startswith(self.key):
+            qualified = f"{where}.{message}"
+        else:
+            qualified = f"{where}: {message}"
+        return ConfigError(qualified, key=key or self.key, where=where)
 
 
 class DatasetError(FeaturecacheError, ValueError):
@@ -35,8 +59,11 @@ class ImageDecodeError(FeaturecacheError, ValueError):
     """One image cannot be decoded; extraction skips it and records the reason."""
 
 
-class UnknownBackboneError(FeaturecacheError, KeyError):
+class UnknownBackboneError(ConfigError, KeyError):
     """A backbone name is not in the registry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, key="name")
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""

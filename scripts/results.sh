@@ -10,4 +10,4 @@ PIPELINES=$(printf "pipelines/%s.toml " catvnoncat fingers clothing clothing_sle
 # shellcheck disable=SC2086
 featurecache refresh $PIPELINES
 # shellcheck disable=SC2086
-featurecache report $PIPELINES --out docs/results
+featurecache report $PIPELINES --report docs/results

@@ -1,0 +1,123 @@
+"""Building a frozen backbone: the Keras model, its weights, and their identity.
+
+This is the one place a backbone is built, for extraction, fine-tuning and
+``predict`` alike, so the one place that seeds random weights (``weights = "none"``,
+with :data:`featurecache.config.RANDOM_WEIGHTS_SEED`): every process that builds the
+same configuration gets the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from featurecache.backbones.preprocessing import preprocess_fn
+from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.deps import import_keras
+from featurecache.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltBackbone:
+    """A built feature extractor and the identity of the weights it loaded.
+
+    ``model`` maps float32 images of shape ``(batch, size, size, 3)``, already passed
+    through ``preprocess`` from 0-255 RGB, to features of shape ``(batch, feature_dim)``.
+    ``weights_file`` is the file Keras loaded (``None`` for random weights) and
+    ``weights_sha256`` its SHA-256 (hex).
+    """
+
+    config: BackboneConfig
+    model: Any
+    preprocess: Callable[[Any], Any]
+    weights_file: str | None
+    weights_sha256: str | None
+
+
+def sha256_file(path: str) -> str:
+    """SHA-256 (hex) of a file, read in chunks by ``hashlib.file_digest``."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def build_backbone(config: BackboneConfig) -> BuiltBackbone:
+    """Build the frozen ``include_top=False`` backbone with global pooling.
+
+    ImageNet weights come through Keras's own ``get_file`` (downloaded once into
+    ``$KERAS_HOME/models``, default ``~/.keras/models``); the file Keras used is recorded
+    and hashed so that the cache knows exactly which weights made the features. Random
+    weights (``weights = "none"``) are seeded with ``RANDOM_WEIGHTS_SEED`` first.
+
+    Raises
+    ------
+    ConfigError
+        If Keras rejects the arguments (for example an input size the weights do not
+        support), or the weights cannot be loaded.
+    """
+    keras = import_keras()
+    spec = config.spec
+    builder = getattr(keras.applications, spec.keras_name)
+    weights: str | None = None if config.weights == "none" else config.weights
+    if weights is None:
+        log.warning("backbone %s uses RANDOM weights (weights=none): for tests only", spec.name)
+        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    kwargs = dict(
+        include_top=False,
+        weights=weights,
+        input_shape=(config.input_size, config.input_size, 3),
+        pooling=config.pooling,
+        **dict(config.args),
+    )
+    with _RecordKerasDownloads() as fetched:
+        try:
+            model = builder(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"Keras cannot build {spec.keras_name} with {kwargs}: {exc}") from exc
+        except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
+            raise ConfigError(
+                f"could not load weights for {spec.keras_name}: {exc}. Offline? Set KERAS_HOME "
+                "to a folder whose models/ holds Keras's weight files (see README)"
+            ) from exc
+    model.trainable = False
+    weights_file = config.weights if weights not in (None, "imagenet") else None
+    if weights == "imagenet" and fetched:
+        weights_file = fetched[-1]
+    return BuiltBackbone(
+        config=config,
+        model=model,
+        preprocess=preprocess_fn(config),
+        weights_file=weights_file,
+        weights_sha256=sha256_file(weights_file) if weights_file else None,
+    )
+
+
+class _RecordKerasDownloads:
+    """Context manager recording the paths ``keras.utils.get_file`` returns.
+
+    ``keras.applications`` fetch weights through ``keras.src.utils.file_utils.get_file``
+    looked up at call time, so wrapping that attribute sees the exact file used.
+    """
+
+    def __enter__(self) -> list[str]:
+        from keras.src.utils import file_utils
+
+        self._module = file_utils
+        self._original = file_utils.get_file
+        self.paths: list[str] = []
+        original = self._original
+
+        def recording_get_file(*args: Any, **kwargs: Any) -> str:
+            path = original(*args, **kwargs)
+            self.paths.append(str(path))
+            return path
+
+        file_utils.get_file = recording_get_file
+        return self.paths
+
+    def __exit__(self, *exc: object) -> None:
+        self._module.get_file = self._original

@@ -1,0 +1,15 @@
+"""The feature cache: zarr groups of bottleneck features with their provenance.
+
+- :mod:`~featurecache.cache.layout`: :class:`Cache`, where everything is (data sets,
+  backbone groups, generations, ``current``, staging, locks), and :class:`FeatureSet`;
+- :mod:`~featurecache.cache.store`: the zarr arrays (the only module importing zarr):
+  staging, writing and reading generations;
+- :mod:`~featurecache.cache.storage`: a folder or an fsspec URL (``s3://``, ``memory://``);
+- :mod:`~featurecache.cache.recipe`: what identifies a set of features (hashes);
+- :mod:`~featurecache.cache.admin`: ``featurecache info`` and ``gc``.
+"""
+
+from featurecache.cache.layout import Cache, FeatureSet, cache_id
+from featurecache.cache.store import storable
+
+__all__ = ["Cache", "FeatureSet", "cache_id", "storable"]

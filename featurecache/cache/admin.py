@@ -1,0 +1,117 @@
+"""Looking after a cache: what it holds (``featurecache info``) and freeing space (``gc``).
+
+:func:`collect_garbage` always removes superseded generations (all but ``current``),
+partial generations and staging folders left by killed runs; with pipelines given,
+also every group whose (data set, backbone configuration) none of them declares. Each
+data set is handled under its writer lock, so gc never races a refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurecache.cache import recipe
+from featurecache.cache.layout import Cache
+from featurecache.config import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GcResult:
+    """What ``gc`` removed (paths relative to the cache root) and the bytes that freed."""
+
+    removed: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    dry_run: bool = False
+
+
+def collect_garbage(
+    root: str | Path,
+    pipelines: Sequence[Pipeline] = (),
+    *,
+    dry_run: bool = False,
+    wait: bool = True,
+) -> GcResult:
+    """Remove unused entries from the cache at ``root``; report what and how many bytes.
+
+    Raises
+    ------
+    CacheError
+        If ``root`` is not a featurecache cache.
+    LockedError
+        If ``wait`` is false and a data set is being written.
+    """
+    cache = Cache(root)
+    cache.check()
+    referenced = {
+        (d.name, recipe.request_hash(b)) for p in pipelines for d in p.datasets for b in p.backbones
+    }
+    result = GcResult(dry_run=dry_run)
+
+    def remove(path: str) -> None:
+        result.removed.append(cache.relative(path))
+        result.freed_bytes += cache.size(path)
+        if not dry_run:
+            log.info("removing %s", path)
+            cache.remove(path)
+
+    datasets: dict[str, list[tuple[str, str]]] = {}
+    for dataset, group, path in cache.group_dirs():
+        datasets.setdefault(dataset, []).append((group, path))
+    staged = cache.staged_datasets()
+    for dataset in sorted(set(datasets) | set(staged)):
+        with cache.lock(dataset, wait=wait):
+            for group, path in datasets.get(dataset, []):
+                keep = cache.committed(dataset, group)
+                if pipelines:
+                    attrs = cache.attrs(dataset, group) if keep else {}
+                    if (dataset, attrs.get("request_hash")) not in referenced:
+                        remove(path)
+                        continue
+                for gen in cache.generations(dataset, group):
+                    if gen.rsplit("/", 1)[-1] != keep:
+                        remove(gen)
+            if dataset in staged:
+                remove(cache.staging_path(dataset))
+    return result
+
+
+def describe_cache(root: str | Path) -> list[dict[str, Any]]:
+    """Summaries of every group in the cache at ``root``.
+
+    Each has ``dataset``, ``group``, ``backbone``, ``n_images``, ``split_counts``,
+    ``feature_dim``, ``bytes`` (on disk), ``created``, ``skipped`` and the full
+    ``provenance`` attributes.
+
+    Raises
+    ------
+    CacheError
+        If ``root`` is missing or is not a featurecache cache.
+    """
+    cache = Cache(root)
+    cache.check()
+    out = []
+    for dataset, group, attrs in cache.groups():
+        out.append(
+            {
+                "dataset": dataset,
+                "group": group,
+                "backbone": attrs["backbone"]["name"],
+                "weights": attrs["weights"]["spec"],
+                "input_size": attrs["input_size"],
+                "pooling": attrs["pooling"],
+                "n_images": attrs["n_images"],
+                "split_counts": attrs["split_counts"],
+                "feature_dim": attrs["feature_dim"],
+                "bytes": cache.nbytes(dataset, group),
+                "created": attrs["created"],
+                "skipped": attrs.get("skipped", []),
+                "provenance": attrs,
+            }
+        )
+    return out

@@ -1,0 +1,73 @@
+"""The typer app, its global options (logging), and the error guard of every command.
+
+Exit codes (``featurecache.errors``): 0 success; 1 error (one line on stderr, no
+traceback); 2 bad usage; 3 completed, but some images were skipped; 4 another process
+is writing the same data set and ``--no-wait`` was given; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from featurecache.errors import FeaturecacheError
+
+T = TypeVar("T")
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="featurecache",
+    help=(
+        "Run each frozen ImageNet backbone once per image, cache the bottleneck features in "
+        "zarr, and train heads on them in seconds."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # help texts hold brackets ('featurecache[onnx]'), not markup
+)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Also append detailed logs to this file.", show_default=False),
+    ] = None,
+) -> None:
+    """featurecache: bottleneck features cached once, heads trained many times."""
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setLevel(level)
+    root = logging.getLogger("featurecache")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if log_file else level)
+    if log_file:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s")
+        )
+        file_handler.setLevel(logging.INFO)
+        root.addHandler(file_handler)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+
+
+def guard(call: Callable[[], T]) -> T:
+    """Run ``call``; turn featurecache errors into one line on stderr and an exit code."""
+    try:
+        return call()
+    except FeaturecacheError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing half-written was committed", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -1,0 +1,303 @@
+"""Every command-line option, declared once.
+
+The options that say which pipeline a command works on (a pipeline file, or ``--data``
+and the backbone settings) are shared by ``extract``, ``train-head``, ``run`` and
+``finetune``: :func:`with_pipeline_options` adds them to a command, which receives
+them as one :class:`PipelineOptions`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from featurecache.config import Pipeline
+
+
+def _option(help: str, *decls: str, **kwargs: Any) -> Any:
+    """A ``typer.Option`` with ``help`` and no default shown (the help says it)."""
+    return typer.Option(*decls, help=help, show_default=False, **kwargs)
+
+
+PipelineArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Pipeline file (pipelines/*.toml). Omit it and use --data instead.", show_default=False
+    ),
+]
+PipelinesArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Pipeline files or folders of them. Default: every pipelines/*.toml.",
+        show_default=False,
+    ),
+]
+DataOpt = Annotated[
+    list[str] | None,
+    _option(
+        "Data set without a pipeline file: a class folder, a CSV manifest (path,label[,split]) "
+        "or an HDF5 file; HDF5 splits as train=a.h5 --data test=b.h5.",
+        "--data",
+    ),
+]
+BackboneOpt = Annotated[
+    list[str] | None,
+    _option(
+        "With --data: backbone name (see `featurecache backbones`); repeat for several. "
+        "Default: mobilenet_v2.",
+        "--backbone",
+        "-b",
+    ),
+]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        help="With --data: 'imagenet' (Keras downloads and caches them), a weights file, "
+        "or 'none' (random: tests only)."
+    ),
+]
+PoolingOpt = Annotated[str, typer.Option(help="With --data: global pooling, 'avg' or 'max'.")]
+SizeOpt = Annotated[
+    int | None, _option("With --data: input size in pixels (default: the backbone's).")
+]
+EngineOpt = Annotated[
+    str | None,
+    _option(
+        "What runs the backbone: tensorflow (default), onnxruntime (pip install "
+        "'featurecache[onnx]'), or auto (times both, keeps the faster). Overrides the "
+        "pipeline file's."
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    _option("Storage type of the features: float32 (default) or float16 (half the cache)."),
+]
+CacheOpt = Annotated[
+    str | None,
+    _option(
+        "Cache folder, or URL (s3://bucket/prefix; credentials from the usual AWS_* "
+        "variables). Default: the pipeline's 'cache', $FEATURECACHE_CACHE, or ./cache."
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None,
+    _option(
+        "Folder that relative data paths in the pipeline file are resolved against. "
+        "Default: $FEATURECACHE_DATA_ROOT, then the file's data_root."
+    ),
+]
+HeadOpt = Annotated[
+    list[str] | None,
+    _option(
+        "With --data: head kind (logistic_regression, linear_svm, knn, random_forest, dense, "
+        "or a scikit-learn import path); repeatable. Default: logistic_regression.",
+        "--head",
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    _option("The runs folder, where heads go. Default: the pipeline's 'output' or ./runs."),
+]
+BatchOpt = Annotated[int | None, _option("Images per backbone batch (default 32).", min=1)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of text.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="If another process is writing the same data set: wait for it (default), or "
+        "exit at once with code 4.",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    _option(
+        "Run the backbones on an existing Dask cluster: its scheduler address, e.g. "
+        "tcp://host:8786 (pip install 'featurecache[dask]'). Workers must see the data set "
+        "and the cache at the same paths (or use an s3:// cache).",
+        envvar="FEATURECACHE_SCHEDULER",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    _option("Run the backbones on a new local Dask cluster of this many worker processes.", min=1),
+]
+ProgressOpt = Annotated[
+    bool | None,
+    _option(
+        "Progress bar on stderr (default: only when stderr is a terminal).",
+        "--progress/--no-progress",
+    ),
+]
+
+
+HeadNameOpt = Annotated[
+    str | None,
+    _option(
+        "The trained dense head to start from (its name). Default: the pipeline's "
+        "[finetune] head, or 'dense'."
+    ),
+]
+EpochsOpt = Annotated[
+    int | None,
+    _option("Most epochs (default 10; early stopping on validation loss may end sooner).", min=1),
+]
+MaxStepsOpt = Annotated[
+    int | None,
+    _option("Most batches per epoch, to bound a CPU run (0: the whole training split).", min=0),
+]
+LearningRateOpt = Annotated[
+    float | None, _option("SGD learning rate (default 1e-4, momentum 0.9).")
+]
+UnfreezeOpt = Annotated[
+    list[str] | None,
+    _option("Also unfreeze layers whose names match this regular expression; repeatable."),
+]
+AugmentOpt = Annotated[
+    bool | None,
+    _option(
+        "Random flip, rotation, zoom and translation while training (default on).",
+        "--augment/--no-augment",
+    ),
+]
+HeadFolderArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="HEAD_FOLDER",
+        help="A head folder written by train-head or finetune (holds head.json or finetune.json).",
+        show_default=False,
+    ),
+]
+ImagesArg = Annotated[
+    list[Path],
+    typer.Argument(help="Image files or folders (searched recursively).", show_default=False),
+]
+CsvOpt = Annotated[Path | None, _option("Also write the predictions to this CSV file.")]
+GcPipelinesArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Pipeline files or folders: groups none of them declares are removed too. "
+        "Without any, only superseded generations and leftovers of killed runs go.",
+        show_default=False,
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Say what would be removed, remove nothing.")
+]
+TargetsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Pipeline files, runs folders or cache folders to report on.", show_default=False
+    ),
+]
+ReportOpt = Annotated[
+    Path | None,
+    _option(
+        "The report's path without suffix: writes REPORT.md, REPORT.html, REPORT.json and "
+        "REPORT_files/. Default: <runs>/<pipeline>/report for one pipeline, <runs>/report "
+        "otherwise."
+    ),
+]
+ReportRunsOpt = Annotated[
+    Path | None,
+    _option(
+        "The runs folder the heads were trained into (as given to run / train-head): "
+        "overrides the pipelines' own `output`; for a cache folder, where its heads are "
+        "looked for (default: runs)."
+    ),
+]
+
+
+def show_progress(flag: bool | None) -> bool:
+    """``--progress`` / ``--no-progress``, or whether stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Which pipeline a command works on: a pipeline file, or ``--data`` and friends."""
+
+    pipeline: PipelineArg = None
+    data: DataOpt = None
+    backbone: BackboneOpt = None
+    weights: WeightsOpt = "imagenet"
+    pooling: PoolingOpt = "avg"
+    input_size: SizeOpt = None
+    engine: EngineOpt = None
+    dtype: DtypeOpt = None
+    cache: CacheOpt = None
+    data_root: DataRootOpt = None
+
+    def load(
+        self,
+        *,
+        heads: list[str] | None = None,
+        output: Path | None = None,
+        batch_size: int | None = None,
+    ) -> Pipeline:
+        """The pipeline these options name, with ``--engine``, ``--dtype`` and
+        ``--batch-size`` applied.
+
+        Raises
+        ------
+        ConfigError
+            If both a file and ``--data`` / ``--backbone`` / ``--head`` are given, or the
+            pipeline is invalid.
+        """
+        from featurecache.config import load_pipeline, pipeline_from_options
+        from featurecache.errors import ConfigError
+
+        if self.pipeline is None:
+            return pipeline_from_options(
+                data=self.data or [],
+                backbones=self.backbone or [],
+                heads=heads or [],
+                weights=self.weights,
+                pooling=self.pooling,
+                input_size=self.input_size,
+                cache=self.cache,
+                output=output,
+                batch_size=batch_size or 32,
+            ).with_overrides(engine=self.engine, dtype=self.dtype)
+        if self.data or self.backbone or heads:
+            raise ConfigError("give either a pipeline file or --data/--backbone/--head")
+        loaded = load_pipeline(
+            self.pipeline, data_root=self.data_root, cache=self.cache, output=output
+        )
+        return loaded.with_overrides(batch_size=batch_size, engine=self.engine, dtype=self.dtype)
+
+
+_SHARED = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+    for name, default, hint in (
+        (name, default, inspect.get_annotations(PipelineOptions, eval_str=True)[name])
+        for name, default in asdict(PipelineOptions()).items()
+    )
+]
+
+
+def with_pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the :class:`PipelineOptions` to ``command``'s options; the command receives
+    them in its ``selected`` argument."""
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.name != "selected"
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        selected = PipelineOptions(**{p.name: kwargs.pop(p.name) for p in _SHARED})
+        return command(selected=selected, **kwargs)
+
+    params = [*_SHARED, *own]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

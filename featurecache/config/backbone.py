@@ -1,0 +1,137 @@
+"""Backbone configuration: a registered backbone, its weights, input size and pooling."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurecache.config import constraints as rules
+from featurecache.config.registry import REGISTRY, BackboneSpec, get_spec
+from featurecache.errors import ConfigError
+
+#: Seed of ``weights = "none"`` (random initialisation), so random backbones are reproducible.
+RANDOM_WEIGHTS_SEED = 0
+
+
+def _weights(value: str) -> str:
+    """``"imagenet"``, ``"none"`` or the absolute path of an existing weights file."""
+    if value.lower() in ("none", "random", ""):
+        return "none"
+    if value.lower() == "imagenet":
+        return "imagenet"
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"weights file {value!r} does not exist; give 'imagenet', 'none' or the path "
+            "of a Keras weights file",
+            key="weights",
+        )
+    return str(path.resolve())
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    """A backbone as the user asked for it, completed from the registry.
+
+    Attributes
+    ----------
+    name : str
+        Registered name; Keras class names and other spellings are normalised to the
+        snake_case name (``MobileNetV2`` -> ``mobilenet_v2``).
+    weights : str
+        ``"imagenet"`` (downloaded and cached by Keras itself), ``"none"`` (random
+        initialisation seeded with :data:`RANDOM_WEIGHTS_SEED`: for tests only), or the
+        path of a Keras weights file (stored absolute).
+    input_size : int
+        Square input side in pixels, >= 32; default: the backbone's own.
+    pooling : {"avg", "max"}
+        Global pooling applied to the last feature map.
+    args : mapping
+        Extra ``keras.applications`` arguments such as ``alpha``, over the registry's
+        defaults.
+    engine : {"tensorflow", "onnxruntime", "auto"}
+        What runs the frozen backbone (see :mod:`featurecache.extraction.engines`).
+    dtype : {"float32", "float16"}
+        Storage type of the cached features (float16 halves the cache; features are
+        read back as float32; ``benchmarks/storage.py`` measures the accuracy effect).
+
+    Raises
+    ------
+    ConfigError
+        Naming the field at fault (:class:`~featurecache.errors.UnknownBackboneError`
+        for an unknown name).
+    """
+
+    name: str
+    weights: str = "imagenet"
+    input_size: int | None = None
+    pooling: str = "avg"
+    args: Mapping[str, Any] = field(default_factory=dict)
+    engine: str = "tensorflow"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        rules.check(self, {"name": rules.BACKBONE["name"]})
+        spec = get_spec(self.name)
+        size = spec.input_size if self.input_size is None else self.input_size
+        rules.complete(self, name=spec.name, input_size=size)
+        rules.check(self, rules.BACKBONE)
+        rules.complete(
+            self, weights=_weights(self.weights), args={**spec.default_args, **self.args}
+        )
+
+    @classmethod
+    def from_description(cls, described: Mapping[str, Any]) -> BackboneConfig:
+        """The configuration :meth:`describe` recorded (in the cache or a head folder)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in described.items() if k in names})
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return REGISTRY[self.name]
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of the pooled feature vector for these arguments."""
+        spec = self.spec
+        alpha = float(self.args.get("alpha", 1.0))
+        if spec.alpha_rule == "linear":
+            return int(spec.feature_dim * alpha)
+        if spec.alpha_rule == "v2" and alpha > 1.0:
+            return _make_divisible(spec.feature_dim * alpha, 8)
+        return spec.feature_dim
+
+    @property
+    def preprocessing(self) -> str:
+        """Dotted name of the ``preprocess_input`` applied to 0-255 RGB pixels."""
+        return f"keras.applications.{self.spec.module}.preprocess_input"
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration as a JSON-serialisable dict (the provenance; hashed into the
+        request hash, so its keys and values must not change for the same request)."""
+        return {
+            "name": self.name,
+            "keras_name": self.spec.keras_name,
+            "weights": self.weights,
+            "input_size": self.input_size,
+            "pooling": self.pooling,
+            "args": dict(self.args),
+            "preprocessing": self.preprocessing,
+            "embedded_preprocessing": self.spec.embedded_preprocessing,
+            "engine": self.engine,
+            "dtype": self.dtype,
+        }
+
+    def replace(self, **changes: Any) -> BackboneConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _make_divisible(value: float, divisor: int) -> int:
+    """Keras MobileNetV2's channel rounding (``_make_divisible`` in keras.applications)."""
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new

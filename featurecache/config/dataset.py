@@ -1,0 +1,133 @@
+"""Data set configuration: where the images are, their format, and how to split them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurecache.config import constraints as rules
+from featurecache.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitRatios:
+    """Fractions for a stratified split when the data set declares none.
+
+    ``train`` is what remains after ``validation`` and ``test``. The split is
+    deterministic: within each class, images are ranked by a seeded hash of their key,
+    so a given image keeps its split when others are added.
+    """
+
+    validation: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rules.check(self, rules.SPLIT_RATIOS)
+        if self.validation + self.test >= 1.0:
+            raise ConfigError(
+                f"validation + test must leave some training data, got "
+                f"{self.validation} + {self.test}",
+                key="validation",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hdf5Source:
+    """One split of an HDF5 data set: the file and the keys of its arrays.
+
+    ``images`` is a uint8 array of shape ``(n, height, width, 3)`` (or ``(n, h, w)``
+    grayscale); ``labels`` an integer array of shape ``(n,)``; ``classes`` optionally
+    names a byte-string array of class names indexed by label. Empty ``images`` or
+    ``labels`` are found in the file (``--data file.h5``).
+    """
+
+    path: Path
+    images: str
+    labels: str
+    classes: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.path, str):
+            rules.complete(self, path=Path(self.path))
+        rules.check(self, rules.HDF5_SOURCE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetConfig:
+    """One data set: where it is, its format, and how to split it.
+
+    ``format`` is ``folder``, ``csv`` or ``hdf5``; when empty it is guessed (``hdf5``
+    with ``hdf5`` tables, ``csv`` for a ``.csv`` path, else ``folder``). ``classes``
+    keeps only the named classes of a folder or CSV data set (empty: all). ``resplit``
+    pools the images of every split folder (or CSV split column) and splits them again
+    with ``split`` (stratified), for data sets whose own split is not the one to compare
+    with. ``split`` may be given as a mapping of :class:`SplitRatios`' fields.
+    """
+
+    name: str
+    format: str = ""
+    path: Path | None = None
+    hdf5: Mapping[str, Hdf5Source] = field(default_factory=dict)
+    split: SplitRatios = field(default_factory=SplitRatios)
+    classes: tuple[str, ...] = ()
+    resplit: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.path, str):
+            rules.complete(self, path=Path(self.path))
+        if isinstance(self.split, Mapping):
+            try:
+                rules.complete(self, split=SplitRatios(**self.split))
+            except TypeError as exc:
+                raise ConfigError(f"split: {exc}", key="split") from exc
+            except ConfigError as exc:
+                raise exc.within("split", key="split") from exc
+        if not self.format:
+            suffix = self.path.suffix.lower() if isinstance(self.path, Path) else ""
+            rules.complete(
+                self, format="hdf5" if self.hdf5 else "csv" if suffix == ".csv" else "folder"
+            )
+        rules.check(self, rules.DATASET)
+        rules.complete(self, classes=tuple(self.classes))
+        self._check_format()
+
+    def _check_format(self) -> None:
+        if self.format == "hdf5":
+            if not self.hdf5:
+                raise ConfigError("an hdf5 data set needs [datasets.hdf5.<split>] tables")
+            unknown = [s for s in self.hdf5 if s not in rules.SPLITS]
+            if unknown:
+                raise ConfigError(f"hdf5.{unknown[0]}: split names are {', '.join(rules.SPLITS)}")
+            if self.classes:
+                raise ConfigError("classes works for folder and csv data sets", key="classes")
+        elif self.path is None:
+            raise ConfigError("needs a 'path' key", key="name")
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration as recorded in the cache (and hashed into the listing fingerprint)."""
+        out: dict[str, Any] = {"name": self.name, "format": self.format}
+        if self.path is not None:
+            out["path"] = str(self.path)
+        if self.hdf5:
+            out["hdf5"] = {
+                split: {
+                    "path": str(s.path),
+                    "images": s.images,
+                    "labels": s.labels,
+                    "classes": s.classes,
+                }
+                for split, s in self.hdf5.items()
+            }
+        out["split"] = {
+            "validation": self.split.validation,
+            "test": self.split.test,
+            "seed": self.split.seed,
+        }
+        if self.classes:  # only when set, so existing caches keep their fingerprint
+            out["classes"] = list(self.classes)
+        if self.resplit:
+            out["resplit"] = True
+        return out

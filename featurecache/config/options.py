@@ -1,0 +1,100 @@
+"""Pipelines from options instead of a file: ``--data``, ``--backbone``, ``--head``.
+
+The objects are the same a pipeline file gives, so a file and a quick command line
+mean exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from featurecache.config.backbone import BackboneConfig
+from featurecache.config.constraints import SPLITS
+from featurecache.config.dataset import DatasetConfig, Hdf5Source
+from featurecache.config.model import (
+    DEFAULT_OUTPUT,
+    HeadConfig,
+    Pipeline,
+)
+from featurecache.errors import ConfigError
+
+
+def dataset_from_option(values: Sequence[str], name: str | None = None) -> DatasetConfig:
+    """A data set from ``--data`` values.
+
+    ``--data PATH`` takes a class folder, a CSV manifest or an HDF5 file;
+    ``--data train=a.h5 --data test=b.h5`` gives one HDF5 file per split. HDF5 keys are
+    found in the file: the one 3- or 4-d uint8 array is the images, the 1-d integer array
+    of the same length the labels, ``list_classes`` the class names.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown split name, or several paths that are not HDF5 splits.
+    """
+    pairs = [v.split("=", 1) if "=" in v else ["", v] for v in values]
+    paths = [Path(p).expanduser() for _, p in pairs]
+    if any(p.suffix.lower() in (".h5", ".hdf5") for p in paths):
+        hdf5 = {}
+        for (split, _), p in zip(pairs, paths, strict=True):
+            split = split or "train"
+            if split not in SPLITS:
+                raise ConfigError(f"--data {split}=...: split names are {', '.join(SPLITS)}")
+            hdf5[split] = Hdf5Source(path=p, images="", labels="")
+        return DatasetConfig(name=name or paths[0].stem, format="hdf5", hdf5=hdf5)
+    if len(paths) != 1:
+        raise ConfigError("give one --data folder or CSV file (several only for HDF5 splits)")
+    path = paths[0]
+    return DatasetConfig(name=name or path.resolve().name or "data", path=path)
+
+
+def pipeline_from_options(
+    *,
+    data: Sequence[str],
+    backbones: Sequence[str] = (),
+    heads: Sequence[str] = (),
+    weights: str = "imagenet",
+    pooling: str = "avg",
+    input_size: int | None = None,
+    engine: str = "tensorflow",
+    dtype: str = "float32",
+    cache: str | Path | None = None,
+    output: str | Path | None = None,
+    batch_size: int = 32,
+    name: str | None = None,
+) -> Pipeline:
+    """A :class:`Pipeline` from command-line options (no file).
+
+    ``backbones`` are names (default ``mobilenet_v2``), each with the same ``weights``,
+    ``pooling``, ``input_size`` (default: each backbone's own), ``engine`` and ``dtype``;
+    ``heads`` are head kinds (default ``logistic_regression``).
+
+    Raises
+    ------
+    ConfigError
+        Without ``data``, or for a bad name or value.
+    """
+    if not data:
+        raise ConfigError("give a pipeline file, or --data PATH (see --help)")
+    dataset = dataset_from_option(data, name=name)
+    configs = tuple(
+        BackboneConfig(
+            name=b,
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            engine=engine,
+            dtype=dtype,
+        )
+        for b in (backbones or ["mobilenet_v2"])
+    )
+    return Pipeline(
+        name=name or dataset.name,
+        datasets=(dataset,),
+        backbones=configs,
+        heads=tuple(HeadConfig(kind=h) for h in (heads or ["logistic_regression"])),
+        cache=cache,
+        output=Path(output or DEFAULT_OUTPUT),
+        batch_size=batch_size,
+    )

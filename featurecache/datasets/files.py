@@ -1,0 +1,134 @@
+"""Class folders and CSV manifests: the image files of a data set, without decoding them.
+
+Split names on disk may be ``train``, ``validation`` or ``val``, and ``test``
+(``training``, ``valid`` and ``testing`` are accepted too).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from featurecache.config import DatasetConfig
+from featurecache.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+#: An image file, its class index and its split (``None``: the data set declares none).
+Entry = tuple[Path, int, str | None]
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def image_suffixes() -> set[str]:
+    """File extensions Pillow can open (lower case, with the dot)."""
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def image_files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
+    """Image files under ``folder``, recursively and sorted; hidden files and other
+    extensions are skipped. Dangling links are kept, so that reading them reports them."""
+    suffixes = image_suffixes() if suffixes is None else suffixes
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):
+            continue
+        if path.suffix.lower() in suffixes:
+            files.append(path)
+        else:
+            log.debug("ignoring %s: not an image file extension", path)
+    return files
+
+
+def list_folder(root: Path) -> tuple[list[Entry], list[str]]:
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder; give a class folder, a .csv or an .h5 file")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = [p for p in subdirs if p.name.lower() in SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [p.name for p in subdirs if p not in split_dirs]
+        raise DatasetError(
+            f"{root} mixes split folders ({', '.join(p.name for p in split_dirs)}) with "
+            f"other folders ({', '.join(others)}); use root/<class>/* or root/<split>/<class>/*"
+        )
+    layout = [(SPLIT_ALIASES[p.name.lower()], p) for p in split_dirs] or [(None, root)]
+    suffixes = image_suffixes()
+    per_class: dict[str, list[tuple[Path, str | None]]] = {}
+    for split, folder in layout:
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if class_dir.name.startswith("."):
+                continue
+            bucket = per_class.setdefault(class_dir.name, [])
+            bucket.extend((f, split) for f in image_files(class_dir, suffixes))
+    empty = [name for name, files in per_class.items() if not files]
+    if empty:
+        raise DatasetError(
+            f"{root}: class folder(s) {', '.join(empty)} hold no image files; "
+            "add images or remove the folder(s)"
+        )
+    class_names = sorted(per_class)
+    entries = [
+        (path, class_names.index(name), split)
+        for name in class_names
+        for path, split in per_class[name]
+    ]
+    return entries, class_names
+
+
+def list_csv(manifest: Path) -> tuple[list[Entry], list[str]]:
+    rows: list[tuple[Path, str, str | None]] = []
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        for number, row in enumerate(csv.reader(fh), start=1):
+            if not row or row[0].startswith("#"):
+                continue
+            if number == 1 and row[0].strip().lower() == "path":
+                continue  # header
+            if len(row) not in (2, 3):
+                raise DatasetError(
+                    f"{manifest}:{number}: expected 'path,label[,split]', got {len(row)} fields"
+                )
+            split = None
+            if len(row) == 3 and row[2].strip():
+                split = SPLIT_ALIASES.get(row[2].strip().lower())
+                if split is None:
+                    raise DatasetError(
+                        f"{manifest}:{number}: unknown split {row[2]!r}; use train, "
+                        "validation (or val) or test"
+                    )
+            path = Path(row[0].strip())
+            rows.append(
+                (path if path.is_absolute() else manifest.parent / path, row[1].strip(), split)
+            )
+    if not rows:
+        raise DatasetError(f"{manifest}: the manifest lists no images")
+    splits_given = {split is not None for _, _, split in rows}
+    if len(splits_given) > 1:
+        raise DatasetError(f"{manifest}: give a split on every row or on none")
+    class_names = sorted({label for _, label, _ in rows})
+    return [(p, class_names.index(label), s) for p, label, s in rows], class_names
+
+
+def keep_classes(
+    config: DatasetConfig, entries: list[Entry], class_names: list[str]
+) -> tuple[list[Entry], list[str]]:
+    """Only the images of ``config.classes``, relabelled in that order."""
+    missing = [c for c in config.classes if c not in class_names]
+    if missing:
+        raise DatasetError(
+            f"data set {config.name!r}: no class {', '.join(map(repr, missing))} in "
+            f"{config.path}; its classes are {', '.join(class_names)}"
+        )
+    index = {class_names.index(c): i for i, c in enumerate(config.classes)}
+    kept = [(path, index[label], split) for path, label, split in entries if label in index]
+    return kept, list(config.classes)

@@ -1,0 +1,166 @@
+"""Listing data sets: class folders, CSV manifests and HDF5 arrays.
+
+Listing only looks at names, sizes and modification times (no image is decoded), so
+it is cheap enough to run before every extraction to decide whether the cache already
+holds the answer. Decoding happens later, in :mod:`featurecache.images`, through
+:meth:`Listing.read`. A data set that declares no split is split by
+:func:`featurecache.datasets.splits.stratified_split`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featurecache.config import DatasetConfig
+from featurecache.datasets.files import keep_classes, list_csv, list_folder
+from featurecache.datasets.hdf5 import hdf5_records
+from featurecache.datasets.records import Record
+from featurecache.datasets.splits import assign_splits
+from featurecache.errors import DatasetError, ImageDecodeError
+from featurecache.images import array_to_rgb, content_key, decode_bytes
+
+
+@dataclass
+class Listing:
+    """A listed data set: records, class names and a fingerprint of its inputs.
+
+    The fingerprint is a BLAKE2b hash of every record's source, size and
+    modification time (nanoseconds), label and split, and of the data set
+    configuration: it changes when any input file changes, without reading them.
+    """
+
+    name: str
+    class_names: list[str]
+    records: list[Record]
+    fingerprint: str
+    config: DatasetConfig
+    _arrays: dict[str, object] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def split_counts(self) -> dict[str, int]:
+        return dict(Counter(r.split for r in self.records))
+
+    def read(self, record: Record, size: int) -> tuple[str, np.ndarray]:
+        """Read and decode one record.
+
+        Returns
+        -------
+        key : str
+            The image's content key (:func:`featurecache.images.content_key`).
+        pixels : ndarray of shape (size, size, 3), dtype uint8
+            RGB pixels resized to ``size`` x ``size``.
+
+        Raises
+        ------
+        ImageDecodeError
+            If the file cannot be read or decoded; the message names the file.
+        """
+        key, pixels = self.read_sizes(record, (size,))
+        return key, pixels[size]
+
+    def read_sizes(self, record: Record, sizes: Sequence[int]) -> tuple[str, dict[int, np.ndarray]]:
+        """Like :meth:`read` for several sizes: the file is read and hashed once, then
+        decoded once per size (so each size's pixels equal a single-size read's)."""
+        raw = self._load(record)
+        decode = array_to_rgb if isinstance(raw, np.ndarray) else decode_bytes
+        return content_key(raw), {s: decode(raw, s, source=record.source) for s in sizes}
+
+    def content_key(self, record: Record) -> str | None:
+        """The record's content key without decoding; ``None`` if it cannot be read."""
+        try:
+            return content_key(self._load(record))
+        except ImageDecodeError:
+            return None
+
+    def _load(self, record: Record) -> np.ndarray | bytes:
+        """The record's raw content: an HDF5 row, or a file's bytes."""
+        if self.config.format == "hdf5":
+            path, index = record.source.rsplit("[", 1)
+            with self._lock:  # h5py serialises access anyway; keep it explicit
+                return self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
+        try:
+            return Path(record.source).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        for handle in {id(h): h for h in self._arrays.values()}.values():
+            parent = getattr(handle, "file", None)
+            if parent is not None:
+                parent.close()
+        self._arrays.clear()
+
+
+def list_dataset(config: DatasetConfig) -> Listing:
+    """List a data set without decoding any image.
+
+    Raises
+    ------
+    DatasetError
+        If the path does not exist, an HDF5 key is missing, a class folder is
+        empty, or there are fewer than two classes; the message says how to fix it.
+    """
+    arrays: dict[str, object] = {}
+    if config.format == "hdf5":
+        records, class_names, arrays = hdf5_records(config)
+    else:
+        records, class_names = _list_files(config)
+    check_classes(config.name, class_names, [r.label for r in records])
+    return Listing(
+        name=config.name,
+        class_names=class_names,
+        records=records,
+        fingerprint=fingerprint(config, records, class_names),
+        config=config,
+        _arrays=arrays,
+    )
+
+
+def _list_files(config: DatasetConfig) -> tuple[list[Record], list[str]]:
+    if config.path is None or not config.path.exists():
+        raise DatasetError(
+            f"data set {config.name!r}: path {str(config.path)!r} does not exist "
+            "(relative paths are resolved against --data-root / FEATURECACHE_DATA_ROOT)"
+        )
+    if config.format == "csv":
+        entries, class_names = list_csv(config.path)
+    else:
+        entries, class_names = list_folder(config.path)
+    if config.classes:
+        entries, class_names = keep_classes(config, entries, class_names)
+    if config.resplit:
+        entries = [(path, label, None) for path, label, _ in entries]
+    return assign_splits(entries, config.path, config.split), class_names
+
+
+def check_classes(name: str, class_names: Sequence[str], labels: Sequence[int]) -> None:
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise DatasetError(
+            f"data set {name!r} needs at least two classes to train a classifier, found {found}"
+        )
+    if not labels:
+        raise DatasetError(f"data set {name!r} has no images")
+
+
+def fingerprint(
+    config: DatasetConfig, records: Sequence[Record], class_names: Sequence[str]
+) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps(config.describe(), sort_keys=True).encode())
+    digest.update(json.dumps(list(class_names)).encode())
+    for record in records:
+        digest.update(
+            f"{record.source}\0{record.size}:{record.mtime_ns}\0{record.label}\0{record.split}\n".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
+    return digest.hexdigest()

@@ -1,0 +1,177 @@
+"""Committing an extraction: a new generation in listing order, published atomically.
+
+Reused rows are copied from the generations that hold them, computed rows come from
+the staging area; the generation's attributes are the provenance of every row, and
+``current`` is swapped to it last (:class:`featurecache.cache.store.GenerationWriter`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from featurecache.cache import Cache, recipe, storable
+from featurecache.cache.store import CODEC_DESCRIPTION, GenerationWriter, read_rows
+from featurecache.errors import DatasetError
+from featurecache.extraction.job import ExtractJob, ExtractResult
+
+log = logging.getLogger(__name__)
+
+
+def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
+    """Write ``job``'s new generation, make it ``current`` and remove its staging area.
+
+    Raises
+    ------
+    DatasetError
+        If not one image of the data set could be decoded (nothing is committed).
+    """
+    listing, plan, stage = job.listing, job.plan, job.stage
+    stage_keys = stage.keys()
+    stage_rows = {index: row for row, index in enumerate(plan.compute) if stage_keys[row]}
+    order = [i for i in range(len(listing.records)) if i in plan.reuse or i in stage_rows]
+    if not order:
+        raise DatasetError(
+            f"data set {listing.name!r}: none of its {len(listing.records)} images could be "
+            f"decoded (first: {stage.skipped[0]['reason'] if stage.skipped else 'none listed'})"
+        )
+    writer = cache.generation_writer(
+        listing.name,
+        job.group,
+        feature_dim=job.backbone.feature_dim,
+        group_attrs={
+            "request_hash": recipe.request_hash(job.backbone),
+            "recipe_hash": job.recipe_hash,
+        },
+        dtype=job.backbone.dtype,
+    )
+    try:
+        content, split_counts = _write_rows(writer, job, order, stage_rows, stage_keys)
+        writer.commit(
+            {
+                **_provenance(job, split_counts),
+                "content_hash": content,
+                "engine": job.engine,
+                # extraction_seconds covers the n_computed images of this generation only
+                "n_computed": len(stage_rows),
+                "n_reused": len(plan.reuse),
+            }
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    stage.remove()
+    result = _result(job, len(order), content, split_counts)
+    log.info(
+        "extracted %s/%s: %d computed, %d reused, %d skipped (%.1f s)",
+        listing.name,
+        job.group,
+        job.n_computed,
+        len(plan.reuse),
+        len(stage.skipped),
+        result.seconds,
+    )
+    return result
+
+
+def _result(job: ExtractJob, n_images: int, content: str, split_counts: dict) -> ExtractResult:
+    plan = job.plan
+    return ExtractResult(
+        dataset=job.listing.name,
+        backbone=job.backbone.name,
+        group=job.group,
+        cache_hit=False,
+        n_images=n_images,
+        n_extracted=job.n_computed,
+        weights=job.backbone.weights,
+        seconds=time.perf_counter() - job.started,
+        n_reused=len(plan.reuse),
+        n_resumed=job.n_resumed,
+        n_new=plan.n_new,
+        n_changed=plan.n_changed,
+        n_removed=plan.n_removed,
+        images_per_second=job.n_computed / job.compute_seconds if job.n_computed else None,
+        split_counts=split_counts,
+        skipped=job.stage.skipped,
+        content_hash=content,
+        engine=job.engine,
+    )
+
+
+def _write_rows(
+    writer: GenerationWriter,
+    job: ExtractJob,
+    order: Sequence[int],
+    stage_rows: dict[int, int],
+    stage_keys: Sequence[str],
+) -> tuple[str, dict[str, int]]:
+    """Append the rows of ``order`` (record indices) chunk by chunk; return the content
+    hash (of keys, labels and splits: what the heads are trained on) and split counts."""
+    content = hashlib.blake2b(digest_size=16)
+    split_counts: dict[str, int] = {}
+    for start in range(0, len(order), writer.rows_per_chunk):
+        window = order[start : start + writer.rows_per_chunk]
+        records = [job.listing.records[i] for i in window]
+        keys = [job.plan.keys.get(i) or stage_keys[stage_rows[i]] for i in window]
+        for r, k in zip(records, keys, strict=True):
+            content.update(f"{k}\0{r.label}\0{r.split}\n".encode())
+            split_counts[r.split] = split_counts.get(r.split, 0) + 1
+        writer.append(
+            _gather(window, job, stage_rows),
+            labels=[r.label for r in records],
+            split=[r.split for r in records],
+            keys=keys,
+            sources=[storable(r.source) for r in records],
+            sizes=[r.size for r in records],
+            mtimes=[r.mtime_ns for r in records],
+        )
+    return content.hexdigest(), split_counts
+
+
+def _gather(window: Sequence[int], job: ExtractJob, stage_rows: dict[int, int]) -> np.ndarray:
+    """Features for ``window`` (record indices), from the cache or the staging group."""
+    out = np.empty((len(window), job.backbone.feature_dim), np.float32)
+    by_array: dict[int, tuple[Any, list[int], list[int]]] = {}
+    for position, index in enumerate(window):
+        if index in job.plan.reuse:
+            array, row = job.plan.reuse[index]
+        else:
+            array, row = job.stage.features(), stage_rows[index]
+        entry = by_array.setdefault(id(array), (array, [], []))
+        entry[1].append(position)
+        entry[2].append(row)
+    for array, positions, rows in by_array.values():
+        order = np.argsort(rows)
+        out[np.asarray(positions)[order]] = read_rows(array, np.asarray(rows)[order])
+    return out
+
+
+def _provenance(job: ExtractJob, split_counts: dict[str, int]) -> dict[str, Any]:
+    backbone, listing = job.backbone, job.listing
+    return {
+        "request_hash": recipe.request_hash(backbone),
+        "recipe_hash": job.recipe_hash,
+        "recipe": recipe.request(backbone),
+        "dataset": {**listing.config.describe(), "fingerprint": listing.fingerprint},
+        "class_names": listing.class_names,
+        "backbone": backbone.describe(),
+        "weights": job.weights,
+        "input_size": backbone.input_size,
+        "preprocessing": backbone.preprocessing,
+        "pooling": backbone.pooling,
+        "resize": recipe.RESIZE_METHOD,
+        "feature_dim": backbone.feature_dim,
+        "codec": CODEC_DESCRIPTION,
+        "batch_size": job.batch_size,
+        "versions": recipe.versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "extraction_seconds": round(job.compute_seconds, 3),
+        "split_counts": split_counts,
+        "skipped": list(job.stage.skipped),
+    }

@@ -1,0 +1,394 @@
+"""Extraction on a Dask cluster: shards of whole batches, one worker each, one commit.
+
+The client (the ``featurecache`` process) plans as it does locally, then cuts
+each backbone's missing batches into **shards** of consecutive whole batches and
+submits one Dask task per shard (``dask.distributed``: an existing cluster by
+its scheduler address, or a ``LocalCluster`` of worker processes):
+
+* A shard's worker lists the data set itself (and checks that it sees the same
+  files, by the listing fingerprint), builds the backbone once per worker
+  process (and checks the recipe hash: same weights, same library versions),
+  decodes and runs exactly the batches the local run would run, and writes each
+  batch into its own chunk of the staging arrays. A chunk therefore has exactly
+  one writer, which zarr needs (concurrent partial writes to one chunk lose
+  data, zarr-python issue #3682). Same batches, same kernels: the features are
+  identical to a local run's (``tests/extraction/test_dask.py`` checks it bit for bit).
+* The client records each shard in the stage as its result arrives, and only
+  after every shard has succeeded does it assemble and commit the generation:
+  one pointer write makes the new rows visible.
+* A shard that raises is retried (``retries``, Dask's own); a shard whose worker
+  dies is rescheduled by Dask on another worker. Finished shards are recorded by
+  the client and their results released at once, so a dead worker costs only
+  the shard it was running. If a shard still fails, nothing is committed and
+  every finished shard stays in staging: the next run computes only the rest.
+
+Shard size: :data:`MAX_SHARD_BATCHES` batches at most (256 images at batch
+size 32: a dead worker loses at most that much work), fewer when needed to give
+each worker :data:`SHARDS_PER_WORKER` shards to balance the load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from featurecache.backbones import build_backbone
+from featurecache.cache import Cache, recipe
+from featurecache.cache.store import write_stage_batch
+from featurecache.config import BackboneConfig, DatasetConfig
+from featurecache.datasets import Listing, list_dataset
+from featurecache.errors import ClusterError, DatasetError, DependencyError, EngineError
+from featurecache.extraction.engines import Extractor, open_extractor
+from featurecache.extraction.job import BatchOutput, BatchWork, ExtractJob, compute_batches
+
+log = logging.getLogger(__name__)
+
+#: Most batches in one shard (a dead worker loses at most this much work).
+MAX_SHARD_BATCHES = 8
+#: Shards per worker wanted, so that fast workers take more of them.
+SHARDS_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where extraction runs: ``scheduler`` (``tcp://host:8786``) for an existing Dask
+    cluster, or ``workers`` worker processes of a new ``LocalCluster``.
+
+    ``retries`` is how many more times Dask runs a shard whose task raised.
+
+    Raises
+    ------
+    ClusterError
+        If both or neither of ``scheduler`` and ``workers`` are given, or ``workers`` < 1.
+    """
+
+    scheduler: str | None = None
+    workers: int | None = None
+    retries: int = 2
+
+    def __post_init__(self) -> None:
+        if (self.scheduler is None) == (self.workers is None):
+            raise ClusterError(
+                "give either --scheduler (an existing Dask cluster) or --workers (a new local one)"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ClusterError("--workers must be at least 1")
+
+    @classmethod
+    def from_options(cls, scheduler: str | None, workers: int | None) -> Cluster | None:
+        """The cluster ``--scheduler`` / ``--workers`` ask for; ``None`` to run locally."""
+        if scheduler is None and workers is None:
+            return None
+        return cls(scheduler=scheduler, workers=workers)
+
+    def describe(self) -> str:
+        if self.scheduler:
+            return f"dask ({self.scheduler})"
+        return f"dask (LocalCluster, {self.workers} workers)"
+
+
+def shard_batches(n_batches: int, n_workers: int) -> int:
+    """Batches per shard: at most :data:`MAX_SHARD_BATCHES`, and small enough that each
+    worker gets :data:`SHARDS_PER_WORKER` shards when there are that many batches."""
+    wanted = math.ceil(n_batches / (SHARDS_PER_WORKER * max(1, n_workers)))
+    return max(1, min(MAX_SHARD_BATCHES, wanted))
+
+
+@contextmanager
+def connect(cluster: Cluster) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``cluster``; a ``LocalCluster`` is closed afterwards.
+
+    Raises
+    ------
+    DependencyError
+        If ``distributed`` is not installed (``pip install 'featurecache[dask]'``).
+    ClusterError
+        If the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise DependencyError(
+            "--scheduler/--workers need Dask: pip install 'featurecache[dask]'"
+        ) from exc
+    if cluster.scheduler:
+        try:
+            client = Client(cluster.scheduler, timeout="10s")
+        except OSError as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {cluster.scheduler}: {exc}"
+            ) from exc
+        with client:
+            yield client
+        return
+    # One task per worker process at a time: the backbone uses every core it is given.
+    local = LocalCluster(
+        n_workers=cluster.workers, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with local, Client(local) as client:
+        client.wait_for_workers(cluster.workers)
+        yield client
+
+
+class LazyClient:
+    """Connects to ``cluster`` on first use (a cache hit starts no cluster); closed with
+    ``stack``."""
+
+    def __init__(self, cluster: Cluster, stack: ExitStack) -> None:
+        self.cluster = cluster
+        self._stack = stack
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            self._client = self._stack.enter_context(connect(self.cluster))
+        return self._client
+
+
+def check_reachable(cache: Cache, cluster: Cluster) -> None:
+    """Refuse a cache the workers cannot write to; warn where it is up to the user.
+
+    Raises
+    ------
+    ClusterError
+        For a ``memory://`` cache: it lives in this process only.
+    """
+    if not cache.location.local and cache.url.startswith("memory://"):
+        raise ClusterError(
+            f"the cache {cache.url} lives in this process's memory, which Dask workers "
+            "cannot reach; use a folder (shared by the workers) or an s3:// URL"
+        )
+    if cluster.scheduler and cache.location.local:
+        log.warning(
+            "the cache %s is a local folder: every Dask worker must see it at the same path "
+            "(a shared file system), and the data set too",
+            cache.url,
+        )
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything a worker needs to compute one shard (sent to it by pickle)."""
+
+    cache_url: str
+    stage_path: str
+    dataset: DatasetConfig
+    fingerprint: str
+    backbone: BackboneConfig
+    engine: str
+    engine_dir: str
+    recipe_hash: str
+    batch_size: int
+    batches: tuple[int, ...]
+    indices: tuple[tuple[int, ...], ...]  # record indices of each batch
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(rows) for rows in self.indices)
+
+
+@dataclass
+class ShardResult:
+    """What a worker did: the batches written, images skipped, images computed."""
+
+    batches: tuple[int, ...]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    n_computed: int = 0
+    seconds: float = 0.0
+    worker: str = ""
+
+
+#: Per worker process: listings and extractors, reused by later shards.
+_WORKER_STATE: dict[Any, Any] = {}
+
+
+def _listing(spec: ShardSpec) -> Listing:
+    key = ("listing", spec.fingerprint)
+    if key not in _WORKER_STATE:
+        listing = list_dataset(spec.dataset)
+        if listing.fingerprint != spec.fingerprint:
+            listing.close()
+            raise DatasetError(
+                f"data set {spec.dataset.name!r}: this worker ({os.uname().nodename}) sees "
+                "other files than the client (listing fingerprints differ); the data must be "
+                "at the same path, unchanged, on every worker"
+            )
+        _WORKER_STATE[key] = listing
+    return _WORKER_STATE[key]
+
+
+def _extractor(spec: ShardSpec) -> Extractor:
+    key = ("extractor", spec.recipe_hash)
+    if key not in _WORKER_STATE:
+        built = build_backbone(spec.backbone)
+        found = recipe.recipe_hash(spec.backbone, built.weights_sha256, spec.engine)
+        if found != spec.recipe_hash:
+            raise EngineError(
+                f"worker {os.uname().nodename} builds {spec.backbone.name} with another "
+                f"recipe ({found[:12]} vs the client's {spec.recipe_hash[:12]}): different "
+                "weights or TensorFlow/Keras versions; install the same on every worker"
+            )
+        model_id = recipe.model_id(spec.backbone, built.weights_sha256)
+        _WORKER_STATE[key] = open_extractor(
+            built, spec.engine, Path(spec.engine_dir), model_id, spec.batch_size
+        )
+    return _WORKER_STATE[key]
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return os.uname().nodename
+
+
+def compute_shard(spec: ShardSpec) -> ShardResult:
+    """Run on a worker: compute the shard's batches and write each into its stage chunk."""
+    start = time.perf_counter()
+    result = ShardResult(batches=spec.batches, worker=_worker_name())
+
+    def write(_: BatchWork, number: int, output: BatchOutput) -> None:
+        write_stage_batch(
+            spec.cache_url, spec.stage_path, number, spec.batch_size, output.features, output.keys
+        )
+        result.skipped.extend(output.skipped)
+        result.n_computed += output.n_computed
+
+    work = BatchWork(_extractor(spec), list(spec.batches), [list(r) for r in spec.indices])
+    compute_batches(_listing(spec), [work], spec.batch_size, write)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_on_cluster(
+    client: Any,
+    cache: Cache,
+    listing: Listing,
+    jobs: Sequence[ExtractJob],
+    *,
+    retries: int = 2,
+    progress: bool = False,
+) -> None:
+    """Compute every job's missing batches on the cluster and record them in the stages.
+
+    ``client`` is a ``distributed.Client`` or a :class:`LazyClient` (connected only if
+    some batch is missing). Fills in each job's ``n_computed`` and ``compute_seconds``.
+
+    Raises
+    ------
+    ClusterError
+        If a shard still fails after its retries (or its workers keep dying); the
+        shards that finished are kept in staging for the next run.
+    """
+    if not any(job.stage.missing() for job in jobs):
+        return
+    if isinstance(client, LazyClient):
+        client = client.get()
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    submitted = _submit(client, cache, listing, jobs, n_workers, retries)
+    start = time.perf_counter()
+    _collect(submitted, listing, n_workers, retries, progress)
+    for job in {id(job): job for job, _ in submitted.values()}.values():
+        job.compute_seconds = time.perf_counter() - start
+
+
+def _submit(
+    client: Any,
+    cache: Cache,
+    listing: Listing,
+    jobs: Sequence[ExtractJob],
+    n_workers: int,
+    retries: int,
+) -> dict[Any, tuple[ExtractJob, ShardSpec]]:
+    """One Dask task per shard of whole batches; futures -> (job, shard)."""
+    token = uuid.uuid4().hex[:8]
+    submitted: dict[Any, tuple[ExtractJob, ShardSpec]] = {}
+    for job in jobs:
+        batches = job.stage.missing()
+        per_shard = shard_batches(len(batches), n_workers)
+        for first in range(0, len(batches), per_shard):
+            numbers = tuple(batches[first : first + per_shard])
+            spec = ShardSpec(
+                cache_url=cache.url,
+                stage_path=job.stage.path,
+                dataset=listing.config,
+                fingerprint=listing.fingerprint,
+                backbone=job.backbone,
+                engine=job.engine,
+                engine_dir=str(cache.location.engine_dir()),
+                recipe_hash=job.recipe_hash,
+                batch_size=job.batch_size,
+                batches=numbers,
+                indices=tuple(tuple(job.rows(b)) for b in numbers),
+            )
+            key = f"featurecache-{listing.name}-{job.backbone.name}-{numbers[0]:06d}-{token}"
+            future = client.submit(compute_shard, spec, key=key, retries=retries, pure=False)
+            submitted[future] = (job, spec)
+        if batches:
+            log.info(
+                "%s x %s: %d batches in %d shards of up to %d on %d workers",
+                listing.name,
+                job.backbone.name,
+                len(batches),
+                math.ceil(len(batches) / per_shard),
+                per_shard,
+                n_workers,
+            )
+    return submitted
+
+
+def _collect(
+    submitted: dict[Any, tuple[ExtractJob, ShardSpec]],
+    listing: Listing,
+    n_workers: int,
+    retries: int,
+    progress: bool,
+) -> None:
+    """Record each shard in its stage as it finishes, and release its result at once."""
+    from distributed import as_completed
+
+    total = sum(spec.n_images for _, spec in submitted.values())
+    bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=not progress)
+    bar.set_description(f"{listing.name} on {n_workers} Dask workers")
+    done = 0
+    with bar:
+        try:
+            for future in as_completed(list(submitted)):
+                job, spec = submitted[future]
+                result = future.result()
+                job.stage.record(result.batches, result.skipped)
+                for item in result.skipped:
+                    log.warning("skipped %s", item["reason"])
+                job.n_computed += result.n_computed
+                log.info(
+                    "shard of batches %d-%d: %d images in %.1f s on %s",
+                    result.batches[0],
+                    result.batches[-1],
+                    result.n_computed,
+                    result.seconds,
+                    result.worker,
+                )
+                future.release()  # the result is recorded: a dead worker cannot lose it
+                done += 1
+                bar.update(spec.n_images)
+        except Exception as exc:
+            for future in submitted:
+                future.cancel()
+            raise ClusterError(
+                f"a shard of {listing.name!r} failed on the Dask cluster after {retries} "
+                f"retries: {type(exc).__name__}: {exc}. Nothing was committed; the "
+                f"{done} shards that finished are kept in staging, so the next run "
+                "computes only the rest"
+            ) from exc

@@ -1,0 +1,170 @@
+"""Inference engines for the frozen backbone: TensorFlow, or ONNX Runtime.
+
+``tensorflow`` runs the Keras model itself. ``onnxruntime`` runs the ONNX export of
+the very same Keras model (Keras's own ``model.export(format="onnx")``, through
+tf2onnx), cached on disk by model identity so it is exported once; on a CPU it is
+often several times faster (MobileNetV2: about 3x on the team's 2-core machine,
+``benchmarks/engines.py``), and its features agree with TensorFlow's to about 1e-5.
+``auto`` times a few batches on each and keeps the faster, and says which.
+
+The engine is part of the extraction recipe: features from different engines go to
+different cache groups. ``pip install 'featurecache[onnx]'`` installs ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featurecache.backbones import BuiltBackbone
+from featurecache.errors import DependencyError, EngineError
+
+log = logging.getLogger(__name__)
+
+#: Preprocessed float32 images ``(batch, size, size, 3)`` -> features ``(batch, feature_dim)``.
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A built backbone and the engine that runs it (``auto`` already resolved)."""
+
+    built: BuiltBackbone
+    engine: str
+    runner: Runner
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 RGB ``(batch, size, size, 3)`` -> float32 features ``(batch, feature_dim)``,
+        through the family's ``preprocess_input`` and the backbone."""
+        batch = self.built.preprocess(np.asarray(pixels, dtype=np.float32))
+        return np.asarray(self.runner(batch), dtype=np.float32)
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tensorflow_runner(built: BuiltBackbone) -> Runner:
+    """Preprocessed float32 ``(b, size, size, 3)`` -> features ``(b, feature_dim)``."""
+    return lambda batch: np.asarray(built.model.predict_on_batch(batch))
+
+
+def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
+    """The ONNX Runtime session of ``built``'s export, made once into ``folder``.
+
+    Raises
+    ------
+    DependencyError
+        If onnxruntime or tf2onnx is not installed.
+    EngineError
+        If the export cannot run on images alone (EfficientNet's, with tf2onnx 1.17).
+    """
+    if not onnx_available():
+        raise DependencyError(
+            "engine 'onnxruntime' needs onnxruntime and tf2onnx: pip install 'featurecache[onnx]'"
+        )
+    import onnxruntime as ort
+
+    path = folder / f"{built.config.name}-{model_id[:16]}.onnx"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        size = built.config.input_size
+        built.model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        start = time.perf_counter()
+        built.model.export(str(tmp), format="onnx", verbose=False)
+        os.replace(tmp, path)
+        log.info(
+            "exported %s to ONNX in %.1f s: %s",
+            built.config.name,
+            time.perf_counter() - start,
+            path,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        # Seen with EfficientNet: tf2onnx turns the Normalization layer's statistics
+        # into extra graph inputs, so the export cannot run on images alone.
+        raise EngineError(
+            f"engine 'onnxruntime' cannot run {built.config.name}: its ONNX export expects "
+            f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not just the "
+            "images (a tf2onnx limitation); use engine 'tensorflow' for this backbone"
+        )
+    name = inputs[0].name
+    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
+
+
+def open_extractor(
+    built: BuiltBackbone, requested: str, folder: Path, model_id: str, batch_size: int = 32
+) -> Extractor:
+    """The :class:`Extractor` of ``built`` on the engine ``requested`` (``auto`` resolved by
+    :func:`select`); ONNX exports are kept in ``folder``, named by ``model_id``."""
+    engine, runner = select(built, requested, folder, model_id, batch_size)
+    return Extractor(built=built, engine=engine, runner=runner)
+
+
+def select(
+    built: BuiltBackbone,
+    requested: str,
+    folder: Path,
+    model_id: str,
+    batch_size: int = 32,
+    trials: int = 2,
+) -> tuple[str, Runner]:
+    """Resolve ``requested`` to ``(engine name, runner)``.
+
+    ``auto`` runs ``trials`` batches of random pixels through each available engine
+    (after one warm-up batch) and keeps the faster; without onnxruntime it keeps
+    TensorFlow.
+
+    Raises
+    ------
+    DependencyError, EngineError
+        For ``onnxruntime`` when it is not installed or cannot run the backbone.
+    """
+    if requested == "tensorflow":
+        return requested, tensorflow_runner(built)
+    if requested == "onnxruntime":
+        return requested, onnx_runner(built, folder, model_id)
+    if not onnx_available():
+        log.warning("engine auto: onnxruntime is not installed, using tensorflow")
+        return "tensorflow", tensorflow_runner(built)
+    size = built.config.input_size
+    batch = built.preprocess(
+        np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
+    )
+    timings = {}
+    candidates = {"tensorflow": tensorflow_runner(built)}
+    try:
+        candidates["onnxruntime"] = onnx_runner(built, folder, model_id)
+    except EngineError as exc:
+        log.warning("engine auto: %s; using tensorflow", exc)
+        return "tensorflow", candidates["tensorflow"]
+    for name, run in candidates.items():
+        run(batch)
+        start = time.perf_counter()
+        for _ in range(trials):
+            run(batch)
+        timings[name] = trials * batch_size / (time.perf_counter() - start)
+    best = max(timings, key=timings.get)
+    log.info(
+        "engine auto for %s: %s (%s)",
+        built.config.name,
+        best,
+        ", ".join(f"{k} {v:.0f} images/s" for k, v in timings.items()),
+    )
+    return best, candidates[best]

@@ -1,0 +1,295 @@
+"""One backbone's extraction over one data set, and the one loop that computes batches.
+
+:func:`prepare` plans a backbone: a cache hit (an :class:`ExtractResult` at once), or
+an :class:`ExtractJob` with its staging area and, when images must go through the
+backbone, its :class:`~featurecache.extraction.engines.Extractor`.
+
+:func:`compute_batches` is the batch loop, the same in this process
+(:mod:`featurecache.extraction.local`) and on a Dask worker
+(:mod:`featurecache.extraction.dask`): it decodes the images of the given batches once
+per input size, runs each backbone on exactly its planned batches and hands every
+finished batch to a callback that makes it durable. A stage is reader -> model ->
+writer, as in clip-retrieval's ``runner.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from featurecache.backbones import build_backbone
+from featurecache.cache import Cache, storable
+from featurecache.cache import recipe as recipes
+from featurecache.cache.store import ComputeStage
+from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.datasets import Listing
+from featurecache.extraction.decoding import Decoded, decoded_batches
+from featurecache.extraction.engines import Extractor, open_extractor
+from featurecache.extraction.plan import Plan, make_plan, plan_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractResult:
+    """What one (data set, backbone) extraction did; ``--json`` prints these.
+
+    ``n_extracted`` images went through the backbone in this run (``n_resumed`` more had
+    been computed by an interrupted run); ``n_reused`` were taken from the cache;
+    ``n_new``, ``n_changed`` and ``n_removed`` compare the data set with the previous
+    generation; ``seconds`` is wall time, ``images_per_second`` the backbone's rate over
+    the computed images.
+    """
+
+    dataset: str
+    backbone: str
+    group: str
+    cache_hit: bool
+    n_images: int
+    n_extracted: int
+    weights: str
+    seconds: float
+    n_reused: int = 0
+    n_resumed: int = 0
+    n_new: int = 0
+    n_changed: int = 0
+    n_removed: int = 0
+    images_per_second: float | None = None
+    split_counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    content_hash: str = ""
+    engine: str = ""
+    execution: str = "local"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExtractJob:
+    """One backbone's pending extraction over one data set, as planned by the client.
+
+    Batch ``b`` holds the images ``plan.compute[b * batch_size : (b + 1) * batch_size]``
+    and is chunk ``b`` of ``stage``; ``weights`` is the provenance of the weights
+    (``spec``, ``file``, ``sha256``). ``extractor`` is set when images must be computed.
+    """
+
+    listing: Listing
+    backbone: BackboneConfig
+    plan: Plan
+    group: str
+    recipe_hash: str
+    engine: str
+    weights: dict[str, Any]
+    stage: ComputeStage
+    started: float
+    n_resumed: int
+    extractor: Extractor | None = None
+    n_computed: int = 0
+    compute_seconds: float = 0.0
+
+    @property
+    def batch_size(self) -> int:
+        return self.stage.batch
+
+    def rows(self, batch: int) -> list[int]:
+        """Record indices of batch number ``batch``."""
+        return self.plan.compute[batch * self.batch_size : (batch + 1) * self.batch_size]
+
+    def work(self) -> BatchWork:
+        """The batches still missing from the stage, for :func:`compute_batches`."""
+        batches = self.stage.missing()
+        if batches and self.extractor is None:
+            raise RuntimeError("internal error: images to compute but no backbone built")
+        return BatchWork(self.extractor, batches, [self.rows(b) for b in batches], owner=self)
+
+
+@dataclass
+class BatchOutput:
+    """One computed batch: ``features`` ``(n, feature_dim)`` float32 (zero rows where an
+    image was skipped), ``keys`` (``""`` where skipped) and the skip records."""
+
+    features: np.ndarray
+    keys: list[str]
+    skipped: list[dict[str, str]]
+
+    @property
+    def n_computed(self) -> int:
+        return sum(1 for k in self.keys if k)
+
+
+@dataclass
+class BatchWork:
+    """Batches for one backbone in :func:`compute_batches`: their numbers and the record
+    indices (ascending) of each. ``owner`` is whatever the callback needs back."""
+
+    extractor: Extractor | None
+    batches: list[int]
+    rows: list[list[int]]
+    owner: Any = None
+    _next: int = 0
+    _buffer: list[Decoded] = field(default_factory=list)
+
+
+def compute_batch(extractor: Extractor, listing: Listing, items: Sequence[Decoded]) -> BatchOutput:
+    """Run the backbone on one batch of decoded images; the undecodable are skipped.
+
+    Only the decodable images go through the backbone, together, as one batch.
+    """
+    size = extractor.built.config.input_size
+    keys = [key or "" for _, key, _, _ in items]
+    skipped = [
+        {"source": storable(listing.records[index].source), "reason": str(error)}
+        for index, _, _, error in items
+        if error is not None
+    ]
+    for item in skipped:
+        log.warning("skipped %s", item["reason"])
+    features = np.zeros((len(items), extractor.built.config.feature_dim), np.float32)
+    good = [i for i, (_, _, _, error) in enumerate(items) if error is None]
+    if good:
+        features[good] = extractor.features(np.stack([items[i][2][size] for i in good]))
+    return BatchOutput(features, keys, skipped)
+
+
+def compute_batches(
+    listing: Listing,
+    work: Sequence[BatchWork],
+    batch_size: int,
+    on_batch: Callable[[BatchWork, int, BatchOutput], None],
+    *,
+    progress: bool = False,
+    label: str = "",
+) -> None:
+    """Compute every batch of ``work``; ``on_batch(work, number, output)`` after each.
+
+    Each image is read once and decoded once per input size that some backbone needs;
+    each backbone runs exactly its planned batches, so its features do not depend on
+    which other backbones ran beside it.
+
+    Raises
+    ------
+    RuntimeError
+        If decoding returned the images out of order (an internal error).
+    """
+    need: dict[int, list[BatchWork]] = {}
+    for item in work:
+        for rows in item.rows:
+            for index in rows:
+                need.setdefault(index, []).append(item)
+    order = sorted(need)
+    sizes = {i: sorted({w.extractor.built.config.input_size for w in need[i]}) for i in order}
+    bar = tqdm(total=len(order), unit="img", dynamic_ncols=True, disable=not progress, desc=label)
+    with bar:
+        for decoded in decoded_batches(listing, order, sizes, batch_size):
+            for image in decoded:
+                for item in need[image[0]]:
+                    _add(listing, item, image, on_batch)
+            bar.update(len(decoded))
+
+
+def _add(
+    listing: Listing,
+    item: BatchWork,
+    image: Decoded,
+    on_batch: Callable[[BatchWork, int, BatchOutput], None],
+) -> None:
+    item._buffer.append(image)
+    rows = item.rows[item._next]
+    if len(item._buffer) < len(rows):
+        return
+    if [index for index, *_ in item._buffer] != rows:
+        raise RuntimeError("internal error: a decoded batch is not the planned batch")
+    output = compute_batch(item.extractor, listing, item._buffer)
+    on_batch(item, item.batches[item._next], output)
+    item._buffer = []
+    item._next += 1
+
+
+def prepare(
+    cache: Cache, listing: Listing, backbone: BackboneConfig, batch_size: int
+) -> ExtractJob | ExtractResult:
+    """Plan one backbone: a cache hit, or a job with its staging area and extractor."""
+    start = time.perf_counter()
+    found = recipes.find_group(cache, listing.name, backbone)
+    if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
+        return _cache_hit(listing, backbone, found, time.perf_counter() - start)
+    known = found or recipes.find_any_group(cache, backbone)
+    plan = make_plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
+    extractor = None
+    if plan.compute or known is None:
+        built = build_backbone(backbone)
+        model_id = recipes.model_id(backbone, built.weights_sha256)
+        # "auto" is resolved once, then kept: switching would recompute everything.
+        engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
+        extractor = open_extractor(built, engine, cache.location.engine_dir(), model_id, batch_size)
+        recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
+        weights = {"spec": backbone.weights, "file": built.weights_file}
+        weights["sha256"] = built.weights_sha256
+    else:
+        recipe_hash = known.attrs["recipe_hash"]
+        weights = dict(known.attrs["weights"])
+    if backbone.weights == "none":
+        weights["random_seed"] = RANDOM_WEIGHTS_SEED
+    group = recipes.group_name(backbone, recipe_hash)
+    stage = cache.stage(
+        listing.name,
+        group,
+        plan_id(listing, recipe_hash, found, plan.compute, batch_size),
+        n_records=len(plan.compute),
+        feature_dim=backbone.feature_dim,
+        batch=batch_size,
+    )
+    if stage.done:
+        log.info(
+            "resuming %s: %d of %d images were computed by an interrupted run",
+            group,
+            stage.records_done,
+            len(plan.compute),
+        )
+    return ExtractJob(
+        listing=listing,
+        backbone=backbone,
+        plan=plan,
+        group=group,
+        recipe_hash=recipe_hash,
+        engine=extractor.engine if extractor else known.attrs.get("engine", "tensorflow"),
+        weights=weights,
+        stage=stage,
+        started=start,
+        n_resumed=stage.records_done - len(stage.skipped),
+        extractor=extractor,
+    )
+
+
+def _cache_hit(
+    listing: Listing, backbone: BackboneConfig, found: recipes.CachedGroup, seconds: float
+) -> ExtractResult:
+    attrs = found.attrs
+    log.info(
+        "cache hit: %s/%s (%d images), nothing to compute",
+        listing.name,
+        found.group,
+        attrs["n_images"],
+    )
+    return ExtractResult(
+        dataset=listing.name,
+        backbone=backbone.name,
+        group=found.group,
+        cache_hit=True,
+        n_images=attrs["n_images"],
+        n_extracted=0,
+        weights=backbone.weights,
+        seconds=seconds,
+        n_reused=attrs["n_images"],
+        split_counts=attrs["split_counts"],
+        skipped=attrs.get("skipped", []),
+        content_hash=attrs.get("content_hash", ""),
+        engine=attrs.get("engine", "tensorflow"),
+    )

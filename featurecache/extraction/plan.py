@@ -1,0 +1,114 @@
+"""Planning an extraction: which images the cache already has, and which to compute.
+
+Each image of the listing is matched to the committed generation by ``(source,
+size, mtime)`` without being read, as git's index does; the others are hashed
+(BLAKE2b of their bytes) and looked up by content key, in this group and in other
+data sets' groups made by the same recipe. What is still missing is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from featurecache.cache import Cache, storable
+from featurecache.cache.recipe import CachedGroup
+from featurecache.datasets import Listing
+
+
+@dataclass
+class Plan:
+    """Where each record's features come from.
+
+    ``keys`` maps a record index to its content key where it is known without
+    computing; ``reuse`` maps a record index to ``(features array, row)`` of a committed
+    generation; ``compute`` lists the record indices (ascending) the backbone must run
+    on. ``n_new``, ``n_changed`` and ``n_removed`` compare the listing with the previous
+    generation.
+    """
+
+    keys: dict[int, str] = field(default_factory=dict)
+    reuse: dict[int, tuple[Any, int]] = field(default_factory=dict)  # index -> (array, row)
+    compute: list[int] = field(default_factory=list)
+    n_new: int = 0
+    n_changed: int = 0
+    n_removed: int = 0
+
+
+def make_plan(
+    cache: Cache, listing: Listing, found: CachedGroup | None, recipe_hash: str | None
+) -> Plan:
+    """Plan ``listing`` against ``found`` (this data set's group for the backbone, if any)
+    and, when ``recipe_hash`` is known, against every group made by the same recipe."""
+    plan = Plan()
+    old_rows: dict[str, tuple[int, int, str, int]] = {}
+    by_key: dict[str, tuple[Any, int]] = {}
+    if found is not None:
+        old = cache.open_rows(listing.name, found.group)
+        sources, sizes, mtimes, keys = (old[n][...] for n in ("sources", "sizes", "mtimes", "keys"))
+        old_rows = {
+            str(s): (int(z), int(m), str(k), row)
+            for row, (s, z, m, k) in enumerate(zip(sources, sizes, mtimes, keys, strict=True))
+        }
+        by_key = {str(k): (old["features"], row) for row, k in enumerate(keys)}
+    unknown = []
+    present = set()
+    for index, record in enumerate(listing.records):
+        source = storable(record.source)
+        present.add(source)
+        previous = old_rows.get(source)
+        if previous and record.size >= 0 and previous[:2] == (record.size, record.mtime_ns):
+            plan.keys[index] = previous[2]
+            plan.reuse[index] = by_key[previous[2]]
+            continue
+        plan.n_changed += previous is not None
+        plan.n_new += previous is None
+        unknown.append(index)
+    plan.n_removed = len(set(old_rows) - present)
+    if unknown and recipe_hash is not None:
+        others = keys_elsewhere(cache, listing.name, recipe_hash)
+        for index in unknown:
+            key = listing.content_key(listing.records[index])
+            if key is None:
+                plan.compute.append(index)
+                continue
+            plan.keys[index] = key
+            where = by_key.get(key) or others.get(key)
+            if where is None:
+                plan.compute.append(index)
+            else:
+                plan.reuse[index] = where
+    else:
+        plan.compute = unknown
+    return plan
+
+
+def keys_elsewhere(cache: Cache, dataset: str, recipe_hash: str) -> dict[str, tuple[Any, int]]:
+    """Content key -> (features array, row) over other data sets made by the same recipe."""
+    found: dict[str, tuple[Any, int]] = {}
+    for other, group, attrs in cache.groups():
+        if other == dataset or attrs.get("recipe_hash") != recipe_hash:
+            continue
+        rows = cache.open_rows(other, group)
+        for row, key in enumerate(rows["keys"][...]):
+            found.setdefault(str(key), (rows["features"], row))
+    return found
+
+
+def plan_id(
+    listing: Listing,
+    recipe_hash: str,
+    found: CachedGroup | None,
+    compute: Sequence[int],
+    batch_size: int,
+) -> str:
+    """Identity of a compute plan; the batch size is in it, because a resumed run must
+    compute the same batches to give bit-identical features."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{listing.fingerprint}\0{recipe_hash}\0{batch_size}\0".encode())
+    digest.update(str(found.attrs.get("generation") if found else None).encode())
+    for index in compute:
+        digest.update(storable(listing.records[index].source).encode() + b"\0")
+    return digest.hexdigest()

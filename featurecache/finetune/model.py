@@ -1,0 +1,107 @@
+"""Building the fine-tuning model: raw images -> backbone -> the trained dense head.
+
+The recipe is the Keras guide's ("Transfer learning & fine-tuning",
+https://keras.io/guides/transfer_learning/) and the Keras blog's ("Building powerful
+image classification models using very little data"): start from a head that has
+converged on frozen features, unfreeze only the backbone's last block, keep
+BatchNormalization in inference mode (the backbone is called with
+``training=False``, and BN layers stay frozen), recompile after changing
+``trainable``, and train with SGD at a very low learning rate (1e-4, momentum 0.9).
+
+The model is saved whole: it takes raw RGB pixels, 0-255, of any size, and holds the
+resizing, the augmentation (active only while training), the family's preprocessing
+as standard layers, the backbone and the head.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from featurecache.backbones import BuiltBackbone, preprocessing_layers
+from featurecache.config import Augmentation
+from featurecache.deps import import_keras
+
+log = logging.getLogger(__name__)
+
+
+def augmentation_layers(augment: Augmentation, seed: int = 0) -> list[Any]:
+    """Keras random-augmentation layers for ``augment`` (identity at inference)."""
+    keras = import_keras()
+    layers: list[Any] = []
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip(augment.flip, seed=seed, name="augment_flip"))
+    if augment.rotation:
+        layers.append(
+            keras.layers.RandomRotation(augment.rotation, seed=seed, name="augment_rotation")
+        )
+    if augment.zoom:
+        layers.append(keras.layers.RandomZoom(augment.zoom, seed=seed, name="augment_zoom"))
+    if augment.translation:
+        layers.append(
+            keras.layers.RandomTranslation(
+                augment.translation, augment.translation, seed=seed, name="augment_translation"
+            )
+        )
+    return layers
+
+
+def build_model(built: BuiltBackbone, head: Any, augment: Augmentation, seed: int = 0) -> Any:
+    """Raw pixels ``(batch, h, w, 3)`` float32 0-255 -> class probabilities ``(batch, k)``.
+
+    ``head`` is the dense head's Keras model (features -> probabilities), reused with
+    its trained weights.
+    """
+    keras = import_keras()
+    size = built.config.input_size
+    inputs = keras.Input(shape=(None, None, 3), name="image")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(inputs)
+    for layer in augmentation_layers(augment, seed) + preprocessing_layers(built.config):
+        x = layer(x)
+    features = built.model(x, training=False)  # BatchNormalization stays in inference mode
+    outputs = head(features)
+    return keras.Model(inputs, outputs, name=f"{built.config.name}_finetuned")
+
+
+def unfreeze(built: BuiltBackbone, extra: Sequence[str] = ()) -> list[str]:
+    """Make the backbone's last block (and layers matching ``extra``) trainable.
+
+    BatchNormalization layers stay frozen. Returns the names of the layers made
+    trainable. The model must be compiled again afterwards.
+    """
+    keras = import_keras()
+    backbone = built.model
+    patterns = [re.compile(p) for p in (*built.config.spec.last_block, *extra)]
+    backbone.trainable = True
+    opened = []
+    for layer in backbone.layers:
+        match = any(p.match(layer.name) for p in patterns)
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = match and not is_bn
+        if layer.trainable and layer.weights:
+            opened.append(layer.name)
+    if not opened:
+        raise ValueError(f"no trainable layer matches {[p.pattern for p in patterns]}")
+    log.info(
+        "unfroze %d layers of %s: %s ... %s", len(opened), backbone.name, opened[0], opened[-1]
+    )
+    return opened
+
+
+def compile_for_finetuning(model: Any, learning_rate: float, momentum: float) -> None:
+    """SGD with momentum, sparse categorical cross-entropy, top-1 accuracy."""
+    keras = import_keras()
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def gpu_available() -> bool:
+    """True when TensorFlow sees a GPU (then fine-tuning uses mixed precision)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))

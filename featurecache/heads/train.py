@@ -1,0 +1,288 @@
+"""Stage 2: train heads on cached features alone (the backbone is never built).
+
+For each data set x backbone x head, the head is fitted on the ``train`` split,
+evaluated on every split present, and written to its folder
+(:meth:`featurecache.runs.RunLayout.head_dir`):
+
+* ``model.joblib`` (scikit-learn heads) or ``model.keras`` (dense head);
+* ``head.json``: kind, parameters, class names and the cache group it came from, with
+  the backbone configuration and weights identity ``predict`` needs;
+* ``metrics.json``: one object per split (:func:`featurecache.metrics.evaluate`);
+* ``confusion_matrix_<split>.png`` per split, and ``curves.png`` (accuracy and loss
+  per epoch, train vs validation) for the dense head.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from featurecache.cache import Cache, FeatureSet, cache_id
+from featurecache.cache import recipe as recipes
+from featurecache.config import HeadConfig, Pipeline
+from featurecache.errors import CacheError, FeaturecacheError
+from featurecache.heads.estimators import build_head, check_heads, predict_proba
+from featurecache.runs import HeadRecord, RunLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadResult:
+    """One trained head; ``--json`` prints these. ``seconds`` is the fit's wall time
+    (tuning included); ``accuracy`` the top-1 of every split."""
+
+    dataset: str
+    backbone: str
+    group: str
+    head: str
+    kind: str
+    folder: str
+    seconds: float
+    accuracy: dict[str, float]
+    trained: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadResult]:
+    """Train every head of ``pipeline`` on every cached data set x backbone.
+
+    With ``only_changed``, a head whose folder already holds a model trained on the same
+    rows (content hash), with the same kind and parameters, is kept as is and reported
+    with ``trained=False``.
+
+    Raises
+    ------
+    CacheError
+        If a data set x backbone has no features in the cache (run ``extract``).
+    ConfigError
+        If a head kind or parameter is invalid (checked before any head is trained).
+    """
+    cache = Cache(pipeline.cache)
+    layout = RunLayout.of(pipeline)
+    kinds = check_heads(pipeline.heads)
+    source = {"name": pipeline.name, "source": str(pipeline.source) if pipeline.source else None}
+    results = []
+    for dataset in pipeline.datasets:
+        for backbone in pipeline.backbones:
+            found = recipes.find_group(cache, dataset.name, backbone)
+            if found is None:
+                raise CacheError(
+                    f"the cache {str(pipeline.cache)!r} has no features for data set "
+                    f"{dataset.name!r} with backbone {backbone.name} ({backbone.input_size} px, "
+                    f"{backbone.pooling} pooling, weights {backbone.weights}); run "
+                    "`featurecache extract` with the same settings first"
+                )
+            features = cache.read(dataset.name, found.group)
+            for head, kind in zip(pipeline.heads, kinds, strict=True):
+                folder = layout.head_dir(dataset.name, found.group, head.name)
+                kept = _unchanged(folder, head, kind, found.attrs) if only_changed else None
+                results.append(
+                    kept
+                    or train_one(
+                        features, head, kind, folder, cache_root=pipeline.cache, pipeline=source
+                    )
+                )
+    return results
+
+
+def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadResult | None:
+    """The existing head's result if it was trained on exactly these inputs."""
+    if not (folder / "head.json").is_file():
+        return None
+    record = HeadRecord.find(folder)
+    if record is None:
+        return None
+    info = record.info
+    same = (
+        info.get("content_hash") == attrs.get("content_hash")
+        and info.get("recipe_hash") == attrs.get("recipe_hash")
+        and info.get("kind") == kind
+        and info.get("params") == dict(head.params)
+        and info.get("search", {}).get("grid_given") == _grid(head)
+        and info.get("search", {}).get("cv") == (head.cv if head.search else None)
+        and (folder / info.get("model_file", "-")).is_file()
+    )
+    if not same:
+        return None
+    return HeadResult(
+        dataset=info["cache"]["dataset"],
+        backbone=attrs["backbone"]["name"],
+        group=info["cache"]["group"],
+        head=head.name,
+        kind=kind,
+        folder=str(folder),
+        seconds=0.0,
+        accuracy={s: m["accuracy"] for s, m in record.metrics.items()},
+        trained=False,
+    )
+
+
+def _grid(head: HeadConfig) -> dict[str, list] | None:
+    grid = {k: list(v) for k, v in head.search.items()}
+    return {**grid, "search_samples": head.search_samples} if grid else None
+
+
+def train_one(
+    features: FeatureSet,
+    config: HeadConfig,
+    kind: str,
+    folder: Path,
+    *,
+    cache_root: Path | str,
+    pipeline: dict[str, Any] | None = None,
+) -> HeadResult:
+    """Fit one head on the train split, evaluate every split, write its folder.
+
+    With ``config.search``, the parameters are first chosen by stratified
+    cross-validation on the train split (:func:`featurecache.heads.tuning.tune`); the
+    choice and every candidate's score go to ``head.json`` under ``search``.
+
+    Raises
+    ------
+    CacheError
+        If the features have no ``train`` split.
+    FeaturecacheError
+        If scikit-learn or Keras cannot fit the head on these features.
+    """
+    from featurecache.heads.files import save_model
+
+    start = time.perf_counter()
+    head, search = _fit(features, config, kind)
+    seconds = time.perf_counter() - start
+    metrics = {split: _evaluate(head, features, split) for split in features.splits}
+    info = {
+        **_head_info(config, kind, features, search, seconds),
+        "cache": {
+            "root": cache_id(cache_root),
+            "dataset": features.dataset,
+            "group": features.group,
+        },
+        "pipeline": pipeline or {},
+        "model_file": save_model(head, folder),
+    }
+    HeadRecord(folder, info, metrics).write()
+    _plots(head, config, features, metrics, folder)
+    accuracy = {split: m["accuracy"] for split, m in metrics.items()}
+    log.info(
+        "head %s on %s/%s: %s (%.1f s)",
+        config.name,
+        features.dataset,
+        features.group,
+        ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()),
+        seconds,
+    )
+    return HeadResult(
+        dataset=features.dataset,
+        backbone=features.attrs["backbone"]["name"],
+        group=features.group,
+        head=config.name,
+        kind=kind,
+        folder=str(folder),
+        seconds=seconds,
+        accuracy=accuracy,
+    )
+
+
+def _evaluate(head: Any, features: FeatureSet, split: str) -> dict[str, Any]:
+    """``metrics.json``'s object for one split (:func:`featurecache.metrics.evaluate`)."""
+    from featurecache.metrics import evaluate
+
+    x, y = features.subset(split)
+    return evaluate(y, predict_proba(head, x, len(features.class_names)), features.class_names)
+
+
+def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict[str, Any]]:
+    """The fitted head (tuned first when ``config.search``) and the search summary."""
+    from featurecache.heads.dense import DenseHead
+    from featurecache.heads.tuning import tune
+
+    x_train, y_train = features.subset("train")
+    if len(x_train) == 0:
+        raise CacheError(
+            f"{features.dataset}/{features.group} has no 'train' images to fit a head on"
+        )
+    head = build_head(kind, config.params)
+    try:
+        if config.search:
+            head, search = tune(
+                head,
+                config.search,
+                x_train,
+                y_train,
+                cv=config.cv,
+                max_samples=config.search_samples,
+            )
+            search["grid_given"] = _grid(config)
+            log.info(
+                "head %s: cross-validation chose %s (%d-fold top-1 %.3f)",
+                config.name,
+                search["best_params"],
+                config.cv,
+                search["best_cv_accuracy"],
+            )
+            return head, search
+        if isinstance(head, DenseHead) and "validation" in features.splits:
+            return head.fit(x_train, y_train, validation_data=features.subset("validation")), {}
+        return head.fit(x_train, y_train), {}
+    except ValueError as exc:
+        raise FeaturecacheError(f"head {config.name!r} could not be fitted: {exc}") from exc
+
+
+def _head_info(
+    config: HeadConfig, kind: str, features: FeatureSet, search: dict, seconds: float
+) -> dict[str, Any]:
+    """What ``head.json`` records of the head and the features it was trained on."""
+    attrs = features.attrs
+    return {
+        "name": config.name,
+        "kind": kind,
+        "params": dict(config.params),
+        "class_names": features.class_names,
+        "backbone": attrs["backbone"],
+        "weights": attrs["weights"],
+        "recipe_hash": attrs["recipe_hash"],
+        "content_hash": attrs.get("content_hash"),
+        "feature_dim": attrs["feature_dim"],
+        "search": search,
+        "extraction": {
+            "seconds": attrs.get("extraction_seconds"),
+            "n_images": attrs.get("n_images"),
+            "n_computed": attrs.get("n_computed"),
+            "engine": attrs.get("engine"),
+            "created": attrs.get("created"),
+        },
+        "train_seconds": round(seconds, 3),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": recipes.versions(),
+    }
+
+
+def _plots(
+    head: Any, config: HeadConfig, features: FeatureSet, metrics: dict, folder: Path
+) -> None:
+    """A confusion matrix per split, and the dense head's training curves."""
+    from featurecache.heads.dense import DenseHead
+    from featurecache.plots import confusion_matrix_png, curves_png
+
+    title = f"{features.dataset} / {features.attrs['backbone']['name']} / {config.name}"
+    for split, m in metrics.items():
+        confusion_matrix_png(
+            m["confusion_matrix"],
+            features.class_names,
+            folder / f"confusion_matrix_{split}.png",
+            f"{title}\n{split} split: top-1 {m['accuracy']:.3f}, {m['n_images']} images",
+        )
+    if isinstance(head, DenseHead):
+        held_out = (
+            ""
+            if "validation" in features.splits
+            else f"\n(validation: {head.validation_fraction:.0%} of train held out, stratified)"
+        )
+        curves_png(head.history_, folder / "curves.png", title + held_out)

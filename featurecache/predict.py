@@ -1,0 +1,124 @@
+"""Stage 3: label new images with a trained head (backbone rebuilt) or a fine-tuned model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featurecache.backbones import BuiltBackbone, build_backbone
+from featurecache.config import BackboneConfig
+from featurecache.datasets import image_files
+from featurecache.errors import CacheError, ConfigError, ImageDecodeError
+from featurecache.heads import predict_proba
+from featurecache.heads.files import load_model
+from featurecache.images import decode_bytes
+from featurecache.runs import HeadRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """One image's top-1 label and its probability (``None`` and ``error`` if skipped)."""
+
+    source: str
+    label: str | None
+    probability: float | None
+    error: str | None = None
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into image files, sorted per folder.
+
+    Raises
+    ------
+    ConfigError
+        If an input does not exist.
+    """
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(image_files(item))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise ConfigError(f"{str(item)!r} does not exist")
+    return files
+
+
+def _backbone(config: BackboneConfig, info: dict) -> BuiltBackbone:
+    """Rebuild the backbone a head was trained on; refuse other weights."""
+    built = build_backbone(config)
+    expected = info["weights"].get("sha256")
+    if expected != built.weights_sha256:
+        raise CacheError(
+            f"the {config.name} weights now loaded ({built.weights_file}, sha256 "
+            f"{built.weights_sha256}) are not those the head was trained with ({expected}); "
+            "extract and train the head again"
+        )
+    return built
+
+
+def predict(
+    head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: int = 32
+) -> list[Prediction]:
+    """Predict the class of every image in ``inputs`` with the head in ``head_dir``.
+
+    ``head_dir`` is a folder written by ``train-head`` (the backbone is rebuilt from
+    the configuration recorded with the head) or by ``finetune`` (one whole model
+    taking raw pixels). A rebuilt backbone's weights must be the ones the head was
+    trained on (same SHA-256).
+
+    Raises
+    ------
+    CacheError
+        If the backbone's weights differ from those recorded with the head.
+    ConfigError
+        If ``head_dir`` is not a trained head or an input does not exist.
+    """
+    record = HeadRecord.read(head_dir)
+    head = load_model(record.model_path)
+    files = expand_inputs(inputs)
+    config = BackboneConfig.from_description(record.info["backbone"])
+    # a fine-tuned model is whole: raw pixels in
+    built = None if record.kind == "finetuned" else _backbone(config, record.info)
+    class_names = record.info["class_names"]
+    results: list[Prediction] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        ok, pixels = [], []
+        for path in chunk:
+            try:
+                pixels.append(decode_bytes(path.read_bytes(), config.input_size, source=str(path)))
+                ok.append(path)
+            except (ImageDecodeError, OSError) as exc:
+                log.warning("skipped %s", exc)
+                results.append(Prediction(str(path), None, None, str(exc)))
+        if not ok:
+            continue
+        batch = np.stack(pixels).astype(np.float32)
+        if built is not None:
+            batch = np.asarray(built.model.predict_on_batch(built.preprocess(batch)))
+        proba = predict_proba(head, batch, len(class_names))
+        for path, row in zip(ok, proba, strict=True):
+            best = int(row.argmax())
+            results.append(Prediction(str(path), class_names[best], float(row[best])))
+    order = {str(p): i for i, p in enumerate(files)}
+    results.sort(key=lambda p: order[p.source])
+    return results
+
+
+def write_csv(predictions: Sequence[Prediction], path: str | Path) -> None:
+    """Write ``path,label,probability,error`` rows, one per image (probability to 6 places)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "probability", "error"])
+        for p in predictions:
+            probability = "" if p.probability is None else f"{p.probability:.6f}"
+            writer.writerow([p.source, p.label or "", probability, p.error or ""])

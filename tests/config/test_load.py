@@ -1,0 +1,160 @@
+from pathlib import Path
+
+import pytest
+
+from featurecache.config import (
+    DATA_ROOT_ENV,
+    load_pipeline,
+    pipeline_from_options,
+)
+from featurecache.errors import ConfigError, UnknownBackboneError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+name = "t"
+[[datasets]]
+name = "flat"
+path = "flat"
+[[backbones]]
+name = "mobilenet_v2"
+weights = "none"
+"""
+
+
+@pytest.mark.parametrize(
+    "name", ["catvnoncat", "clothing", "clothing_sleeves", "fingers", "cifar10", "cub50"]
+)
+def test_shipped_pipelines_load_and_point_at_real_data(name, datasets_dir, monkeypatch):
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    pipeline = load_pipeline(REPO / "pipelines" / f"{name}.toml")
+    assert pipeline.backbones[0].name == "mobilenet_v2"
+    assert pipeline.backbones[0].weights == "imagenet"
+    dataset = pipeline.datasets[0]
+    paths = [s.path for s in dataset.hdf5.values()] or [dataset.path]
+    assert all(p.exists() for p in paths), paths
+    assert {h.kind for h in pipeline.heads} >= {"logistic_regression"}
+    assert pipeline.references and pipeline.description  # each reproduces a write-up
+
+
+def test_data_root_option_and_environment(tmp_path, monkeypatch):
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    assert load_pipeline(path).datasets[0].path == tmp_path / "flat"
+    monkeypatch.setenv(DATA_ROOT_ENV, "/data/mine")
+    assert load_pipeline(path).datasets[0].path == Path("/data/mine/flat")
+    assert load_pipeline(path, data_root="/x").datasets[0].path == Path("/x/flat")
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.delenv("FEATURECACHE_CACHE", raising=False)
+    pipeline = load_pipeline(write(tmp_path, MINIMAL))
+    assert pipeline.cache == Path("cache")
+    assert pipeline.heads[0].kind == "logistic_regression"
+    assert pipeline.backbones[0].input_size == 224 and pipeline.backbones[0].pooling == "avg"
+    assert pipeline.datasets[0].format == "folder"
+
+
+def test_unknown_key_is_named_with_its_line(tmp_path):
+    path = write(tmp_path, MINIMAL + "poolin = 'max'\n")
+    with pytest.raises(ConfigError, match=r"p.toml:9: unknown key 'poolin'"):
+        load_pipeline(path)
+
+
+def test_toml_syntax_error_gives_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 3"):
+        load_pipeline(write(tmp_path, 'name = "x"\n[[datasets]]\nname = \n'))
+
+
+def test_unknown_backbone_in_file(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("mobilenet_v2", "resnet9000"))
+    with pytest.raises(
+        ConfigError, match=r"p.toml:7: backbones\[0\]: unknown backbone 'resnet9000'"
+    ):
+        load_pipeline(path)
+
+
+def test_bad_split_ratio(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('path = "flat"', 'path = "flat"\nsplit = {test = 1.5}'))
+    with pytest.raises(ConfigError, match="split.test must be a fraction"):
+        load_pipeline(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pipeline("nowhere.toml")
+
+
+def test_options_build_the_same_kind_of_pipeline(tmp_path):
+    pipeline = pipeline_from_options(
+        data=[str(tmp_path)],
+        backbones=["MobileNetV2"],
+        heads=["knn"],
+        weights="none",
+        cache=tmp_path / "c",
+    )
+    assert pipeline.backbones[0].name == "mobilenet_v2"
+    assert pipeline.heads[0].kind == "knn"
+    assert pipeline.datasets[0].format == "folder"
+    with pytest.raises(UnknownBackboneError):
+        pipeline_from_options(data=[str(tmp_path)], backbones=["nope"], heads=[])
+    with pytest.raises(ConfigError, match="--data"):
+        pipeline_from_options(data=[], backbones=[], heads=[])
+
+
+def test_search_references_classes_and_resplit(tmp_path):
+    text = (
+        MINIMAL.replace('path = "flat"', 'path = "flat"\nclasses = ["a", "b"]\nresplit = true')
+        + """
+[[heads]]
+name = "lr"
+kind = "logistic_regression"
+search = { C = [0.1, 1.0] }
+cv = 3
+[[references]]
+dataset = "flat"
+source = "a write-up"
+model = "an MLP"
+value = 0.8
+comparable = false
+note = "other data"
+"""
+    )
+    pipeline = load_pipeline(write(tmp_path, text))
+    dataset = pipeline.datasets[0]
+    assert dataset.classes == ("a", "b") and dataset.resplit
+    assert dataset.describe()["classes"] == ["a", "b"]
+    head = pipeline.heads[0]
+    assert dict(head.search) == {"C": (0.1, 1.0)} and head.cv == 3
+    ref = pipeline.references[0]
+    assert (ref.value, ref.split, ref.comparable) == (0.8, "test", False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[[heads]]\nkind = 'knn'\nsearch = { n_neighbors = [] }\n", "non-empty lists"),
+        ("[[heads]]\nkind = 'knn'\ncv = 1\n", "cv must be an integer >= 2"),
+        (
+            "[[references]]\ndataset = 'other'\nsource = 's'\nmodel = 'm'\nvalue = 0.5\n",
+            "not a data set of this pipeline",
+        ),
+        (
+            "[[references]]\ndataset = 'flat'\nsource = 's'\nmodel = 'm'\nvalue = 80\n",
+            r"top-1 accuracy in \[0, 1\]",
+        ),
+        ("[[references]]\ndataset = 'flat'\nmodel = 'm'\nvalue = 0.5\n", "needs a 'source'"),
+    ],
+)
+def test_bad_search_or_reference_is_named_with_its_line(tmp_path, extra, message):
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_pipeline(path)
+    assert str(info.value).startswith(f"{path}:")

@@ -1,0 +1,164 @@
+"""Fine-tuning MobileNetV2 with its real ImageNet weights on catvnoncat, on the CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from featurecache.backbones import build_backbone
+from featurecache.cli import app
+from featurecache.config import BackboneConfig
+from featurecache.deps import import_keras
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.real_weights
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, datasets_dir):
+    """`featurecache run pipelines/catvnoncat.toml` into a fresh cache and output."""
+    work = tmp_path_factory.mktemp("finetune")
+    common = ["--data-root", datasets_dir, "--cache", work / "cache", "--output", work / "runs"]
+    result = invoke("run", REPO / "pipelines" / "catvnoncat.toml", *common)
+    assert result.exit_code == 0, result.output
+    return work, common
+
+
+def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datasets_dir, tmp_path):
+    work, common = trained
+    result = invoke(
+        "finetune",
+        REPO / "pipelines" / "catvnoncat.toml",
+        *common,
+        "--epochs",
+        1,
+        "--max-steps",
+        2,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    [doc] = json.loads(result.stdout)["finetune"]
+    assert doc["parity_max_abs_diff"] <= 1e-4
+    assert doc["device"] == "CPU" and doc["trainable_layers"] == 4
+    assert (doc["epochs_run"], doc["steps_per_epoch"]) == (1, 2)
+    folder = Path(doc["folder"])
+    for name in ("model.keras", "metrics.json", "curves.png", "comparison.md", "history.json"):
+        assert (folder / name).exists(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) == {"train", "test"} and metrics["test"]["n_images"] == 50
+    assert doc["finetuned_accuracy"]["test"] == metrics["test"]["accuracy"]
+    assert "| test |" in (folder / "comparison.md").read_text()
+
+    model = import_keras().models.load_model(folder / "model.keras")
+    assert model.input_shape == (None, None, None, 3)
+    with h5py.File(datasets_dir / "catvnoncat" / "test_catvnoncat.h5") as fh:
+        images, labels = fh["test_set_x"][:10], fh["test_set_y"][:10]
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    predicted = invoke("predict", folder, tmp_path, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.stdout)
+    names = ["non-cat", "cat"]
+    assert sum(r["label"] == names[y] for r, y in zip(rows, labels, strict=True)) >= 9
+
+
+def test_a_parity_failure_stops_with_a_clear_message(trained, monkeypatch):
+    work, common = trained
+    monkeypatch.setattr("featurecache.finetune.train.PARITY_TOLERANCE", -1.0)
+    result = invoke(
+        "finetune", REPO / "pipelines" / "catvnoncat.toml", *common, "--epochs", 1, "--max-steps", 1
+    )
+    assert result.exit_code == 1
+    assert "parity check failed" in result.output and "Traceback" not in result.output
+
+
+def test_finetune_needs_a_dense_head(trained):
+    work, common = trained
+    result = invoke(
+        "finetune",
+        REPO / "pipelines" / "catvnoncat.toml",
+        *common,
+        "--head-name",
+        "logistic_regression",
+    )
+    assert result.exit_code == 1 and "needs a dense head" in result.output
+
+
+def test_an_interrupted_finetune_resumes_at_its_last_epoch(trained, tmp_path):
+    work, common = trained
+    args = [
+        sys.executable,
+        "-m",
+        "featurecache",
+        "-q",
+        "finetune",
+        str(REPO / "pipelines" / "catvnoncat.toml"),
+        *map(str, common),
+        "--epochs",
+        "3",
+        "--max-steps",
+        "2",
+        "--no-augment",
+        "--head-name",
+        "dense",
+        "--json",
+    ]
+    history = next((work / "runs").rglob("finetune-dense"), None)
+    if history is not None:
+        (history / "history.json").unlink(missing_ok=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            files = list((work / "runs").rglob("finetune-dense/history.json"))
+            if files and files[0].is_file() and (files[0].parent / "backup").exists():
+                if len(json.loads(files[0].read_text())["loss"]) >= 1:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    [doc] = json.loads(done.stdout)["finetune"]
+    assert doc["resumed_from_epoch"] >= 1
+    assert doc["epochs_run"] == 3
+
+
+def test_unfreeze_opens_only_the_last_block_and_keeps_batchnorm_frozen():
+    from featurecache.finetune.model import unfreeze
+
+    built = build_backbone(BackboneConfig(name="mobilenet_v2", weights="none", input_size=96))
+    opened = unfreeze(built)
+    assert opened and all(n.startswith(("block_16_", "Conv_1")) for n in opened)
+    keras = import_keras()
+    trainable_bn = [
+        layer.name
+        for layer in built.model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    assert trainable_bn == []
+    assert not built.model.get_layer("block_15_project").trainable
+    with pytest.raises(ValueError, match="no trainable layer"):
+        unfreeze(
+            built.__class__(
+                config=built.config.replace(name="vgg16"),
+                model=built.model,
+                preprocess=built.preprocess,
+                weights_file=None,
+                weights_sha256=None,
+            )
+        )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,7 @@ def _create_arrays(
     return arrays
 
 
+@dataclass
 class ComputeStage:
     """Features computed so far for one extraction plan, durable batch by batch.
 
@@ -147,37 +149,33 @@ class ComputeStage:
     the stage holds every recorded batch, and a batch written but not recorded is
     simply computed and written again.
 
-    Raises
-    ------
-    CacheError
-        If an existing stage has another shape (it is then removed by the caller's
-        next plan).
     """
 
-    def __init__(
-        self, location: Location, path: str, n_records: int, feature_dim: int, batch: int
-    ) -> None:
-        self.location = location
-        self.path = path
-        self.n_records = n_records
-        self.batch = batch
-        self.feature_dim = feature_dim
-        if location.is_file(f"{path}/zarr.json"):
-            self._group = open_group(location, path, mode="r+")
+    location: Location
+    path: str
+    n_records: int
+    feature_dim: int
+    batch: int
+    done: set[int] = field(init=False)
+    skipped: list[dict[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.location.is_file(f"{self.path}/zarr.json"):
+            self._group = open_group(self.location, self.path, mode="r+")
             progress = dict(self._group.attrs.get("progress", {}))
-            self.done: set[int] = {int(b) for b in progress.get("batches", [])}
-            self.skipped: list[dict[str, str]] = list(progress.get("skipped", []))
+            self.done = {int(b) for b in progress.get("batches", [])}
+            self.skipped = list(progress.get("skipped", []))
         else:
-            self._group = open_group(location, path, mode="w")
+            self._group = open_group(self.location, self.path, mode="w")
             # One chunk per batch, uncompressed: each batch is written once, cheaply
             # (the stage is temporary; the committed generation is compressed).
             _create_arrays(
                 self._group,
-                feature_dim,
-                batch,
+                self.feature_dim,
+                self.batch,
                 ("features", "keys"),
                 compressors=None,
-                rows_total=n_records,
+                rows_total=self.n_records,
             )
             self.done, self.skipped = set(), []
             self._record()

@@ -1,4 +1,8 @@
-"""The typer app, its global options (logging), and the error guard of every command.
+"""The typer app, its global options (logging), and what every command shares.
+
+A command is registered with :func:`command`: it gets the option groups it names and
+``--json``, runs inside the error guard, and returns an :class:`Output` that is printed
+as JSON or as text.
 
 Exit codes (``featurecache.errors``): 0 success; 1 error (one line on stderr, no
 traceback); 2 bad usage; 3 completed, but some images were skipped; 4 another process
@@ -7,16 +11,21 @@ is writing the same data set and ``--no-wait`` was given; 130 interrupted.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from featurecache.errors import FeaturecacheError
+from featurecache.cli.options import OutputOptions, with_options
+from featurecache.cli.render import emit
+from featurecache.errors import EXIT_OK, FeaturecacheError
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -71,3 +80,40 @@ def guard(call: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing half-written was committed", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@dataclass
+class Output:
+    """What a command hands back: the ``--json`` document, the text printed otherwise, and
+    the exit code."""
+
+    payload: Any
+    text: Callable[[], None]
+    code: int = EXIT_OK
+
+
+def command(name: str | None = None) -> Callable[[Callable[..., Output]], Any]:
+    """Register a command. Its parameters annotated with an options group get the group's
+    options (:func:`featurecache.cli.options.with_options`), and ``--json`` is added; its
+    errors become one line and an exit code (:func:`guard`) and its :class:`Output` is
+    printed. A command that declares ``as_json`` receives it too."""
+
+    def decorate(body: Callable[..., Output]) -> Any:
+        own = inspect.signature(body, eval_str=True).parameters
+        wants_json = "as_json" in own
+
+        @functools.wraps(body)
+        def run(*, display: OutputOptions, **kwargs: Any) -> None:
+            extra = {"as_json": display.as_json} if wants_json else {}
+            result = guard(lambda: body(**kwargs, **extra))
+            emit(display.as_json, result.payload, result.text)
+            raise typer.Exit(result.code)
+
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        params = [p for n, p in own.items() if n != "as_json"]
+        run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [*params, inspect.Parameter("display", keyword, annotation=OutputOptions)]
+        )
+        return app.command(name)(with_options(run))
+
+    return decorate

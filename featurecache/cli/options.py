@@ -1,13 +1,16 @@
 """Every command-line option, declared once.
 
-The options that say which pipeline a command works on (a pipeline file, or ``--data``
-and the backbone settings) are shared by ``extract``, ``train-head``, ``run`` and
-``finetune``: :func:`with_pipeline_options` adds them to a command, which receives
-them as one :class:`PipelineOptions`.
+Options that go together are a group: which pipeline a command works on
+(:class:`PipelineOptions`: a pipeline file, or ``--data`` and the backbone settings;
+``extract``, ``train-head``, ``run``, ``finetune``), how extraction runs
+(:class:`ExtractionOptions`; ``extract``, ``run``, ``refresh``) and how fine-tuning
+trains (:class:`FinetuneOptions`). A command parameter annotated with a group gets the
+group's options (:func:`with_options`) and receives them as one object.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sys
@@ -274,30 +277,88 @@ class PipelineOptions:
         return loaded.with_overrides(batch_size=batch_size, engine=self.engine, dtype=self.dtype)
 
 
-_SHARED = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
-    for name, default, hint in (
-        (name, default, inspect.get_annotations(PipelineOptions, eval_str=True)[name])
-        for name, default in asdict(PipelineOptions()).items()
-    )
-]
+@dataclass(frozen=True)
+class OutputOptions:
+    """What every command prints: text, or a JSON document with ``--json``."""
+
+    as_json: JsonOpt = False
 
 
-def with_pipeline_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the :class:`PipelineOptions` to ``command``'s options; the command receives
-    them in its ``selected`` argument."""
-    own = [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for p in inspect.signature(command, eval_str=True).parameters.values()
-        if p.name != "selected"
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """How extraction runs: the data set's writer lock, a Dask cluster, the progress bar."""
+
+    wait: WaitOpt = True
+    scheduler: SchedulerOpt = None
+    workers: WorkersOpt = None
+    progress: ProgressOpt = None
+
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`featurecache.extraction.extract` and the workflow."""
+        from featurecache.extraction import Cluster
+
+        return {
+            "progress": show_progress(self.progress),
+            "wait": self.wait,
+            "cluster": Cluster.from_options(self.scheduler, self.workers),
+        }
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """How ``finetune`` trains: overrides of the pipeline's ``[finetune]`` table."""
+
+    head_name: HeadNameOpt = None
+    epochs: EpochsOpt = None
+    max_steps: MaxStepsOpt = None
+    learning_rate: LearningRateOpt = None
+    unfreeze: UnfreezeOpt = None
+    augment: AugmentOpt = None
+
+    def apply(self, pipeline: Pipeline) -> Pipeline:
+        """``pipeline`` with the options given (not ``None``) in its ``[finetune]``."""
+        changes = {
+            "head": self.head_name,
+            "epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "learning_rate": self.learning_rate,
+            "unfreeze": tuple(self.unfreeze) if self.unfreeze else None,
+            "augment": False if self.augment is False else None,
+        }
+        return pipeline.with_finetune(**{k: v for k, v in changes.items() if v is not None})
+
+
+def _parameters(group: type) -> list[inspect.Parameter]:
+    """The fields of an options dataclass as keyword parameters, with their typer options."""
+    hints = inspect.get_annotations(group, eval_str=True)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return [
+        inspect.Parameter(name, keyword, default=default, annotation=hints[name])
+        for name, default in asdict(group()).items()
     ]
+
+
+def with_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Replace each parameter of ``command`` annotated with an options dataclass
+    (:class:`PipelineOptions`, ...) by that dataclass's options, in place; the command
+    receives one instance of it under the parameter's name."""
+    groups = {}
+    params = []
+    for p in inspect.signature(command, eval_str=True).parameters.values():
+        if dataclasses.is_dataclass(p.annotation) and p.annotation.__module__ == __name__:
+            groups[p.name] = (p.annotation, _parameters(p.annotation))
+            params += groups[p.name][1]
+        else:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        selected = PipelineOptions(**{p.name: kwargs.pop(p.name) for p in _SHARED})
-        return command(selected=selected, **kwargs)
+        made = {
+            key: group(**{p.name: kwargs.pop(p.name) for p in fields})
+            for key, (group, fields) in groups.items()
+        }
+        return command(**made, **kwargs)
 
-    params = [*_SHARED, *own]
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper

@@ -11,7 +11,8 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +173,20 @@ def _build(cls: type, table: Any, where: str, **values: Any) -> Any:
         raise exc.within(where) from exc
 
 
-def _arrays(raw: Mapping[str, Any], key: str, *, required: bool) -> list[Any]:
+def _each(
+    raw: Mapping[str, Any],
+    key: str,
+    build: Callable[[Any, str], Any],
+    *,
+    required: bool = False,
+) -> tuple[Any, ...]:
+    """``build(table, "key[i]")`` for every ``[[key]]`` table of the file."""
     tables = raw.get(key, [])
     if required and not tables:
         raise ConfigError(f"the pipeline needs at least one [[{key}]] table", key=key)
     if not isinstance(tables, list):
         raise ConfigError(f"{key} must be written as [[{key}]] tables", key=key)
-    return tables
+    return tuple(build(table, f"{key}[{i}]") for i, table in enumerate(tables))
 
 
 def _resolve_root(raw: Mapping[str, Any], file: Path, data_root: str | Path | None) -> Path:
@@ -198,7 +206,7 @@ def _under(root: Path, value: Any) -> Any:
     return path if path.is_absolute() else root / path
 
 
-def _dataset(table: Any, root: Path, where: str) -> DatasetConfig:
+def _dataset(table: Any, where: str, *, root: Path) -> DatasetConfig:
     values: dict[str, Any] = {}
     if isinstance(table, dict) and "path" in table:
         values["path"] = _under(root, table["path"])
@@ -225,35 +233,23 @@ def _pipeline(
 ) -> Pipeline:
     _check_keys(raw, PIPELINE_KEYS, "the pipeline")
     root = _resolve_root(raw, file, data_root)
-    datasets = [
-        _dataset(t, root, f"datasets[{i}]")
-        for i, t in enumerate(_arrays(raw, "datasets", required=True))
-    ]
-    backbones = [
-        _build(BackboneConfig, t, f"backbones[{i}]")
-        for i, t in enumerate(_arrays(raw, "backbones", required=True))
-    ]
-    heads = [
-        _build(HeadConfig, t, f"heads[{i}]")
-        for i, t in enumerate(_arrays(raw, "heads", required=False))
-    ]
-    references = [
-        _build(Reference, t, f"references[{i}]")
-        for i, t in enumerate(_arrays(raw, "references", required=False))
-    ]
+    datasets = _each(raw, "datasets", partial(_dataset, root=root), required=True)
+    backbones = _each(raw, "backbones", partial(_build, BackboneConfig), required=True)
+    heads = _each(raw, "heads", partial(_build, HeadConfig))
+    references = _each(raw, "references", partial(_build, Reference))
     finetune = raw.get("finetune", {})
     if not isinstance(finetune, dict):
         raise ConfigError("finetune must be a [finetune] table", key="finetune")
     return Pipeline(
         name=raw.get("name", file.stem),
-        datasets=tuple(datasets),
-        backbones=tuple(backbones),
-        heads=tuple(heads) or (HeadConfig(kind="logistic_regression"),),
+        datasets=datasets,
+        backbones=backbones,
+        heads=heads or (HeadConfig(kind="logistic_regression"),),
         cache=cache_path(cache if cache is not None else raw.get("cache")),
         output=Path(output if output is not None else raw.get("output", DEFAULT_OUTPUT)),
         batch_size=raw.get("batch_size", 32),
         finetune=_build(FinetuneConfig, finetune, "[finetune]"),
-        references=tuple(references),
+        references=references,
         description=raw.get("description", ""),
         source=file,
     )

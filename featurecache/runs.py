@@ -124,7 +124,9 @@ class HeadRecord:
             not JSON.
         """
         folder = Path(folder)
-        for name in (HEAD_JSON, FINETUNE_JSON):
+        # finetune.json first: fine-tuned folders of older versions also hold a copy of it
+        # as head.json, which a later fine-tuning run no longer refreshes
+        for name in (FINETUNE_JSON, HEAD_JSON):
             if (folder / name).is_file():
                 try:
                     info = json.loads((folder / name).read_text())

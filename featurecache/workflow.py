@@ -4,8 +4,9 @@
 :mod:`featurecache.extraction`), and only the heads whose inputs changed are retrained:
 a head is retrained when its folder lacks a model, or when the content hash it was
 trained on (keys, labels and splits of the cached rows), its kind or its parameters
-differ from now. Heads are checked before anything is extracted, so a typo in a head
-costs seconds, not an extraction.
+differ from now. ``run`` checks the heads before anything is extracted, so a typo in a
+head costs seconds, not an extraction; ``refresh`` checks them only when one must be
+trained, so that a refresh with nothing to do imports no scikit-learn and stays fast.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def run_pipeline(
 ) -> RunResult:
     """Check the heads, extract (on ``cluster`` if given), then train the heads.
 
-    With ``only_changed``, heads whose inputs did not change are kept.
-    ``on_extracted`` is called with the extraction results before the heads train.
+    With ``only_changed`` (``refresh``), heads whose inputs did not change are kept, and
+    the heads are checked only if one is trained. ``on_extracted`` is called with the
+    extraction results before the heads train.
 
     Raises
     ------
@@ -60,7 +62,8 @@ def run_pipeline(
         As :func:`~featurecache.extraction.extract` and
         :func:`~featurecache.heads.train.train_heads` raise.
     """
-    check_heads(pipeline.heads)
+    if not only_changed:
+        check_heads(pipeline.heads)
     extracted = extract(pipeline, progress=progress, wait=wait, cluster=cluster)
     if on_extracted is not None:
         on_extracted(extracted)
@@ -75,12 +78,7 @@ def refresh(
     wait: bool = True,
     cluster: Cluster | None = None,
 ) -> list[RunResult]:
-    """Bring every pipeline up to date: new or changed images only, changed heads only.
-
-    Every pipeline's heads are checked before anything is extracted.
-    """
-    for pipeline in pipelines:
-        check_heads(pipeline.heads)
+    """Bring every pipeline up to date: new or changed images only, changed heads only."""
     return [
         run_pipeline(p, progress=progress, wait=wait, cluster=cluster, only_changed=True)
         for p in pipelines

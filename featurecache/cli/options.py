@@ -145,7 +145,8 @@ HeadNameOpt = Annotated[
     str | None,
     _option(
         "The trained dense head to start from (its name). Default: the pipeline's "
-        "[finetune] head, or 'dense'."
+        "[finetune] head, or 'dense'.",
+        "--head-name",
     ),
 ]
 EpochsOpt = Annotated[
@@ -245,36 +246,10 @@ class PipelineOptions:
         output: Path | None = None,
         batch_size: int | None = None,
     ) -> Pipeline:
-        """The pipeline these options name, with ``--engine``, ``--dtype`` and
-        ``--batch-size`` applied.
+        """The pipeline these options name (:func:`featurecache.config.resolve_pipeline`)."""
+        from featurecache.config import resolve_pipeline
 
-        Raises
-        ------
-        ConfigError
-            If both a file and ``--data`` / ``--backbone`` / ``--head`` are given, or the
-            pipeline is invalid.
-        """
-        from featurecache.config import load_pipeline, pipeline_from_options
-        from featurecache.errors import ConfigError
-
-        if self.pipeline is None:
-            return pipeline_from_options(
-                data=self.data or [],
-                backbones=self.backbone or [],
-                heads=heads or [],
-                weights=self.weights,
-                pooling=self.pooling,
-                input_size=self.input_size,
-                cache=self.cache,
-                output=output,
-                batch_size=batch_size or 32,
-            ).with_overrides(engine=self.engine, dtype=self.dtype)
-        if self.data or self.backbone or heads:
-            raise ConfigError("give either a pipeline file or --data/--backbone/--head")
-        loaded = load_pipeline(
-            self.pipeline, data_root=self.data_root, cache=self.cache, output=output
-        )
-        return loaded.with_overrides(batch_size=batch_size, engine=self.engine, dtype=self.dtype)
+        return resolve_pipeline(**asdict(self), heads=heads, output=output, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -308,7 +283,7 @@ class ExtractionOptions:
 class FinetuneOptions:
     """How ``finetune`` trains: overrides of the pipeline's ``[finetune]`` table."""
 
-    head_name: HeadNameOpt = None
+    head: HeadNameOpt = None
     epochs: EpochsOpt = None
     max_steps: MaxStepsOpt = None
     learning_rate: LearningRateOpt = None
@@ -316,16 +291,8 @@ class FinetuneOptions:
     augment: AugmentOpt = None
 
     def apply(self, pipeline: Pipeline) -> Pipeline:
-        """``pipeline`` with the options given (not ``None``) in its ``[finetune]``."""
-        changes = {
-            "head": self.head_name,
-            "epochs": self.epochs,
-            "max_steps": self.max_steps,
-            "learning_rate": self.learning_rate,
-            "unfreeze": tuple(self.unfreeze) if self.unfreeze else None,
-            "augment": False if self.augment is False else None,
-        }
-        return pipeline.with_finetune(**{k: v for k, v in changes.items() if v is not None})
+        """``pipeline`` with these options in its ``[finetune]`` (``None``: kept)."""
+        return pipeline.with_finetune(**asdict(self))
 
 
 def _parameters(group: type) -> list[inspect.Parameter]:

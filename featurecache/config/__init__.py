@@ -23,7 +23,11 @@ from featurecache.config.model import (
     cache_path,
     is_url,
 )
-from featurecache.config.options import dataset_from_option, pipeline_from_options
+from featurecache.config.options import (
+    dataset_from_option,
+    pipeline_from_options,
+    resolve_pipeline,
+)
 from featurecache.config.registry import REGISTRY, BackboneSpec, get_spec
 
 __all__ = [
@@ -50,4 +54,5 @@ __all__ = [
     "load_all",
     "load_pipeline",
     "pipeline_from_options",
+    "resolve_pipeline",
 ]

@@ -11,6 +11,7 @@ checked the same way whether it comes from a pipeline file, from options or from
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -106,7 +107,14 @@ class Grid:
         )
 
 
-_TYPE_WORDS = {str: "a string", bool: "true or false", Mapping: "a table", Path: "a path"}
+_TYPE_WORDS = {
+    str: "a string",
+    bool: "true or false",
+    Integral: "an integer",
+    Real: "a number",
+    Mapping: "a table",
+    Path: "a path",
+}
 
 
 def _accepts(allowed: Any, value: Any) -> bool:
@@ -123,6 +131,26 @@ def _describe(allowed: Any) -> str:
     if isinstance(allowed, type):
         return _TYPE_WORDS.get(allowed, f"a {allowed.__name__}")
     return str(allowed)
+
+
+def nested(cls: type, table: Mapping[str, Any], key: str) -> Any:
+    """``cls(**table)`` for a table given under ``key`` (a data set's ``split``); an
+    unknown key or a bad value is named with ``key``.
+
+    Raises
+    ------
+    ConfigError
+        With ``key`` as its key, so the loader points at the line of ``key = {...}``.
+    """
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in table if k not in allowed]
+    if unknown:
+        message = f"unknown key {unknown[0]!r} in {key}; allowed: {', '.join(allowed)}"
+        raise ConfigError(message, key=key)
+    try:
+        return cls(**table)
+    except ConfigError as exc:
+        raise exc.within(key, key=key) from exc
 
 
 def complete(obj: Any, **values: Any) -> None:

@@ -79,12 +79,7 @@ class DatasetConfig:
         if isinstance(self.path, str):
             rules.complete(self, path=Path(self.path))
         if isinstance(self.split, Mapping):
-            try:
-                rules.complete(self, split=SplitRatios(**self.split))
-            except TypeError as exc:
-                raise ConfigError(f"split: {exc}", key="split") from exc
-            except ConfigError as exc:
-                raise exc.within("split", key="split") from exc
+            rules.complete(self, split=rules.nested(SplitRatios, self.split, "split"))
         if not self.format:
             suffix = self.path.suffix.lower() if isinstance(self.path, Path) else ""
             rules.complete(
@@ -97,10 +92,15 @@ class DatasetConfig:
     def _check_format(self) -> None:
         if self.format == "hdf5":
             if not self.hdf5:
-                raise ConfigError("an hdf5 data set needs [datasets.hdf5.<split>] tables")
+                raise ConfigError(
+                    "an hdf5 data set needs [datasets.hdf5.<split>] tables", key="format"
+                )
             unknown = [s for s in self.hdf5 if s not in rules.SPLITS]
             if unknown:
-                raise ConfigError(f"hdf5.{unknown[0]}: split names are {', '.join(rules.SPLITS)}")
+                raise ConfigError(
+                    f"hdf5.{unknown[0]}: split names are {', '.join(rules.SPLITS)}",
+                    key=unknown[0],
+                )
             if self.classes:
                 raise ConfigError("classes works for folder and csv data sets", key="classes")
         elif self.path is None:

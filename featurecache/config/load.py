@@ -212,15 +212,23 @@ def _dataset(table: Any, where: str, *, root: Path) -> DatasetConfig:
         values["path"] = _under(root, table["path"])
     if isinstance(table, dict) and isinstance(table.get("hdf5"), dict):
         values["hdf5"] = {
-            split: _build(
-                Hdf5Source,
-                source,
-                f"{where}.hdf5.{split}",
-                **({"path": _under(root, source["path"])} if "path" in source else {}),
-            )
+            split: _hdf5_source(source, root, where, split)
             for split, source in table["hdf5"].items()
         }
     return _build(DatasetConfig, table, where, **values)
+
+
+def _hdf5_source(source: Any, root: Path, where: str, split: str) -> Hdf5Source:
+    """One ``[datasets.hdf5.<split>]`` table, its path resolved under ``root``."""
+    if not isinstance(source, dict):
+        raise ConfigError(
+            f"hdf5.{split} must be a [datasets.hdf5.{split}] table with path, images and "
+            f"labels, got {source!r}",
+            key="hdf5",
+            where=where,
+        ).within(where)
+    path = {"path": _under(root, source["path"])} if "path" in source else {}
+    return _build(Hdf5Source, source, f"{where}.hdf5.{split}", **path)
 
 
 def _pipeline(
@@ -241,7 +249,7 @@ def _pipeline(
     if not isinstance(finetune, dict):
         raise ConfigError("finetune must be a [finetune] table", key="finetune")
     return Pipeline(
-        name=raw.get("name", file.stem),
+        name=str(raw.get("name", file.stem)),
         datasets=datasets,
         backbones=backbones,
         heads=heads or (HeadConfig(kind="logistic_regression"),),
@@ -250,6 +258,6 @@ def _pipeline(
         batch_size=raw.get("batch_size", 32),
         finetune=_build(FinetuneConfig, finetune, "[finetune]"),
         references=references,
-        description=raw.get("description", ""),
+        description=str(raw.get("description", "")),
         source=file,
     )

@@ -154,16 +154,7 @@ def _augmentation(value: Any) -> Augmentation:
     if value is False:
         return Augmentation.off()
     if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(Augmentation)})
-        if unknown:
-            raise ConfigError(
-                f"augment: unknown key {unknown[0]!r}; allowed: flip, rotation, zoom, translation",
-                key="augment",
-            )
-        try:
-            return Augmentation(**value)
-        except ConfigError as exc:
-            raise exc.within("augment", key="augment") from exc
+        return rules.nested(Augmentation, value, "augment")
     raise ConfigError(f"augment must be true, false or a table, got {value!r}", key="augment")
 
 
@@ -229,6 +220,10 @@ class Pipeline:
         )
 
     def with_finetune(self, **changes: Any) -> Pipeline:
-        """This pipeline with ``[finetune]`` settings replaced (``augment=False`` turns
-        augmentation off); what ``featurecache finetune``'s options do."""
-        return dataclasses.replace(self, finetune=dataclasses.replace(self.finetune, **changes))
+        """This pipeline with ``[finetune]`` settings replaced; what ``featurecache
+        finetune``'s options do: ``None`` keeps a setting, ``augment=False`` turns the
+        augmentation off and ``augment=True`` keeps the pipeline's."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if given.get("augment") is True:
+            del given["augment"]
+        return dataclasses.replace(self, finetune=dataclasses.replace(self.finetune, **given))

@@ -12,6 +12,7 @@ from pathlib import Path
 from featurecache.config.backbone import BackboneConfig
 from featurecache.config.constraints import SPLITS
 from featurecache.config.dataset import DatasetConfig, Hdf5Source
+from featurecache.config.load import load_pipeline
 from featurecache.config.model import (
     DEFAULT_OUTPUT,
     HeadConfig,
@@ -98,3 +99,47 @@ def pipeline_from_options(
         output=Path(output or DEFAULT_OUTPUT),
         batch_size=batch_size,
     )
+
+
+def resolve_pipeline(
+    pipeline: str | Path | None,
+    *,
+    data: Sequence[str] | None = None,
+    backbone: Sequence[str] | None = None,
+    heads: Sequence[str] | None = None,
+    weights: str = "imagenet",
+    pooling: str = "avg",
+    input_size: int | None = None,
+    engine: str | None = None,
+    dtype: str | None = None,
+    cache: str | Path | None = None,
+    data_root: str | Path | None = None,
+    output: str | Path | None = None,
+    batch_size: int | None = None,
+) -> Pipeline:
+    """The pipeline a command line names: the file ``pipeline`` (``engine``, ``dtype`` and
+    ``batch_size`` then override its own), or, without a file, ``data`` with ``backbone``
+    names, ``heads`` kinds and the backbone settings (:func:`pipeline_from_options`).
+
+    Raises
+    ------
+    ConfigError
+        If both a file and ``data`` / ``backbone`` / ``heads`` are given, or the pipeline
+        is invalid.
+    """
+    if pipeline is None:
+        return pipeline_from_options(
+            data=data or [],
+            backbones=backbone or [],
+            heads=heads or [],
+            weights=weights,
+            pooling=pooling,
+            input_size=input_size,
+            cache=cache,
+            output=output,
+            batch_size=batch_size or 32,
+        ).with_overrides(engine=engine, dtype=dtype)
+    if data or backbone or heads:
+        raise ConfigError("give either a pipeline file or --data/--backbone/--head")
+    loaded = load_pipeline(pipeline, data_root=data_root, cache=cache, output=output)
+    return loaded.with_overrides(batch_size=batch_size, engine=engine, dtype=dtype)

@@ -160,18 +160,14 @@ class _Run:
         """Build raw pixels -> backbone -> head, check parity, unfreeze, compile."""
         keras = import_keras()
         head, self.head_record = load_dense_head(self.head_dir)
-        built = self._built()
-        keras.utils.set_random_seed(self.ft.seed)
-        self.model = models.build_model(built, head.model_, self.ft.augment, self.ft.seed)
+        built = self._build(head)
         self.parity = _parity(
             self.model, head, self.features, self.listing, self.records, self.rows
         )
         self.device = "GPU" if models.gpu_available() else "CPU"
         if self.device == "GPU":  # mixed precision on the GPU (the parity check ran in float32)
             keras.mixed_precision.set_global_policy("mixed_float16")
-            built = self._built()
-            head, _ = load_dense_head(self.head_dir)
-            self.model = models.build_model(built, head.model_, self.ft.augment, self.ft.seed)
+            built = self._build(load_dense_head(self.head_dir)[0])
         try:
             self.opened = models.unfreeze(built, self.ft.unfreeze)
         except ValueError as exc:
@@ -179,13 +175,17 @@ class _Run:
         models.compile_for_finetuning(self.model, self.ft.learning_rate, self.ft.momentum)
         return self
 
-    def _built(self) -> BuiltBackbone:
+    def _build(self, head: Any) -> BuiltBackbone:
+        """Build the backbone (refusing other weights than the features'), then seed with
+        ``[finetune] seed`` and build ``self.model`` around it and the head."""
         built = build_backbone(self.backbone)
         if built.weights_sha256 != self.features.attrs["weights"].get("sha256"):
             raise CacheError(
                 f"the {self.backbone.name} weights now loaded differ from those the features "
                 "were extracted with; extract again before fine-tuning"
             )
+        import_keras().utils.set_random_seed(self.ft.seed)  # after the backbone's own seed
+        self.model = models.build_model(built, head.model_, self.ft.augment, self.ft.seed)
         return built
 
     def train(self, progress: bool) -> _Run:
@@ -304,7 +304,6 @@ class _Run:
         ft, attrs = self.ft, self.features.attrs
         return {
             "kind": "finetuned",
-            "name": self.out.name,
             "model_file": "model.keras",
             "input": "RGB pixels 0-255, float32, (batch, h, w, 3); resized inside to "
             f"{self.backbone.input_size} px",

@@ -24,8 +24,13 @@ from typing import Any
 from featurecache.cache import Cache, FeatureSet, cache_id
 from featurecache.cache import recipe as recipes
 from featurecache.config import HeadConfig, Pipeline
-from featurecache.errors import CacheError, FeaturecacheError
-from featurecache.heads.estimators import build_head, check_heads, predict_proba
+from featurecache.errors import CacheError, ConfigError, FeaturecacheError
+from featurecache.heads.estimators import (
+    build_head,
+    canonical_kind,
+    check_heads,
+    predict_proba,
+)
 from featurecache.runs import HeadRecord, RunLayout
 
 log = logging.getLogger(__name__)
@@ -66,7 +71,8 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
     """
     cache = Cache(pipeline.cache)
     layout = RunLayout.of(pipeline)
-    kinds = check_heads(pipeline.heads)
+    kinds = [canonical_kind(h.kind) for h in pipeline.heads]  # fail fast, nothing imported
+    checked = False
     source = {"name": pipeline.name, "source": str(pipeline.source) if pipeline.source else None}
     results = []
     for dataset in pipeline.datasets:
@@ -83,6 +89,9 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
             for head, kind in zip(pipeline.heads, kinds, strict=True):
                 folder = layout.head_dir(dataset.name, found.group, head.name)
                 kept = _unchanged(folder, head, kind, found.attrs) if only_changed else None
+                if kept is None and not checked:  # before the first head is trained
+                    check_heads(pipeline.heads)
+                    checked = True
                 results.append(
                     kept
                     or train_one(
@@ -94,10 +103,11 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
 
 def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadResult | None:
     """The existing head's result if it was trained on exactly these inputs."""
-    if not (folder / "head.json").is_file():
+    try:
+        record = HeadRecord.read(folder)
+    except ConfigError:  # no head there yet, or unreadable: train it
         return None
-    record = HeadRecord.find(folder)
-    if record is None:
+    if not record.metrics:
         return None
     info = record.info
     same = (
@@ -157,16 +167,9 @@ def train_one(
     head, search = _fit(features, config, kind)
     seconds = time.perf_counter() - start
     metrics = {split: _evaluate(head, features, split) for split in features.splits}
-    info = {
-        **_head_info(config, kind, features, search, seconds),
-        "cache": {
-            "root": cache_id(cache_root),
-            "dataset": features.dataset,
-            "group": features.group,
-        },
-        "pipeline": pipeline or {},
-        "model_file": save_model(head, folder),
-    }
+    cache = {"root": cache_id(cache_root), "dataset": features.dataset, "group": features.group}
+    info = _head_info(config, kind, features, search, seconds, cache, pipeline or {})
+    info["model_file"] = save_model(head, folder)
     HeadRecord(folder, info, metrics).write()
     _plots(head, config, features, metrics, folder)
     accuracy = {split: m["accuracy"] for split, m in metrics.items()}
@@ -229,28 +232,39 @@ def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict
             )
             return head, search
         if isinstance(head, DenseHead) and "validation" in features.splits:
-            return head.fit(x_train, y_train, validation_data=features.subset("validation")), {}
-        return head.fit(x_train, y_train), {}
+            head.fit(x_train, y_train, validation_data=features.subset("validation"))
+        else:
+            head.fit(x_train, y_train)  # not every classifier's fit returns self
+        return head, {}
     except ValueError as exc:
         raise FeaturecacheError(f"head {config.name!r} could not be fitted: {exc}") from exc
 
 
 def _head_info(
-    config: HeadConfig, kind: str, features: FeatureSet, search: dict, seconds: float
+    config: HeadConfig,
+    kind: str,
+    features: FeatureSet,
+    search: dict,
+    seconds: float,
+    cache: dict[str, str],
+    pipeline: dict[str, Any],
 ) -> dict[str, Any]:
-    """What ``head.json`` records of the head and the features it was trained on."""
+    """What ``head.json`` records of the head, the features it was trained on and where
+    they are (``cache``), and the pipeline that declared it."""
     attrs = features.attrs
     return {
         "name": config.name,
         "kind": kind,
         "params": dict(config.params),
         "class_names": features.class_names,
+        "cache": cache,
         "backbone": attrs["backbone"],
         "weights": attrs["weights"],
         "recipe_hash": attrs["recipe_hash"],
         "content_hash": attrs.get("content_hash"),
         "feature_dim": attrs["feature_dim"],
         "search": search,
+        "pipeline": pipeline,
         "extraction": {
             "seconds": attrs.get("extraction_seconds"),
             "n_images": attrs.get("n_images"),

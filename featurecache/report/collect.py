@@ -160,7 +160,9 @@ def _from_folder(folder: Path, runs: Path) -> list[HeadRecord]:
     found = [
         record
         for path in sorted((runs if Cache(folder).exists() else folder).rglob(HEAD_JSON))
-        if (record := HeadRecord.find(path.parent)) and record.kind == "frozen"
+        if (record := HeadRecord.find(path.parent))
+        and record.kind == "frozen"
+        and "cache" in record.info
     ]
     if Cache(folder).exists():
         root = str(folder.resolve())

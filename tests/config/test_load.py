@@ -151,6 +151,8 @@ note = "other data"
             r"top-1 accuracy in \[0, 1\]",
         ),
         ("[[references]]\ndataset = 'flat'\nmodel = 'm'\nvalue = 0.5\n", "needs a 'source'"),
+        ("[finetune]\naugment = { zooom = 0.1 }\n", "unknown key 'zooom' in augment"),
+        ("[finetune]\nmomentum = 2\n", r"momentum must be a number in \[0, 1\], got 2"),
     ],
 )
 def test_bad_search_or_reference_is_named_with_its_line(tmp_path, extra, message):
@@ -158,3 +160,19 @@ def test_bad_search_or_reference_is_named_with_its_line(tmp_path, extra, message
     with pytest.raises(ConfigError, match=message) as info:
         load_pipeline(path)
     assert str(info.value).startswith(f"{path}:")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message", "line"),
+    [
+        ('path = "flat"\nsplit = { valid = 0.1 }', "unknown key 'valid' in split", 4),
+        ('format = "hdf5"', "needs [datasets.hdf5.<split>] tables", 3),
+        ('hdf5 = { train = "a.h5" }', "hdf5.train must be a [datasets.hdf5.train] table", 3),
+        ('path = "flat"\nsplit = { seed = 1.5 }', "split.seed must be an integer, got 1.5", 4),
+    ],
+)
+def test_bad_data_set_tables_are_named_with_their_line(tmp_path, dataset, message, line):
+    path = write(tmp_path, f'[[datasets]]\nname = "d"\n{dataset}\n[[backbones]]\nname = "vgg16"\n')
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    assert message in str(info.value) and str(info.value).startswith(f"{path}:{line}:")

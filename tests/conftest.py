@@ -30,6 +30,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 needs_shared = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"{DATASETS} is not present")
 
 
+def invoke(*args):
+    """``featurecache ARGS`` in this process (typer's ``CliRunner``); paths are welcome."""
+    from typer.testing import CliRunner
+
+    from featurecache.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def link_fingers(datasets_dir: Path, root: Path, per_class: dict[str, int]) -> Path:
+    """``root/<split>/<class>/``: the first ``per_class[split]`` images of every fingers
+    class, as links to the real PNGs (a small real data set, nothing copied)."""
+    for split, n in per_class.items():
+        for class_dir in sorted((datasets_dir / "fingers" / split).iterdir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for path in sorted(class_dir.iterdir())[:n]:
+                (target / path.name).symlink_to(path)
+    return root
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     if not DATASETS.is_dir():
@@ -77,10 +98,6 @@ def split_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def catvnoncat_run(tmp_path_factory, datasets_dir):
     """`featurecache run pipelines/catvnoncat.toml` twice, as the README's main job does."""
-    from typer.testing import CliRunner
-
-    from featurecache.cli import app
-
     work = tmp_path_factory.mktemp("main-job")
     args = [
         "run",
@@ -92,6 +109,6 @@ def catvnoncat_run(tmp_path_factory, datasets_dir):
         "--output",
         work / "runs",
     ]
-    first = CliRunner().invoke(app, [str(a) for a in [*args, "--json"]])
-    second = CliRunner().invoke(app, [str(a) for a in args])
+    first = invoke(*args, "--json")
+    second = invoke(*args)
     return work, first, second

@@ -9,17 +9,12 @@ from pathlib import Path
 import h5py
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from featurecache.cli import app
 from featurecache.errors import EXIT_PARTIAL
+from tests.conftest import invoke
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ["backbones", "extract", "train-head", "run", "predict", "info", "report"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_help_does_not_import_tensorflow():

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from featurecache.cache import Cache
-from featurecache.cli import app
 from featurecache.config import load_pipeline
 from featurecache.extraction.dask import MAX_SHARD_BATCHES, Cluster, shard_batches
+from tests.conftest import invoke, link_fingers
 
 pytestmark = pytest.mark.real_weights
 
@@ -32,20 +31,10 @@ BATCH = 8
 BUCKET = "featurecache-test"
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def fingers(tmp_path_factory, datasets_dir) -> Path:
     """A fingers subset (links to the real PNGs) with one corrupt image among them."""
-    root = tmp_path_factory.mktemp("fingers")
-    for split, n in PER_CLASS.items():
-        for class_dir in sorted((datasets_dir / "fingers" / split).iterdir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True)
-            for path in sorted(class_dir.iterdir())[:n]:
-                (target / path.name).symlink_to(path)
+    root = link_fingers(datasets_dir, tmp_path_factory.mktemp("fingers"), PER_CLASS)
     (root / "train" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     return root
 

@@ -11,19 +11,14 @@ from pathlib import Path
 import h5py
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from featurecache.backbones import build_backbone
-from featurecache.cli import app
 from featurecache.config import BackboneConfig
 from featurecache.deps import import_keras
+from tests.conftest import invoke
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.real_weights
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -10,28 +10,18 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from featurecache.cli import app
+from tests.conftest import invoke, link_fingers
 
 REPO = Path(__file__).resolve().parents[2]
 FINGERS_PER_CLASS = {"train": 24, "test": 10}
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
 def fingers_root(tmp_path_factory, datasets_dir) -> Path:
     """A data root whose fingers/ holds the first images of each class (links to the real PNGs)."""
     root = tmp_path_factory.mktemp("fingers-root")
-    for split, n in FINGERS_PER_CLASS.items():
-        for class_dir in sorted((datasets_dir / "fingers" / split).iterdir()):
-            target = root / "fingers" / split / class_dir.name
-            target.mkdir(parents=True)
-            for path in sorted(class_dir.iterdir())[:n]:
-                (target / path.name).symlink_to(path)
+    link_fingers(datasets_dir, root / "fingers", FINGERS_PER_CLASS)
     return root
 
 

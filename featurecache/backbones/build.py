@@ -8,7 +8,6 @@ same configuration gets the same model.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from featurecache.backbones.preprocessing import preprocess_fn
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.config.backbone import sha256_file
 from featurecache.deps import import_keras
 from featurecache.errors import ConfigError
 
@@ -37,12 +37,6 @@ class BuiltBackbone:
     preprocess: Callable[[Any], Any]
     weights_file: str | None
     weights_sha256: str | None
-
-
-def sha256_file(path: str) -> str:
-    """SHA-256 (hex) of a file, read in chunks by ``hashlib.file_digest``."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def build_backbone(config: BackboneConfig) -> BuiltBackbone:

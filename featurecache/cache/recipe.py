@@ -26,6 +26,7 @@ from typing import Any
 
 from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.config.backbone import sha256_file
 from featurecache.images import RESIZE_METHOD
 
 log = logging.getLogger(__name__)
@@ -137,16 +138,10 @@ def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
         if sha is None:
             return match
         if (file, sha) not in checked:
-            checked[(file, sha)] = bool(file and Path(file).is_file() and _sha256(file) == sha)
+            checked[(file, sha)] = bool(file and Path(file).is_file() and sha256_file(file) == sha)
         if checked[(file, sha)]:
             return match
         log.info(
             "group %s/%s: weights file %s changed or is gone", match.dataset, match.group, file
         )
     return None
-
-
-def _sha256(path: str) -> str:
-    """SHA-256 (hex) of a weights file, as :func:`featurecache.backbones.sha256_file` records it."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()

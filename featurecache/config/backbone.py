@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,13 @@ from featurecache.errors import ConfigError
 
 #: Seed of ``weights = "none"`` (random initialisation), so random backbones are reproducible.
 RANDOM_WEIGHTS_SEED = 0
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 (hex) of a weights file, read in chunks by ``hashlib.file_digest``: the
+    identity of the weights that made a set of features."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _weights(value: str) -> str:

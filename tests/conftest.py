@@ -7,9 +7,13 @@ models/ holds the real ImageNet weight files under the names Keras looks for.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -37,6 +41,46 @@ def invoke(*args):
     from featurecache.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def sigkill_when(args: list[str], reached, timeout: float = 300) -> None:
+    """Run ``args`` as a real process and SIGKILL it as soon as ``reached()`` is true;
+    fails the test if the process ended (or the time ran out) before that."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if reached():
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the process ended before it could be killed"
+
+
+def json_or_none(path: Path) -> dict | None:
+    """A JSON file another process may be rewriting: its content, or None."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finetune_epochs_done(runs: Path) -> int:
+    """Epochs a fine-tuning run under ``runs`` has checkpointed (0 before the first)."""
+    found = next(runs.rglob("finetune-dense/history.json"), None)
+    doc = json_or_none(found) if found and (found.parent / "backup").exists() else None
+    return len(doc["loss"]) if doc else 0
+
+
+def run_json(args: list[str], timeout: float = 600) -> dict:
+    """Run ``args`` (a ``--json`` command) to the end; its parsed output."""
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def link_fingers(datasets_dir: Path, root: Path, per_class: dict[str, int]) -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featurecache.backbones.preprocessing import preprocess_fn
+from featurecache.backbones.taps import outputs_model
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.config.backbone import sha256_file
 from featurecache.deps import import_keras
@@ -29,7 +30,9 @@ class BuiltBackbone:
     ``model`` maps float32 images of shape ``(batch, size, size, 3)``, already passed
     through ``preprocess`` from 0-255 RGB, to features of shape ``(batch, feature_dim)``.
     ``weights_file`` is the file Keras loaded (``None`` for random weights) and
-    ``weights_sha256`` its SHA-256 (hex).
+    ``weights_sha256`` its SHA-256 (hex). ``outputs_model`` is the same backbone with
+    every output extraction stores (:func:`featurecache.backbones.taps.outputs_model`;
+    ``model`` itself when there is only the pooled features).
     """
 
     config: BackboneConfig
@@ -37,6 +40,16 @@ class BuiltBackbone:
     preprocess: Callable[[Any], Any]
     weights_file: str | None
     weights_sha256: str | None
+    outputs_model: Any = None
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One image's shape of each output (``config.outputs``), e.g.
+        ``{"features": (1280,), "activations": (14, 14, 96)}``."""
+        return {
+            name: tuple(int(d) for d in tensor.shape[1:])
+            for name, tensor in zip(self.config.outputs, self.outputs_model.outputs, strict=True)
+        }
 
 
 def build_backbone(config: BackboneConfig) -> BuiltBackbone:
@@ -51,7 +64,8 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
     ------
     ConfigError
         If Keras rejects the arguments (for example an input size the weights do not
-        support), or the weights cannot be loaded.
+        support), the weights cannot be loaded, or a tap or ``finetune_from`` names no
+        usable layer.
     """
     keras = import_keras()
     spec = config.spec
@@ -87,6 +101,7 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         preprocess=preprocess_fn(config),
         weights_file=weights_file,
         weights_sha256=sha256_file(weights_file) if weights_file else None,
+        outputs_model=outputs_model(model, config),
     )
 
 

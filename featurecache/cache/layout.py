@@ -37,6 +37,7 @@ from filelock import FileLock, Timeout
 from featurecache.cache.storage import Location
 from featurecache.cache.store import (
     ROW_ARRAYS,
+    ArraySpec,
     ComputeStage,
     GenerationWriter,
     create_group,
@@ -66,6 +67,8 @@ class FeatureSet:
         The generation's provenance attributes.
     dataset, group : str
         Where it was read from: the data set and the backbone group.
+    flipped : ndarray of shape (n_images, feature_dim), dtype float32, or None
+        The same features of each image's horizontal flip, when they were read.
     """
 
     features: np.ndarray  # always float32 in memory, whatever the storage type
@@ -77,11 +80,15 @@ class FeatureSet:
     attrs: dict[str, Any]
     dataset: str = ""
     group: str = ""
+    flipped: np.ndarray | None = None
 
-    def subset(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Features and labels of one split."""
+    def subset(self, split: str, *, flipped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Features (of the flipped images if ``flipped``) and labels of one split."""
         mask = self.split == split
-        return self.features[mask], self.labels[mask]
+        features = self.flipped if flipped else self.features
+        if features is None:
+            raise CacheError(f"{self.dataset}/{self.group}: no flipped views were read")
+        return features[mask], self.labels[mask]
 
     @property
     def splits(self) -> list[str]:
@@ -177,26 +184,56 @@ class Cache:
         """The committed generation as a read-only zarr group (arrays read lazily)."""
         return open_group(self.location, self.current(dataset, group), mode="r")
 
-    def read(self, dataset: str, group: str) -> FeatureSet:
+    def read(
+        self,
+        dataset: str,
+        group: str,
+        *,
+        taps: tuple[str, ...] = (),
+        flipped: bool = False,
+        with_features: bool = True,
+    ) -> FeatureSet:
         """Read the committed generation into memory.
+
+        ``taps`` names pooled taps to concatenate after the final features (in that
+        order), ``flipped`` reads the flipped view's features too. Without
+        ``with_features`` only the row columns are read (``features`` is then
+        ``(n_images, 0)``), for readers that stream the arrays themselves.
 
         Raises
         ------
         CacheError
-            If the group does not exist or is incomplete.
+            If the group does not exist or is incomplete, or lacks a tap or the flipped
+            view asked for.
         """
         path = self.current(dataset, group)
         attrs = self.location.read_json(path) or {}
         node = open_group(self.location, path, mode="r")
+        names = ["features", *(f"pooled.{tap}" for tap in taps)] if with_features else []
+        views = ["", ".flip"] if flipped else [""]
+        stored = set(attrs.get("arrays", {"features": None}))
+        missing = [n + v for v in views for n in names if n + v not in stored]
+        if missing:
+            raise CacheError(
+                f"group {dataset}/{group} has no {', '.join(missing)}: add the layer to the "
+                "backbone's taps (or 'flip' to its views) and extract again"
+            )
         try:
-            arrays = read_arrays(node, ("features", *ROW_ARRAYS[:4]))
+            arrays = read_arrays(node, [n + v for v in views for n in names] + list(ROW_ARRAYS[:4]))
         except KeyError as exc:
             raise CacheError(
                 f"group {dataset}/{group} is incomplete ({exc}); run `featurecache gc` "
                 "and extract again"
             ) from exc
+
+        def joined(view: str) -> np.ndarray:
+            if not names:
+                return np.zeros((len(arrays["labels"]), 0), np.float32)
+            return np.concatenate([arrays[n + view] for n in names], axis=1).astype(np.float32)
+
         return FeatureSet(
-            features=np.asarray(arrays["features"], dtype=np.float32),
+            features=joined(""),
+            flipped=joined(".flip") if flipped else None,
             labels=np.asarray(arrays["labels"], dtype=np.int32),
             split=np.asarray(arrays["split"], dtype=object),
             keys=np.asarray(arrays["keys"], dtype=object),
@@ -292,9 +329,17 @@ class Cache:
             lock.release()
 
     def stage(
-        self, dataset: str, group: str, plan: str, *, n_records: int, feature_dim: int, batch: int
+        self,
+        dataset: str,
+        group: str,
+        plan: str,
+        *,
+        n_records: int,
+        arrays: list[ArraySpec],
+        batch: int,
     ) -> ComputeStage:
-        """The resumable staging area for computing ``plan``'s ``n_records`` features.
+        """The resumable staging area for computing ``plan``'s ``n_records`` images'
+        ``arrays``.
 
         Stale stages of the same group with another plan are removed (the caller
         holds the data set's lock, so no one else is using them).
@@ -306,21 +351,18 @@ class Cache:
                 self.location.remove(self.location.join(STAGING, dataset, group, other))
         path = self._path(STAGING, dataset, group, plan)
         with self.location.os_errors("write the staging area of"):
-            return ComputeStage(self.location, path, n_records, feature_dim, batch)
+            return ComputeStage(self.location, path, n_records, arrays, batch)
 
     def generation_writer(
         self,
         dataset: str,
         group: str,
         *,
-        feature_dim: int,
+        arrays: list[ArraySpec],
         group_attrs: dict[str, Any],
-        dtype: str = "float32",
     ) -> GenerationWriter:
-        """Start the next generation of a group; invisible until ``commit``.
-
-        ``dtype`` is the features' storage type, ``float32`` or ``float16``.
-        """
+        """Start the next generation of a group, holding ``arrays`` (``features`` first,
+        each with its storage type) and the row columns; invisible until ``commit``."""
         for path in (self._path(dataset), self._path(dataset, group)):
             if not self.location.is_file(f"{path}/zarr.json"):
                 attrs = group_attrs if path == self._path(dataset, group) else {}
@@ -338,6 +380,5 @@ class Cache:
             self._path(dataset, group),
             name,
             committed,
-            feature_dim=feature_dim,
-            dtype=dtype,
+            arrays=arrays,
         )

@@ -16,8 +16,14 @@ Each generation holds, per image (rows in data-set listing order)::
     sizes     (n_images,)             int64     source file size, bytes
     mtimes    (n_images,)             int64     source modification time, ns
 
-Rows are chunked along ``n_images`` only, with at least 1 MiB of features per chunk;
-every array is compressed with Blosc (zstd, level 5, byte shuffle). zarr's
+and, where the backbone asks for them (``taps``, ``finetune_from``, ``views``)::
+
+    pooled.<layer>  (n_images, channels)    float32   a tap's pooled output (or float16)
+    activations     (n_images, h, w, c)     float16   the activation map of finetune_from
+    <name>.flip     same as <name>                    the horizontally flipped image's
+
+Rows are chunked along ``n_images`` only, with at least 1 MiB per chunk of each array
+(:func:`chunk_rows`); every array is compressed with Blosc (zstd, level 5, byte shuffle). zarr's
 ``LocalStore`` writes every chunk and metadata file by rename, so a killed writer
 leaves no torn file.
 """
@@ -54,9 +60,44 @@ _DTYPES = {
 
 
 def chunk_rows(feature_dim: int, itemsize: int = 4) -> int:
-    """Rows per chunk: the smallest power of two whose feature chunk is >= 1 MiB."""
+    """Rows per chunk: the smallest power of two whose chunk of ``feature_dim`` values
+    per row is >= 1 MiB."""
     rows = MIN_CHUNK_BYTES / max(1, feature_dim * itemsize)
     return 1 << max(0, math.ceil(math.log2(rows)))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One per-image array of a generation: its ``name``, the ``shape`` of one image's
+    row (``(feature_dim,)`` or ``(h, w, c)``) and the ``dtype`` it is stored as."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def row_values(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        if len(self.shape) == 3:
+            return ("image", "y", "x", "channel")
+        return ("image", "feature")
+
+    def describe(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> list[ArraySpec]:
+        """The arrays a generation's attributes list (only ``features`` before they did)."""
+        arrays = attrs.get("arrays") or {
+            "features": {
+                "shape": [attrs["feature_dim"]],
+                "dtype": attrs.get("backbone", {}).get("dtype", "float32"),
+            }
+        }
+        return [cls(n, tuple(a["shape"]), a["dtype"]) for n, a in arrays.items()]
 
 
 def storable(text: str) -> str:
@@ -97,40 +138,42 @@ def read_arrays(group: zarr.Group, names: Sequence[str]) -> dict[str, np.ndarray
 
 
 def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted ascending) of a 2-d array: each chunk is read once."""
-    return array.get_orthogonal_selection((rows, slice(None)))
+    """Rows ``rows`` (sorted ascending) of an array: each chunk is read once."""
+    return array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
 
 
 def _create_arrays(
     group: zarr.Group,
-    feature_dim: int,
-    rows: int,
+    specs: Sequence[ArraySpec],
     names: Sequence[str],
-    dtype: str = "float32",
+    rows: int | None = None,
     compressors: Any = COMPRESSOR,
     rows_total: int = 0,
 ):
-    """Create the row arrays, ``rows_total`` long (0: grown by appends)."""
+    """Create the per-image arrays ``specs`` and the row columns ``names``,
+    ``rows_total`` long (0: grown by appends); chunks of ``rows`` rows (default: each
+    array's :func:`chunk_rows`, the columns' as the first array's)."""
     arrays = {}
+    for spec in specs:
+        n = rows or chunk_rows(spec.row_values, np.dtype(spec.dtype).itemsize)
+        arrays[spec.name] = group.create_array(
+            spec.name,
+            shape=(rows_total, *spec.shape),
+            dtype=spec.dtype,
+            chunks=(n, *spec.shape),
+            compressors=compressors,
+            dimension_names=spec.dimension_names,
+        )
+    column_rows = rows or arrays[specs[0].name].chunks[0]
     for name in names:
-        if name == "features":
-            arrays[name] = group.create_array(
-                "features",
-                shape=(rows_total, feature_dim),
-                dtype=dtype,
-                chunks=(rows, feature_dim),
-                compressors=compressors,
-                dimension_names=("image", "feature"),
-            )
-        else:
-            arrays[name] = group.create_array(
-                name,
-                shape=(rows_total,),
-                dtype=_DTYPES[name],
-                chunks=(rows,),
-                compressors=compressors,
-                dimension_names=("image",),
-            )
+        arrays[name] = group.create_array(
+            name,
+            shape=(rows_total,),
+            dtype=_DTYPES[name],
+            chunks=(column_rows,),
+            compressors=compressors,
+            dimension_names=("image",),
+        )
     return arrays
 
 
@@ -149,12 +192,13 @@ class ComputeStage:
     the stage holds every recorded batch, and a batch written but not recorded is
     simply computed and written again.
 
+    ``arrays`` are the per-image arrays one image gives (``features`` first).
     """
 
     location: Location
     path: str
     n_records: int
-    feature_dim: int
+    arrays: Sequence[ArraySpec]
     batch: int
     done: set[int] = field(init=False)
     skipped: list[dict[str, str]] = field(init=False)
@@ -171,9 +215,9 @@ class ComputeStage:
             # (the stage is temporary; the committed generation is compressed).
             _create_arrays(
                 self._group,
-                self.feature_dim,
+                self.arrays,
+                ("keys",),
                 self.batch,
-                ("features", "keys"),
                 compressors=None,
                 rows_total=self.n_records,
             )
@@ -192,9 +236,10 @@ class ComputeStage:
     def records_done(self) -> int:
         return sum(min(self.batch, self.n_records - b * self.batch) for b in self.done)
 
-    def write(self, batch: int, features: np.ndarray, keys: Sequence[str]) -> None:
-        """Write batch ``batch``'s rows (``features`` zero and key ``""`` where skipped)."""
-        _write_batch(self._group, batch, self.batch, features, keys)
+    def write(self, batch: int, arrays: dict[str, np.ndarray], keys: Sequence[str]) -> None:
+        """Write batch ``batch``'s rows of every array (zero rows and key ``""`` where an
+        image was skipped)."""
+        _write_batch(self._group, batch, self.batch, arrays, keys)
 
     def record(self, batches: Sequence[int], skipped: Sequence[dict[str, str]]) -> None:
         """Mark ``batches`` (already written) done, with the images they skipped."""
@@ -209,8 +254,8 @@ class ComputeStage:
             "skipped": self.skipped,
         }
 
-    def features(self) -> zarr.Array:
-        return self._group["features"]
+    def array(self, name: str) -> zarr.Array:
+        return self._group[name]
 
     def keys(self) -> list[str]:
         """Every row's content key; ``""`` for a skipped image."""
@@ -229,7 +274,7 @@ class ComputeStage:
 
 
 def write_stage_batch(
-    cache_url: str, path: str, batch: int, batch_size: int, features: np.ndarray, keys
+    cache_url: str, path: str, batch: int, batch_size: int, arrays: dict[str, np.ndarray], keys
 ) -> None:
     """Write one batch's rows into the stage at ``path`` of the cache at ``cache_url``.
 
@@ -237,13 +282,15 @@ def write_stage_batch(
     process); rows ``[batch * batch_size, ...)`` are one chunk of each array.
     """
     group = open_group(Location.parse(cache_url), path, mode="r+")
-    _write_batch(group, batch, batch_size, features, keys)
+    _write_batch(group, batch, batch_size, arrays, keys)
 
 
-def _write_batch(group: zarr.Group, batch: int, batch_size: int, features, keys) -> None:
+def _write_batch(group: zarr.Group, batch: int, batch_size: int, arrays, keys) -> None:
     start = batch * batch_size
     stop = start + len(keys)
-    group["features"][start:stop] = np.asarray(features, dtype=np.float32)
+    for name, values in arrays.items():
+        target = group[name]
+        target[start:stop] = np.asarray(values, dtype=target.dtype)
     group["keys"][start:stop] = np.asarray(keys, dtype=str)
 
 
@@ -262,44 +309,51 @@ class GenerationWriter:
         name: str,
         previous: str | None,
         *,
-        feature_dim: int,
-        dtype: str = "float32",
+        arrays: Sequence[ArraySpec],
     ) -> None:
         self.location = location
         self.group_path = group_path
         self.name = name
         self.previous = previous
         self.writing = location.writing_name(name)
-        self.feature_dim = feature_dim
-        self.dtype = np.dtype(dtype)
-        self.rows_per_chunk = chunk_rows(feature_dim, self.dtype.itemsize)
+        self.specs = {spec.name: spec for spec in arrays}
         self.n_rows = 0
         self._group = open_group(location, f"{group_path}/{self.writing}", mode="w")
-        self._arrays = _create_arrays(
-            self._group, feature_dim, self.rows_per_chunk, ("features", *ROW_ARRAYS), dtype
-        )
-        self._features: list[np.ndarray] = []
+        self._arrays = _create_arrays(self._group, arrays, ROW_ARRAYS)
+        # Rows are written in whole chunks of every array (all powers of two).
+        self.rows_per_chunk = max(self._arrays[s.name].chunks[0] for s in arrays)
+        self._values: dict[str, list[np.ndarray]] = {n: [] for n in self.specs}
         self._columns: dict[str, list[Any]] = {n: [] for n in ROW_ARRAYS}
         self._buffered = 0
 
-    def append(self, features: np.ndarray, **columns: Sequence[Any]) -> None:
-        """Add rows: ``features`` of shape ``(b, feature_dim)`` and every row column."""
-        features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[1] != self.feature_dim:
-            raise CacheError(
-                f"features of shape {features.shape} do not match feature_dim {self.feature_dim}"
-            )
-        self._features.append(features)
+    def append(self, arrays: dict[str, np.ndarray], **columns: Sequence[Any]) -> None:
+        """Add rows: every per-image array, ``(b, *spec.shape)``, and every row column.
+
+        Raises
+        ------
+        CacheError
+            If an array is missing or its rows have another shape than its spec's.
+        """
+        rows = len(columns["keys"])
+        for name, spec in self.specs.items():
+            values = arrays.get(name)
+            if values is None or values.shape != (rows, *spec.shape):
+                raise CacheError(
+                    f"array {name!r} of shape {None if values is None else values.shape} does "
+                    f"not match {(rows, *spec.shape)}"
+                )
+            self._values[name].append(values)
         for name in ROW_ARRAYS:
             self._columns[name].extend(columns[name])
-        self._buffered += features.shape[0]
+        self._buffered += rows
         while self._buffered >= self.rows_per_chunk:
             self._flush(self.rows_per_chunk)
 
     def _flush(self, rows: int) -> None:
-        features = np.concatenate(self._features, axis=0)
-        self._arrays["features"].append(features[:rows].astype(self.dtype), axis=0)
-        self._features = [features[rows:]] if features.shape[0] > rows else []
+        for name, parts in self._values.items():
+            values = np.concatenate(parts, axis=0)
+            self._arrays[name].append(values[:rows].astype(self.specs[name].dtype), axis=0)
+            self._values[name] = [values[rows:]] if values.shape[0] > rows else []
         for name, values in self._columns.items():
             self._arrays[name].append(np.asarray(values[:rows], dtype=_DTYPES[name]), axis=0)
             self._columns[name] = values[rows:]

@@ -65,6 +65,16 @@ class BackboneConfig:
     dtype : {"float32", "float16"}
         Storage type of the cached features (float16 halves the cache; features are
         read back as float32; ``benchmarks/storage.py`` measures the accuracy effect).
+    finetune_from : str or None
+        Layer whose activation map is cached too, float16 ``(n_images, h, w, c)``, so that
+        ``finetune --from-cache`` can train the layers after it without running the rest;
+        ``true`` in a pipeline file means the registry's ``cache_point`` for the family.
+    taps : tuple of str
+        Intermediate layers whose pooled outputs are cached beside the final features,
+        for heads that concatenate several depths (Head2Toe, arXiv 2201.03529).
+    views : tuple of str
+        ``("identity",)``, or ``("identity", "flip")`` to cache each image's horizontal
+        flip as well (features, taps and activations).
 
     Raises
     ------
@@ -80,6 +90,9 @@ class BackboneConfig:
     args: Mapping[str, Any] = field(default_factory=dict)
     engine: str = "tensorflow"
     dtype: str = "float32"
+    finetune_from: str | None = None
+    taps: tuple[str, ...] = ()
+    views: tuple[str, ...] = ("identity",)
 
     def __post_init__(self) -> None:
         rules.check(self, {"name": rules.BACKBONE["name"]})
@@ -88,7 +101,12 @@ class BackboneConfig:
         rules.complete(self, name=spec.name, input_size=size)
         rules.check(self, rules.BACKBONE)
         rules.complete(
-            self, weights=_weights(self.weights), args={**spec.default_args, **self.args}
+            self,
+            weights=_weights(self.weights),
+            args={**spec.default_args, **self.args},
+            finetune_from=_cache_point(self.finetune_from, spec),
+            taps=tuple(self.taps),
+            views=_views(self.views),
         )
 
     @classmethod
@@ -117,9 +135,32 @@ class BackboneConfig:
         """Dotted name of the ``preprocess_input`` applied to 0-255 RGB pixels."""
         return f"keras.applications.{self.spec.module}.preprocess_input"
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the arrays one image gives, per view: ``features``, then
+        ``pooled.<layer>`` per tap, then ``activations`` when ``finetune_from`` is set."""
+        names = ("features", *(f"pooled.{t}" for t in self.taps))
+        return (*names, "activations") if self.finetune_from else names
+
+    def stored(self) -> tuple[str, ...]:
+        """Names of the cached arrays: each output per view (``<output>.flip``)."""
+        return tuple(
+            name if view == "identity" else f"{name}.{view}"
+            for view in self.views
+            for name in self.outputs
+        )
+
     def describe(self) -> dict[str, Any]:
         """The configuration as a JSON-serialisable dict (the provenance; hashed into the
-        request hash, so its keys and values must not change for the same request)."""
+        request hash, so its keys and values must not change for the same request: the
+        taps, views and activation map appear only when asked for)."""
+        extra: dict[str, Any] = {}
+        if self.finetune_from:
+            extra["finetune_from"] = self.finetune_from
+        if self.taps:
+            extra["taps"] = list(self.taps)
+        if self.views != ("identity",):
+            extra["views"] = list(self.views)
         return {
             "name": self.name,
             "keras_name": self.spec.keras_name,
@@ -131,10 +172,42 @@ class BackboneConfig:
             "embedded_preprocessing": self.spec.embedded_preprocessing,
             "engine": self.engine,
             "dtype": self.dtype,
+            **extra,
         }
 
     def replace(self, **changes: Any) -> BackboneConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _cache_point(value: str | bool | None, spec: BackboneSpec) -> str | None:
+    """``finetune_from``: ``None``/``false`` off, ``true``/``"default"`` the registry's
+    cache point, or a layer name (checked against the model when it is built)."""
+    if value is None or value is False or value == "":
+        return None
+    if value is True or value == "default":
+        if spec.cache_point is None:
+            raise ConfigError(
+                f"{spec.name} has no default cache point (its cells each read the two cells "
+                "before them, so no single layer feeds the last blocks); fine-tune it from "
+                "images, or name a layer",
+                key="finetune_from",
+            )
+        return spec.cache_point
+    return str(value)
+
+
+def _views(value: Any) -> tuple[str, ...]:
+    views = tuple(value)
+    if not views or views[0] != "identity" or len(set(views)) != len(views):
+        raise ConfigError(
+            f"views must start with 'identity' and not repeat, got {list(views)}", key="views"
+        )
+    unknown = [v for v in views if v not in rules.VIEWS]
+    if unknown:
+        raise ConfigError(
+            f"unknown view {unknown[0]!r}; views are {list(rules.VIEWS)}", key="views"
+        )
+    return views
 
 
 def _make_divisible(value: float, divisor: int) -> int:

@@ -26,6 +26,9 @@ POOLINGS = ("avg", "max")
 ENGINES = ("tensorflow", "onnxruntime", "auto")
 DTYPES = ("float32", "float16")
 FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")
+VIEWS = ("identity", "flip")
+SOURCES = ("images", "cache")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,9 @@ BACKBONE = {
     "args": [Mapping],
     "engine": [Options(ENGINES)],
     "dtype": [Options(DTYPES)],
+    "finetune_from": [None, bool, str],
+    "taps": [Strings("a list of layer names")],
+    "views": [Strings(f"a list of views from {VIEWS}")],
 }
 HEAD = {
     "name": [str],
@@ -203,6 +209,8 @@ HEAD = {
     "search": [Grid()],
     "cv": [Interval(Integral, 2, None)],
     "search_samples": [Interval(Integral, 0, None)],
+    "taps": [Strings("a list of layer names")],
+    "views": [bool],
 }
 REFERENCE = {
     "dataset": [str],
@@ -229,6 +237,8 @@ FINETUNE = {
     "patience": [Interval(Integral, 0, None)],
     "unfreeze": [Strings("a list of regular expressions")],
     "seed": [Integral],
+    "source": [Options(SOURCES)],
+    "optimizer": [Options(OPTIMIZERS)],
 }
 PIPELINE = {
     "name": [str],

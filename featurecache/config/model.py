@@ -59,6 +59,12 @@ class HeadConfig:
     with the best values. ``search_samples`` (0: all) bounds the images the search uses
     (a stratified sample of the training split), for large data sets; the refit still
     uses all of them.
+
+    ``taps`` names pooled intermediate layers (the backbone's ``taps``) whose features
+    are concatenated after the final ones, as in Head2Toe (arXiv 2201.03529). ``views``
+    (default true) uses the flipped views when the cache holds them: the flipped
+    training rows are added as augmentation, and predictions are averaged over the
+    views at evaluation.
     """
 
     name: str = ""
@@ -67,12 +73,16 @@ class HeadConfig:
     search: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     cv: int = 5
     search_samples: int = 0
+    taps: tuple[str, ...] = ()
+    views: bool = True
 
     def __post_init__(self) -> None:
         if not self.name and isinstance(self.kind, str):
             rules.complete(self, name=self.kind)
         rules.check(self, rules.HEAD)
-        rules.complete(self, search={k: tuple(v) for k, v in self.search.items()})
+        rules.complete(
+            self, search={k: tuple(v) for k, v in self.search.items()}, taps=tuple(self.taps)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,8 +136,13 @@ class FinetuneConfig:
     ``head`` names the trained dense head to start from; ``unfreeze`` adds layer-name
     patterns (regular expressions) to the backbone's registered last block; ``max_steps``
     bounds the batches per epoch (0: the whole training split); ``learning_rate`` and
-    ``momentum`` are SGD's. ``augment`` is an :class:`Augmentation`; ``true``, ``false``
-    or a table of its fields are accepted too.
+    ``momentum`` are SGD's (``optimizer = "adam"``: Adam's learning rate, momentum
+    unused). ``augment`` is an :class:`Augmentation`; ``true``, ``false`` or a table of
+    its fields are accepted too.
+
+    ``source = "cache"`` trains the layers after the backbone's ``finetune_from`` and
+    the head from the cached activation maps instead of images (``augment`` then does
+    not apply; the cached flipped views, if any, are the augmentation).
     """
 
     head: str = "dense"
@@ -140,6 +155,8 @@ class FinetuneConfig:
     unfreeze: tuple[str, ...] = ()
     augment: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
+    source: str = "images"
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         rules.check(self, rules.FINETUNE)

@@ -54,6 +54,10 @@ class BackboneSpec:
         ``"v2"`` (MobileNetV2: 1280, or ``1280 * alpha`` above 1).
     default_args : mapping
         Extra keyword arguments passed to the builder unless overridden.
+    cache_point : str or None
+        Default layer whose activation map is cached for fine-tuning from the cache
+        (``finetune_from = true``): the input of the last few blocks. ``None`` where no
+        single layer separates them from the rest (NASNet).
     """
 
     name: str
@@ -65,6 +69,7 @@ class BackboneSpec:
     preprocess: str
     alpha_rule: str | None = None
     default_args: Mapping[str, Any] = field(default_factory=dict)
+    cache_point: str | None = None
 
     @property
     def embedded_preprocessing(self) -> bool:
@@ -83,6 +88,7 @@ class BackboneSpec:
             "preprocess_input": f"keras.applications.{self.module}",
             "embedded_preprocessing": self.embedded_preprocessing,
             "last_block": list(self.last_block),
+            "cache_point": self.cache_point,
         }
 
     def last_block_layers(self, layer_names: list[str]) -> list[str]:

@@ -44,12 +44,11 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
     writer = cache.generation_writer(
         listing.name,
         job.group,
-        feature_dim=job.backbone.feature_dim,
+        arrays=job.arrays,
         group_attrs={
             "request_hash": recipe.request_hash(job.backbone),
             "recipe_hash": job.recipe_hash,
         },
-        dtype=job.backbone.dtype,
     )
     try:
         content, split_counts = _write_rows(writer, job, order, stage_rows, stage_keys)
@@ -134,21 +133,28 @@ def _write_rows(
     return content.hexdigest(), split_counts
 
 
-def _gather(window: Sequence[int], job: ExtractJob, stage_rows: dict[int, int]) -> np.ndarray:
-    """Features for ``window`` (record indices), from the cache or the staging group."""
-    out = np.empty((len(window), job.backbone.feature_dim), np.float32)
-    by_array: dict[int, tuple[Any, list[int], list[int]]] = {}
+def _gather(
+    window: Sequence[int], job: ExtractJob, stage_rows: dict[int, int]
+) -> dict[str, np.ndarray]:
+    """Every array's rows for ``window`` (record indices), from the generations that
+    hold them or the staging group (``None`` in the plan's reuse map)."""
+    by_source: dict[int, tuple[Any, list[int], list[int]]] = {}
     for position, index in enumerate(window):
         if index in job.plan.reuse:
-            array, row = job.plan.reuse[index]
+            source, row = job.plan.reuse[index]
         else:
-            array, row = job.stage.features(), stage_rows[index]
-        entry = by_array.setdefault(id(array), (array, [], []))
+            source, row = None, stage_rows[index]
+        entry = by_source.setdefault(id(source), (source, [], []))
         entry[1].append(position)
         entry[2].append(row)
-    for array, positions, rows in by_array.values():
-        order = np.argsort(rows)
-        out[np.asarray(positions)[order]] = read_rows(array, np.asarray(rows)[order])
+    out = {}
+    for spec in job.arrays:
+        values = np.empty((len(window), *spec.shape), spec.dtype)
+        for source, positions, rows in by_source.values():
+            array = job.stage.array(spec.name) if source is None else source[spec.name]
+            order = np.argsort(rows)
+            values[np.asarray(positions)[order]] = read_rows(array, np.asarray(rows)[order])
+        out[spec.name] = values
     return out
 
 
@@ -167,6 +173,7 @@ def _provenance(job: ExtractJob, split_counts: dict[str, int]) -> dict[str, Any]
         "pooling": backbone.pooling,
         "resize": recipe.RESIZE_METHOD,
         "feature_dim": backbone.feature_dim,
+        "arrays": {spec.name: spec.describe() for spec in job.arrays},
         "codec": CODEC_DESCRIPTION,
         "batch_size": job.batch_size,
         "versions": recipe.versions(),

@@ -261,7 +261,7 @@ def compute_shard(spec: ShardSpec) -> ShardResult:
 
     def write(_: BatchWork, number: int, output: BatchOutput) -> None:
         write_stage_batch(
-            spec.cache_url, spec.stage_path, number, spec.batch_size, output.features, output.keys
+            spec.cache_url, spec.stage_path, number, spec.batch_size, output.arrays, output.keys
         )
         result.skipped.extend(output.skipped)
         result.n_computed += output.n_computed

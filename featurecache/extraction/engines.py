@@ -28,8 +28,9 @@ from featurecache.errors import DependencyError, EngineError
 
 log = logging.getLogger(__name__)
 
-#: Preprocessed float32 images ``(batch, size, size, 3)`` -> features ``(batch, feature_dim)``.
-Runner = Callable[[np.ndarray], np.ndarray]
+#: Preprocessed float32 images ``(batch, size, size, 3)`` -> one array per output of the
+#: backbone (``BackboneConfig.outputs``: features ``(batch, feature_dim)`` first).
+Runner = Callable[[np.ndarray], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,22 @@ class Extractor:
     engine: str
     runner: Runner
 
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 RGB ``(batch, size, size, 3)`` -> float32 features ``(batch, feature_dim)``,
-        through the family's ``preprocess_input`` and the backbone."""
-        batch = self.built.preprocess(np.asarray(pixels, dtype=np.float32))
-        return np.asarray(self.runner(batch), dtype=np.float32)
+    def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 RGB ``(batch, size, size, 3)`` -> every stored array of the batch, float32,
+        by name (``BackboneConfig.stored``): ``features`` ``(batch, feature_dim)``, the
+        pooled taps, the activation map, and each again for the flipped view
+        (``<name>.flip``), which is computed as a batch of its own, so the identity view's
+        numbers do not depend on whether flips are stored."""
+        config = self.built.config
+        arrays: dict[str, np.ndarray] = {}
+        for view in config.views:
+            images = pixels if view == "identity" else pixels[:, :, ::-1, :]
+            batch = self.built.preprocess(np.asarray(images, dtype=np.float32))
+            values = self.runner(batch)
+            for name, value in zip(config.outputs, values, strict=True):
+                key = name if view == "identity" else f"{name}.{view}"
+                arrays[key] = np.asarray(value, dtype=np.float32)
+        return arrays
 
 
 def onnx_available() -> bool:
@@ -57,8 +69,14 @@ def onnx_available() -> bool:
 
 
 def tensorflow_runner(built: BuiltBackbone) -> Runner:
-    """Preprocessed float32 ``(b, size, size, 3)`` -> features ``(b, feature_dim)``."""
-    return lambda batch: np.asarray(built.model.predict_on_batch(batch))
+    """Preprocessed float32 ``(b, size, size, 3)`` -> the outputs of ``built.outputs_model``."""
+    model = built.outputs_model
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        values = model.predict_on_batch(batch)
+        return [np.asarray(v) for v in values] if isinstance(values, list | tuple) else [values]
+
+    return run
 
 
 def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
@@ -81,10 +99,11 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         size = built.config.input_size
-        built.model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
+        model = built.outputs_model
+        model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         start = time.perf_counter()
-        built.model.export(str(tmp), format="onnx", verbose=False)
+        model.export(str(tmp), format="onnx", verbose=False)
         os.replace(tmp, path)
         log.info(
             "exported %s to ONNX in %.1f s: %s",
@@ -105,7 +124,13 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
             "images (a tf2onnx limitation); use engine 'tensorflow' for this backbone"
         )
     name = inputs[0].name
-    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
+    n_outputs = len(built.config.outputs)
+    if len(session.get_outputs()) != n_outputs:
+        raise EngineError(
+            f"the ONNX export of {built.config.name} has {len(session.get_outputs())} "
+            f"outputs, not {n_outputs}; delete {path} and run again"
+        )
+    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, np.float32)})
 
 
 def open_extractor(

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from featurecache.backbones import build_backbone
 from featurecache.cache import Cache, storable
 from featurecache.cache import recipe as recipes
-from featurecache.cache.store import ComputeStage
+from featurecache.cache.store import ArraySpec, ComputeStage
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.datasets import Listing
 from featurecache.extraction.decoding import Decoded, decoded_batches
@@ -77,7 +77,8 @@ class ExtractJob:
 
     Batch ``b`` holds the images ``plan.compute[b * batch_size : (b + 1) * batch_size]``
     and is chunk ``b`` of ``stage``; ``weights`` is the provenance of the weights
-    (``spec``, ``file``, ``sha256``). ``extractor`` is set when images must be computed.
+    (``spec``, ``file``, ``sha256``); ``arrays`` the per-image arrays of the generation
+    (``features`` first). ``extractor`` is set when images must be computed.
     """
 
     listing: Listing
@@ -90,6 +91,7 @@ class ExtractJob:
     stage: ComputeStage
     started: float
     n_resumed: int
+    arrays: list[ArraySpec]
     extractor: Extractor | None = None
     n_computed: int = 0
     compute_seconds: float = 0.0
@@ -112,10 +114,11 @@ class ExtractJob:
 
 @dataclass
 class BatchOutput:
-    """One computed batch: ``features`` ``(n, feature_dim)`` float32 (zero rows where an
-    image was skipped), ``keys`` (``""`` where skipped) and the skip records."""
+    """One computed batch: ``arrays``, every stored array by name, ``(n, *shape)``
+    float32 (``features`` ``(n, feature_dim)`` first; zero rows where an image was
+    skipped), ``keys`` (``""`` where skipped) and the skip records."""
 
-    features: np.ndarray
+    arrays: dict[str, np.ndarray]
     keys: list[str]
     skipped: list[dict[str, str]]
 
@@ -151,11 +154,40 @@ def compute_batch(extractor: Extractor, listing: Listing, items: Sequence[Decode
     ]
     for item in skipped:
         log.warning("skipped %s", item["reason"])
-    features = np.zeros((len(items), extractor.built.config.feature_dim), np.float32)
+    shapes = extractor.built.output_shapes
+    arrays = {
+        name: np.zeros((len(items), *shapes[_output(name)]), np.float32)
+        for name in extractor.built.config.stored()
+    }
     good = [i for i, (_, _, _, error) in enumerate(items) if error is None]
     if good:
-        features[good] = extractor.features(np.stack([items[i][2][size] for i in good]))
-    return BatchOutput(features, keys, skipped)
+        computed = extractor.outputs(np.stack([items[i][2][size] for i in good]))
+        for name, values in computed.items():
+            arrays[name][good] = values
+    return BatchOutput(arrays, keys, skipped)
+
+
+def _output(stored: str) -> str:
+    """The output a stored array holds: ``features.flip`` -> ``features``."""
+    return stored.removesuffix(".flip")
+
+
+def array_specs(backbone: BackboneConfig, shapes: dict[str, tuple[int, ...]]) -> list[ArraySpec]:
+    """The generation's per-image arrays: each stored output with its shape; activation
+    maps in float16, pooled outputs in ``backbone.dtype``."""
+    return [
+        ArraySpec(
+            name, shapes[_output(name)], "float16" if "activations" in name else backbone.dtype
+        )
+        for name in backbone.stored()
+    ]
+
+
+def _stage_specs(arrays: list[ArraySpec]) -> list[ArraySpec]:
+    """Staging keeps pooled outputs in float32 (cast once, at commit), maps in float16."""
+    return [
+        ArraySpec(s.name, s.shape, "float16" if len(s.shape) == 3 else "float32") for s in arrays
+    ]
 
 
 def compute_batches(
@@ -223,6 +255,7 @@ def prepare(
     known = found or recipes.find_any_group(cache, backbone)
     plan = make_plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
     extractor = None
+    arrays = ArraySpec.from_attrs(known.attrs) if known else []
     if plan.compute or known is None:
         built = build_backbone(backbone)
         model_id = recipes.model_id(backbone, built.weights_sha256)
@@ -230,6 +263,7 @@ def prepare(
         engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
         extractor = open_extractor(built, engine, cache.location.engine_dir(), model_id, batch_size)
         recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
+        arrays = array_specs(backbone, built.output_shapes)
         weights = {"spec": backbone.weights, "file": built.weights_file}
         weights["sha256"] = built.weights_sha256
     else:
@@ -243,7 +277,7 @@ def prepare(
         group,
         plan_id(listing, recipe_hash, found, plan.compute, batch_size),
         n_records=len(plan.compute),
-        feature_dim=backbone.feature_dim,
+        arrays=_stage_specs(arrays),
         batch=batch_size,
     )
     if stage.done:
@@ -264,6 +298,7 @@ def prepare(
         stage=stage,
         started=start,
         n_resumed=stage.records_done - len(stage.skipped),
+        arrays=arrays,
         extractor=extractor,
     )
 

@@ -36,6 +36,6 @@ def run_local(
 
 def _record(work: BatchWork, number: int, output: BatchOutput) -> None:
     job: ExtractJob = work.owner
-    job.stage.write(number, output.features, output.keys)
+    job.stage.write(number, output.arrays, output.keys)
     job.stage.record([number], output.skipped)
     job.n_computed += output.n_computed

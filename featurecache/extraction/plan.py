@@ -23,14 +23,14 @@ class Plan:
     """Where each record's features come from.
 
     ``keys`` maps a record index to its content key where it is known without
-    computing; ``reuse`` maps a record index to ``(features array, row)`` of a committed
-    generation; ``compute`` lists the record indices (ascending) the backbone must run
-    on. ``n_new``, ``n_changed`` and ``n_removed`` compare the listing with the previous
-    generation.
+    computing; ``reuse`` maps a record index to ``(generation, row)`` of a committed
+    generation (a read-only zarr group holding every array of the recipe); ``compute``
+    lists the record indices (ascending) the backbone must run on. ``n_new``,
+    ``n_changed`` and ``n_removed`` compare the listing with the previous generation.
     """
 
     keys: dict[int, str] = field(default_factory=dict)
-    reuse: dict[int, tuple[Any, int]] = field(default_factory=dict)  # index -> (array, row)
+    reuse: dict[int, tuple[Any, int]] = field(default_factory=dict)  # index -> (group, row)
     compute: list[int] = field(default_factory=list)
     n_new: int = 0
     n_changed: int = 0
@@ -52,7 +52,7 @@ def make_plan(
             str(s): (int(z), int(m), str(k), row)
             for row, (s, z, m, k) in enumerate(zip(sources, sizes, mtimes, keys, strict=True))
         }
-        by_key = {str(k): (old["features"], row) for row, k in enumerate(keys)}
+        by_key = {str(k): (old, row) for row, k in enumerate(keys)}
     unknown = []
     present = set()
     for index, record in enumerate(listing.records):
@@ -86,14 +86,14 @@ def make_plan(
 
 
 def keys_elsewhere(cache: Cache, dataset: str, recipe_hash: str) -> dict[str, tuple[Any, int]]:
-    """Content key -> (features array, row) over other data sets made by the same recipe."""
+    """Content key -> (generation, row) over other data sets made by the same recipe."""
     found: dict[str, tuple[Any, int]] = {}
     for other, group, attrs in cache.groups():
         if other == dataset or attrs.get("recipe_hash") != recipe_hash:
             continue
         rows = cache.open_rows(other, group)
         for row, key in enumerate(rows["keys"][...]):
-            found.setdefault(str(key), (rows["features"], row))
+            found.setdefault(str(key), (rows, row))
     return found
 
 

@@ -9,18 +9,20 @@ import zarr
 
 from featurecache.cache import Cache, storable
 from featurecache.cache.storage import CURRENT
-from featurecache.cache.store import chunk_rows
+from featurecache.cache.store import ArraySpec, chunk_rows
 from featurecache.errors import CacheError, LockedError
 
 
 def write_gen(cache: Cache, n: int, dim: int = 8, batch: int = 7, group: str = "g"):
     cache.ensure()
-    writer = cache.generation_writer("ds", group, feature_dim=dim, group_attrs={})
+    writer = cache.generation_writer(
+        "ds", group, arrays=[ArraySpec("features", (dim,))], group_attrs={}
+    )
     features = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
     for start in range(0, n, batch):
         rows = range(start, min(n, start + batch))
         writer.append(
-            features[rows.start : rows.stop],
+            {"features": features[rows.start : rows.stop]},
             labels=[i % 3 for i in rows],
             split=["train" if i % 4 else "test" for i in rows],
             keys=[f"k{i}" for i in rows],
@@ -78,9 +80,11 @@ def test_commit_swaps_current_and_keeps_only_the_previous_generation(tmp_path):
 def test_an_uncommitted_generation_is_invisible_and_aborts_cleanly(tmp_path):
     cache = Cache(tmp_path / "c")
     write_gen(cache, 5)
-    writer = cache.generation_writer("ds", "g", feature_dim=8, group_attrs={})
+    writer = cache.generation_writer(
+        "ds", "g", arrays=[ArraySpec("features", (8,))], group_attrs={}
+    )
     writer.append(
-        np.ones((3, 8)),
+        {"features": np.ones((3, 8))},
         labels=[0] * 3,
         split=["train"] * 3,
         keys=["a"] * 3,
@@ -93,24 +97,27 @@ def test_an_uncommitted_generation_is_invisible_and_aborts_cleanly(tmp_path):
     assert not list((tmp_path / "c" / "ds" / "g").glob("*.partial"))
 
 
+FEATURES_4 = [ArraySpec("features", (4,))]
+
+
 def test_compute_stage_resumes_from_its_recorded_batches(tmp_path):
     cache = Cache(tmp_path / "c")
     cache.ensure()
-    stage = cache.stage("ds", "g", "plan1", n_records=5, feature_dim=4, batch=2)
+    stage = cache.stage("ds", "g", "plan1", n_records=5, arrays=FEATURES_4, batch=2)
     assert stage.missing() == [0, 1, 2]
-    stage.write(0, np.ones((2, 4)), ["a", "b"])
+    stage.write(0, {"features": np.ones((2, 4))}, ["a", "b"])
     stage.record([0], [])
-    stage.write(2, np.full((1, 4), 2.0), [""])  # batches need not finish in order
+    stage.write(2, {"features": np.full((1, 4), 2.0)}, [""])  # batches need not finish in order
     stage.record([2], [{"source": "bad.jpg", "reason": "corrupt"}])
     # A batch written but not recorded (killed before the progress update):
-    stage.write(1, np.full((2, 4), 9.0), ["x", "y"])
-    again = cache.stage("ds", "g", "plan1", n_records=5, feature_dim=4, batch=2)
+    stage.write(1, {"features": np.full((2, 4), 9.0)}, ["x", "y"])
+    again = cache.stage("ds", "g", "plan1", n_records=5, arrays=FEATURES_4, batch=2)
     assert again.missing() == [1] and again.records_done == 3
     assert again.skipped == [{"source": "bad.jpg", "reason": "corrupt"}]
-    assert again.features().chunks == (2, 4)  # one chunk per batch: one writer each
-    np.testing.assert_array_equal(again.features()[0:2], np.ones((2, 4)))
+    assert again.array("features").chunks == (2, 4)  # one chunk per batch: one writer each
+    np.testing.assert_array_equal(again.array("features")[0:2], np.ones((2, 4)))
     assert again.keys()[0:2] == ["a", "b"] and again.keys()[4] == ""
-    other = cache.stage("ds", "g", "plan2", n_records=3, feature_dim=4, batch=2)
+    other = cache.stage("ds", "g", "plan2", n_records=3, arrays=FEATURES_4, batch=2)
     assert other.missing() == [0, 1]  # a new plan drops stale stages
     assert not (tmp_path / "c" / ".staging" / "ds" / "g" / "plan1").exists()
 

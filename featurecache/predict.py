@@ -63,6 +63,22 @@ def _backbone(config: BackboneConfig, info: dict) -> BuiltBackbone:
     return built
 
 
+def _views(info: dict) -> list[str]:
+    return list(info.get("views", ["identity"]))
+
+
+def head_inputs(built: BuiltBackbone, pixels: np.ndarray, info: dict, view: str) -> np.ndarray:
+    """What a frozen head takes for RGB ``pixels`` ``(b, size, size, 3)`` 0-255: the
+    pooled features of the ``view`` (``identity`` or ``flip``), followed by the pooled
+    taps the head was trained on (``info["taps"]``), ``(b, feature_dim)`` float32."""
+    images = pixels if view == "identity" else pixels[:, :, ::-1, :]
+    values = built.outputs_model.predict_on_batch(built.preprocess(images))
+    values = values if isinstance(values, list | tuple) else [values]
+    by_name = dict(zip(built.config.outputs, values, strict=True))
+    names = ["features", *(f"pooled.{tap}" for tap in info.get("taps", []))]
+    return np.concatenate([np.asarray(by_name[n]) for n in names], axis=1).astype(np.float32)
+
+
 def predict(
     head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: int = 32
 ) -> list[Prediction]:
@@ -101,9 +117,11 @@ def predict(
         if not ok:
             continue
         batch = np.stack(pixels).astype(np.float32)
-        if built is not None:
-            batch = np.asarray(built.model.predict_on_batch(built.preprocess(batch)))
-        proba = predict_proba(head, batch, len(class_names))
+        if built is None:
+            proba = predict_proba(head, batch, len(class_names))
+        else:
+            views = [head_inputs(built, batch, record.info, view) for view in _views(record.info)]
+            proba = sum(predict_proba(head, x, len(class_names)) for x in views) / len(views)
         for path, row in zip(ok, proba, strict=True):
             best = int(row.argmax())
             results.append(Prediction(str(path), class_names[best], float(row[best])))

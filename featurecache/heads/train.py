@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featurecache.cache import Cache, FeatureSet, cache_id
 from featurecache.cache import recipe as recipes
 from featurecache.config import HeadConfig, Pipeline
@@ -85,8 +87,14 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
                     f"{backbone.pooling} pooling, weights {backbone.weights}); run "
                     "`featurecache extract` with the same settings first"
                 )
-            features = cache.read(dataset.name, found.group)
+            read: dict[tuple, FeatureSet] = {}
             for head, kind in zip(pipeline.heads, kinds, strict=True):
+                flipped = head.views and "flip" in found.attrs["backbone"].get("views", ())
+                if (head.taps, flipped) not in read:
+                    read[head.taps, flipped] = cache.read(
+                        dataset.name, found.group, taps=head.taps, flipped=flipped
+                    )
+                features = read[head.taps, flipped]
                 folder = layout.head_dir(dataset.name, found.group, head.name)
                 kept = _unchanged(folder, head, kind, found.attrs) if only_changed else None
                 if kept is None and not checked:  # before the first head is trained
@@ -115,6 +123,8 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
         and info.get("recipe_hash") == attrs.get("recipe_hash")
         and info.get("kind") == kind
         and info.get("params") == dict(head.params)
+        and info.get("taps", []) == list(head.taps)
+        and info.get("use_views", True) == head.views
         and info.get("search", {}).get("grid_given") == _grid(head)
         and info.get("search", {}).get("cv") == (head.cv if head.search else None)
         and (folder / info.get("model_file", "-")).is_file()
@@ -194,11 +204,39 @@ def train_one(
 
 
 def _evaluate(head: Any, features: FeatureSet, split: str) -> dict[str, Any]:
-    """``metrics.json``'s object for one split (:func:`featurecache.metrics.evaluate`)."""
+    """``metrics.json``'s object for one split (:func:`featurecache.metrics.evaluate`);
+    with flipped views, the class probabilities are averaged over the two views."""
     from featurecache.metrics import evaluate
 
+    n_classes = len(features.class_names)
     x, y = features.subset(split)
-    return evaluate(y, predict_proba(head, x, len(features.class_names)), features.class_names)
+    proba = predict_proba(head, x, n_classes)
+    if features.flipped is not None:
+        proba = (
+            proba + predict_proba(head, features.subset(split, flipped=True)[0], n_classes)
+        ) / 2
+    return evaluate(y, proba, features.class_names)
+
+
+def _training_rows(
+    features: FeatureSet, validation_fraction: float, seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """The training rows with their flipped views added, and the validation rows: the
+    validation split, or (without one) a stratified ``validation_fraction`` of train
+    held out before the flips are added, so that no image's flip validates itself."""
+    x, y = features.subset("train")
+    xf, _ = features.subset("train", flipped=True)
+    if "validation" in features.splits:
+        validation = features.subset("validation")
+        keep = np.arange(len(y))
+    else:
+        from sklearn.model_selection import train_test_split
+
+        keep, held = train_test_split(
+            np.arange(len(y)), test_size=validation_fraction, stratify=y, random_state=seed
+        )
+        validation = (x[held], y[held])
+    return (np.concatenate([x[keep], xf[keep]]), np.concatenate([y[keep], y[keep]])), validation
 
 
 def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict[str, Any]]:
@@ -212,6 +250,10 @@ def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict
             f"{features.dataset}/{features.group} has no 'train' images to fit a head on"
         )
     head = build_head(kind, config.params)
+    augmented = None
+    if features.flipped is not None:
+        xf, _ = features.subset("train", flipped=True)
+        augmented = (np.concatenate([x_train, xf]), np.concatenate([y_train, y_train]))
     try:
         if config.search:
             head, search = tune(
@@ -221,6 +263,7 @@ def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict
                 y_train,
                 cv=config.cv,
                 max_samples=config.search_samples,
+                refit=augmented,
             )
             search["grid_given"] = _grid(config)
             log.info(
@@ -231,10 +274,13 @@ def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict
                 search["best_cv_accuracy"],
             )
             return head, search
-        if isinstance(head, DenseHead) and "validation" in features.splits:
+        if isinstance(head, DenseHead) and features.flipped is not None:
+            rows, validation = _training_rows(features, head.validation_fraction)
+            head.fit(*rows, validation_data=validation)
+        elif isinstance(head, DenseHead) and "validation" in features.splits:
             head.fit(x_train, y_train, validation_data=features.subset("validation"))
         else:
-            head.fit(x_train, y_train)  # not every classifier's fit returns self
+            head.fit(*(augmented or (x_train, y_train)))  # not every fit returns self
         return head, {}
     except ValueError as exc:
         raise FeaturecacheError(f"head {config.name!r} could not be fitted: {exc}") from exc
@@ -262,7 +308,10 @@ def _head_info(
         "weights": attrs["weights"],
         "recipe_hash": attrs["recipe_hash"],
         "content_hash": attrs.get("content_hash"),
-        "feature_dim": attrs["feature_dim"],
+        "feature_dim": int(features.features.shape[1]),
+        "taps": list(config.taps),
+        "use_views": config.views,
+        "views": ["identity", "flip"] if features.flipped is not None else ["identity"],
         "search": search,
         "pipeline": pipeline,
         "extraction": {

@@ -20,6 +20,7 @@ def tune(
     cv: int = 5,
     seed: int = 0,
     max_samples: int = 0,
+    refit: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Choose ``head``'s parameters by grid search with stratified ``cv``-fold
     cross-validation on ``(x, y)`` (the training split), scored by top-1 accuracy.
@@ -29,9 +30,10 @@ def tune(
     pipeline that owns it (``logisticregression__C``). The folds are shuffled with
     ``seed``. With ``max_samples`` > 0 and more images than that, the search runs
     on a stratified sample of ``max_samples`` images (seeded) and the refit on all.
-    This is scikit-learn's ``GridSearchCV`` with ``StratifiedKFold``;
-    sweeping the regularisation of a linear probe this way is the protocol of
-    Kornblith et al., "Do Better ImageNet Models Transfer Better?" (CVPR 2019).
+    ``refit``: other rows to refit on (train plus flipped views, kept out of the folds).
+    This is scikit-learn's ``GridSearchCV`` with ``StratifiedKFold``; sweeping the
+    regularisation of a linear probe this way is the protocol of Kornblith et al.,
+    "Do Better ImageNet Models Transfer Better?" (CVPR 2019).
 
     Returns
     -------
@@ -59,16 +61,13 @@ def tune(
         x_search, _, y_search, _ = train_test_split(
             x, y, train_size=max_samples, stratify=y, random_state=seed
         )
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+    # refit=False: refitted below on all of (x, y), sampled or not, or on ``refit``
     searcher = GridSearchCV(
-        head,
-        grid,
-        scoring="accuracy",
-        cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed),
-        refit=False,  # refitted below on all of (x, y), sampled or not
-        error_score="raise",
+        head, grid, scoring="accuracy", cv=folds, refit=False, error_score="raise"
     )
     searcher.fit(x_search, y_search)
-    best = clone(head).set_params(**searcher.best_params_).fit(x, y)
+    best = clone(head).set_params(**searcher.best_params_).fit(*(refit or (x, y)))
     return best, {"cv": cv, "n_searched": int(len(y_search)), "grid": grid, **_scores(searcher)}
 
 

@@ -103,7 +103,8 @@ def finetune(
     """Fine-tune the backbone's last block under the trained dense head (after `run`).
 
     Checks first that the rebuilt model reproduces the head's output on cached features;
-    saves a checkpoint every epoch and resumes after an interruption.
+    saves a checkpoint every epoch and resumes after an interruption. With --from-cache,
+    trains the layers after the backbone's finetune_from from the cached activations.
     """
     from featurecache.finetune.train import finetune as run_finetune
 

@@ -171,6 +171,14 @@ AugmentOpt = Annotated[
         "--augment/--no-augment",
     ),
 ]
+FromCacheOpt = Annotated[
+    bool | None,
+    _option(
+        "Train the layers after the backbone's finetune_from and the head from the cached "
+        'activation maps instead of images ([finetune] source = "cache").',
+        "--from-cache/--from-images",
+    ),
+]
 HeadFolderArg = Annotated[
     Path,
     typer.Argument(
@@ -289,10 +297,15 @@ class FinetuneOptions:
     learning_rate: LearningRateOpt = None
     unfreeze: UnfreezeOpt = None
     augment: AugmentOpt = None
+    from_cache: FromCacheOpt = None
 
     def apply(self, pipeline: Pipeline) -> Pipeline:
         """``pipeline`` with these options in its ``[finetune]`` (``None``: kept)."""
-        return pipeline.with_finetune(**asdict(self))
+        changes = asdict(self)
+        from_cache = changes.pop("from_cache")
+        if from_cache is not None:
+            changes["source"] = "cache" if from_cache else "images"
+        return pipeline.with_finetune(**changes)
 
 
 def _parameters(group: type) -> list[inspect.Parameter]:

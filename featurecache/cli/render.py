@@ -68,11 +68,20 @@ def heads(results: Sequence[Any]) -> None:
 
 def finetuned(results: Sequence[Any]) -> None:
     for r in results:
+        per_epoch = (
+            f", {sum(r.epoch_seconds) / len(r.epoch_seconds):.0f} s per epoch"
+            if r.epoch_seconds
+            else ""
+        )
         typer.echo(
-            f"fine-tuned {r.dataset} x {r.backbone} on the {r.device}: parity check "
-            f"passed (max abs diff {r.parity_max_abs_diff:.1e}), "
-            f"{r.trainable_layers} layers trained, {r.epochs_run} epochs of "
-            f"{r.steps_per_epoch} steps ({r.seconds:.0f} s) -> {r.folder}"
+            f"fine-tuned {r.dataset} x {r.backbone} from {r.source} on the {r.device}: "
+            + (
+                f"parity check passed (max abs diff {r.parity_max_abs_diff:.1e}), "
+                if r.parity_max_abs_diff is not None
+                else "parity check skipped (no source image found), "
+            )
+            + f"{r.trainable_layers} layers trained, {r.epochs_run} epochs of "
+            f"{r.steps_per_epoch} steps ({r.seconds:.0f} s{per_epoch}) -> {r.folder}"
         )
         if not r.improved:
             typer.echo(

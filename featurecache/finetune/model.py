@@ -90,11 +90,40 @@ def unfreeze(built: BuiltBackbone, extra: Sequence[str] = ()) -> list[str]:
     return opened
 
 
-def compile_for_finetuning(model: Any, learning_rate: float, momentum: float) -> None:
-    """SGD with momentum, sparse categorical cross-entropy, top-1 accuracy."""
+def compile_for_finetuning(
+    model: Any,
+    learning_rate: float,
+    momentum: float,
+    optimizer: str = "sgd",
+    *,
+    warmup_steps: int = 0,
+    total_steps: int = 0,
+) -> None:
+    """SGD with momentum (the Keras blog recipe) or Adam (``momentum`` unused), sparse
+    categorical cross-entropy, top-1 accuracy.
+
+    With ``total_steps``, the learning rate rises linearly from 0 to ``learning_rate``
+    over ``warmup_steps``, then follows a cosine decay to 0 at ``total_steps``
+    (``keras.optimizers.schedules.CosineDecay``; warm-up as in Goyal et al. 2017,
+    arXiv 1706.02677, cosine as in Loshchilov & Hutter 2017, arXiv 1608.03983): the
+    first full-size steps would otherwise undo much of what the pretrained layers and
+    the converged head start with.
+    """
     keras = import_keras()
+    rate: Any = learning_rate
+    if total_steps > 0:
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0,
+            decay_steps=max(1, total_steps - warmup_steps),
+            warmup_target=learning_rate,
+            warmup_steps=warmup_steps,
+        )
+    if optimizer == "adam":
+        opt = keras.optimizers.Adam(learning_rate=rate)
+    else:
+        opt = keras.optimizers.SGD(learning_rate=rate, momentum=momentum)
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum),
+        optimizer=opt,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

@@ -37,6 +37,7 @@ class Block:
     backbone: dict[str, Any]
     heads: list[HeadRecord] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    finetuned: list[HeadRecord] = field(default_factory=list)
 
     @property
     def extraction(self) -> dict[str, Any]:
@@ -140,6 +141,8 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
                 newest = max(found, key=lambda r: r.info.get("created", ""))
                 block.heads.append(newest)
                 block.group = newest.info["cache"]["group"]
+            if block.group:
+                block.finetuned = _finetuned(RunLayout.of(pipeline), dataset.name, block.group)
             if block.missing:
                 log.warning(
                     "%s: %s x %s: no trained head %s under %s (run `featurecache run %s`)",
@@ -152,6 +155,13 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
                 )
             blocks.append(block)
     return blocks
+
+
+def _finetuned(layout: RunLayout, dataset: str, group: str) -> list[HeadRecord]:
+    """The fine-tuned models (from images or from the cache) of one cache group."""
+    folder = layout.head_dir(dataset, group, "x").parent
+    found = [HeadRecord.find(path) for path in sorted(folder.glob("finetune-*"))]
+    return [r for r in found if r is not None and r.kind == "finetuned" and r.metrics]
 
 
 def _from_folder(folder: Path, runs: Path) -> list[HeadRecord]:
@@ -188,4 +198,10 @@ def _blocks(runs: list[HeadRecord]) -> list[Block]:
             ),
         )
         block.heads.append(run)
+    for block in blocks.values():
+        folder = block.heads[0].folder.parent
+        found = [HeadRecord.find(path) for path in sorted(folder.glob("finetune-*"))]
+        block.finetuned = [
+            r for r in found if r is not None and r.kind == "finetuned" and r.metrics
+        ]
     return list(blocks.values())

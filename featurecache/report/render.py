@@ -79,7 +79,8 @@ def _versus(best: HeadRecord | None, ref: Reference) -> str:
 
 
 def _best(block: Block) -> HeadRecord | None:
-    tested = [r for r in block.heads if "test" in r.metrics]
+    """The head or fine-tuned model with the best test top-1."""
+    tested = [r for r in [*block.heads, *block.finetuned] if "test" in r.metrics]
     return max(tested, key=lambda r: r.metrics["test"]["accuracy"], default=None)
 
 
@@ -130,12 +131,14 @@ def render(
             [
                 block.dataset,
                 block.backbone["name"],
-                best.name if best else "-",
+                _label(best) if best else "-",
                 f"{_pct(test.get('accuracy'))} {_ci(test)}" if test else "-",
                 _pct(test.get("balanced_accuracy")),
                 "<br>".join(_versus(best, r) for r in collection.references.get(block.dataset, [])),
                 _secs(block.extraction.get("seconds")),
                 _secs(sum(r.info.get("train_seconds", 0.0) for r in block.heads)),
+                ", ".join(f"{_label(r)} {_secs(r.info.get('seconds'))}" for r in block.finetuned)
+                or "-",
             ]
         )
     w.table(
@@ -148,9 +151,10 @@ def render(
             "write-up figures (ours - theirs)",
             "extraction",
             "all heads",
+            "fine-tuning",
         ],
         summary,
-        "lllrrlrr",
+        "lllrrlrrl",
     )
     for index, block in enumerate(collection.blocks):
         _block(w, collection, block, plots.get(index))
@@ -177,6 +181,43 @@ def _block(w: _Writer, collection: Collection, block: Block, plot: Path | None) 
     w.add("")
     for run in block.heads:
         _head(w, run)
+    for run in block.finetuned:
+        _finetuned(w, run)
+
+
+def _label(run: HeadRecord) -> str:
+    """A head's name, or how a fine-tuned model was made: ``fine-tuned from the cache``."""
+    if run.kind != "finetuned":
+        return run.name
+    return f"fine-tuned from the {run.info.get('source', 'images')} ({run.name})"
+
+
+def _parity(value: float | None) -> str:
+    return "not checked" if value is None else f"{value:.1e}"
+
+
+def _finetuned(w: _Writer, run: HeadRecord) -> None:
+    """A fine-tuned model: how it was trained, its time, and its metrics like a head's."""
+    info, ft = run.info, run.info.get("finetune", {})
+    source = info.get("source", "images")
+    what = (
+        f"the layers after `{info.get('finetune_from')}` and the head, trained from the "
+        f"cached activation maps (views: {', '.join(info.get('views', ['identity']))})"
+        if source == "cache"
+        else f"the last block ({info.get('trainable_layers')} layers) and the head, trained "
+        "on decoded images"
+    )
+    w.add(
+        f"### {_label(run)}",
+        "",
+        f"Starting from head `{info.get('started_from_head')}`: {what}; "
+        f"{ft.get('optimizer', 'sgd')} at learning rate {ft.get('learning_rate')}, batch "
+        f"{ft.get('batch_size')}, up to {ft.get('epochs')} epochs; parity max abs difference "
+        f"{_parity(info.get('parity_max_abs_diff'))}. Took "
+        f"{_secs(info.get('seconds'))} on {info.get('created', '?')}; `{run.folder}`.",
+        "",
+    )
+    _metrics(w, run)
 
 
 def _references(w: _Writer, refs: list[Reference]) -> None:
@@ -242,6 +283,11 @@ def _head(w: _Writer, run: HeadRecord) -> None:
         f"{info.get('created', '?')}; `{run.folder}`.",
         "",
     )
+    _metrics(w, run)
+
+
+def _metrics(w: _Writer, run: HeadRecord) -> None:
+    """Per-split metrics, then the test confusion matrix and the curves."""
     rows = []
     for split in sorted(run.metrics, key=lambda s: SPLIT_ORDER.index(s)):
         m = run.metrics[split]

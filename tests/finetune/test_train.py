@@ -1,11 +1,7 @@
 """Fine-tuning MobileNetV2 with its real ImageNet weights on catvnoncat, on the CPU."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -15,7 +11,7 @@ from PIL import Image
 from featurecache.backbones import build_backbone
 from featurecache.config import BackboneConfig
 from featurecache.deps import import_keras
-from tests.conftest import invoke
+from tests.conftest import finetune_epochs_done, invoke, run_json, sigkill_when
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.real_weights
@@ -71,7 +67,7 @@ def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datas
 
 def test_a_parity_failure_stops_with_a_clear_message(trained, monkeypatch):
     work, common = trained
-    monkeypatch.setattr("featurecache.finetune.train.PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr("featurecache.finetune.run.PARITY_TOLERANCE", -1.0)
     result = invoke(
         "finetune", REPO / "pipelines" / "catvnoncat.toml", *common, "--epochs", 1, "--max-steps", 1
     )
@@ -113,22 +109,9 @@ def test_an_interrupted_finetune_resumes_at_its_last_epoch(trained, tmp_path):
     history = next((work / "runs").rglob("finetune-dense"), None)
     if history is not None:
         (history / "history.json").unlink(missing_ok=True)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            files = list((work / "runs").rglob("finetune-dense/history.json"))
-            if files and files[0].is_file() and (files[0].parent / "backup").exists():
-                if len(json.loads(files[0].read_text())["loss"]) >= 1:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.05)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    [doc] = json.loads(done.stdout)["finetune"]
+
+    sigkill_when(args, lambda: finetune_epochs_done(work / "runs") >= 1)  # during epoch 2
+    [doc] = run_json(args)["finetune"]
     assert doc["resumed_from_epoch"] >= 1
     assert doc["epochs_run"] == 3
 

@@ -1,0 +1,152 @@
+"""Fine-tuning from the cache (random weights, tiny synthetic images): the tail and head
+trained on cached activation maps, the assembled model, parity, resume after a kill;
+and heads on pooled taps and flipped views."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from featurecache.deps import import_keras
+from featurecache.finetune.activations import activation_batches
+from tests.conftest import CLASSES, finetune_epochs_done, invoke, make_image, run_json, sigkill_when
+
+PIPELINE = """
+name = "p"
+cache = "{cache}"
+output = "{runs}"
+[[datasets]]
+name = "d"
+path = "{data}"
+[[backbones]]
+name = "mobilenet_v2"
+weights = "none"
+input_size = 64
+finetune_from = {finetune_from}
+taps = ["block_13_expand_relu"]
+views = ["identity", "flip"]
+[[heads]]
+name = "dense"
+kind = "dense"
+params = {{ epochs = 3 }}
+[[heads]]
+name = "lr_taps"
+kind = "logistic_regression"
+taps = ["block_13_expand_relu"]
+[finetune]
+epochs = 2
+batch_size = 8
+optimizer = "adam"
+learning_rate = 1e-3
+"""
+
+
+def write_pipeline(tmp_path: Path, *, n_train: int = 8, finetune_from: str = "true") -> Path:
+    data = tmp_path / "data"
+    for split, n in (("train", n_train), ("test", 3)):
+        for pattern, (name, color) in enumerate(CLASSES.items()):
+            for i in range(n):
+                make_image(data / split / name / f"{i}.png", color, pattern=pattern + i % 2)
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        PIPELINE.format(
+            cache=tmp_path / "cache", runs=tmp_path / "runs", data=data, finetune_from=finetune_from
+        )
+    )
+    return toml
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tapped extraction and its heads (`featurecache run`)."""
+    work = tmp_path_factory.mktemp("cached")
+    toml = write_pipeline(work)
+    result = invoke("run", toml)
+    assert result.exit_code == 0, result.output
+    return work, toml
+
+
+def test_heads_train_on_taps_and_flipped_views(trained):
+    work, _ = trained
+    [folder] = list((work / "runs").rglob("lr_taps"))
+    info = json.loads((folder / "head.json").read_text())
+    assert info["feature_dim"] == 1280 + 576 and info["taps"] == ["block_13_expand_relu"]
+    assert info["views"] == ["identity", "flip"]
+    result = invoke("predict", folder, work / "data" / "test" / "red", "--json")
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)
+    assert len(predictions) == 3 and all(p["label"] for p in predictions)
+
+
+def test_finetune_from_the_cache_assembles_a_whole_model(trained):
+    work, toml = trained
+    result = invoke("finetune", toml, "--from-cache", "--json")
+    assert result.exit_code == 0, result.output
+    [doc] = json.loads(result.stdout)["finetune"]
+    assert doc["source"] == "cache" and doc["epochs_run"] == 2
+    assert doc["parity_max_abs_diff"] <= 1e-2
+    assert len(doc["epoch_seconds"]) == 2
+    folder = Path(doc["folder"])
+    info = json.loads((folder / "finetune.json").read_text())
+    assert info["finetune_from"] == "block_12_add" and info["views"] == ["identity", "flip"]
+    assert info["source"] == "cache"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test"]["n_images"] == 9
+    model = import_keras().models.load_model(folder / "model.keras")
+    assert model.input_shape == (None, None, None, 3)  # raw pixels, resized inside
+    result = invoke("predict", folder, work / "data" / "test" / "blue", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 3
+
+
+def test_an_interrupted_cached_finetune_resumes_at_its_last_epoch(tmp_path):
+    toml = write_pipeline(tmp_path, n_train=40)
+    assert invoke("run", toml).exit_code == 0
+    args = [sys.executable, "-m", "featurecache", "-q", "finetune", str(toml), "--from-cache"]
+    args += ["--epochs", "4", "--json"]
+
+    sigkill_when(args, lambda: finetune_epochs_done(tmp_path / "runs") >= 1)  # during epoch 2
+    [doc] = run_json(args)["finetune"]
+    assert doc["resumed_from_epoch"] >= 1 and doc["epochs_run"] == 4
+
+
+def test_from_cache_without_activation_maps_says_what_to_set(tmp_path):
+    toml = write_pipeline(tmp_path, finetune_from="false")
+    assert invoke("run", toml).exit_code == 0
+    result = invoke("finetune", toml, "--from-cache")
+    assert result.exit_code != 0
+    assert "finetune_from = true" in result.output and "Traceback" not in result.output
+
+
+def test_activation_batches_stream_every_row_once_per_epoch(tmp_path):
+    group = zarr.open_group(str(tmp_path / "g"), mode="w")
+    n = 100
+    values = np.arange(n, dtype=np.float16)[:, None, None, None] * np.ones((1, 2, 2, 3), np.float16)
+    for name, sign in (("activations", 1), ("activations.flip", -1)):
+        array = group.create_array(name, shape=(n, 2, 2, 3), dtype="float16", chunks=(8, 2, 2, 3))
+        array[...] = sign * values
+    rows = np.arange(0, n, 2)  # one split: every other row
+    labels = rows % 3
+    batches = activation_batches(
+        group, rows, labels, 4, views=("identity", "flip"), shuffle=True, seed=1
+    )
+    for _ in range(2):
+        seen, signs = [], []
+        for i in range(len(batches)):
+            x, y = batches[i]
+            assert x.dtype == np.float32 and x.shape[1:] == (2, 2, 3)
+            row = np.abs(x[:, 0, 0, 0]).astype(int)
+            np.testing.assert_array_equal(y, row % 3)  # labels follow their rows
+            seen += row.tolist()
+            signs += np.sign(x[:, 0, 0, 0]).tolist()
+        assert sorted(seen) == rows.tolist()  # each row once per epoch
+        assert seen != sorted(seen)  # shuffled
+        assert {-1.0, 1.0} <= set(signs)  # both views drawn
+        assert len(batches.loaded) <= 2  # at most two windows in memory
+        batches.on_epoch_end()
+    ordered = activation_batches(group, rows, labels, 4, views=("flip",))
+    first = np.concatenate([ordered[i][0] for i in range(len(ordered))])[:, 0, 0, 0]
+    np.testing.assert_array_equal(first, -rows.astype(np.float32))

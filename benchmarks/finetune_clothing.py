@@ -40,7 +40,7 @@ def main() -> None:
         saved = json.loads((HERE / "results" / "finetune_clothing.json").read_text())
         (REPO / "docs" / "finetune.md").write_text(markdown(saved, saved.get("epochs", 3)))
         return
-    from featurecache.config import load_pipeline
+    from featurecache.config import FinetuneConfig, load_pipeline
     from featurecache.extraction import extract
     from featurecache.finetune.train import finetune
     from featurecache.heads.train import train_heads
@@ -55,7 +55,9 @@ def main() -> None:
     t = time.perf_counter()
     heads = train_heads(pipeline)
     heads_s = time.perf_counter() - t
-    pipeline = replace(pipeline, finetune=replace(pipeline.finetune, epochs=args.epochs))
+    # The image recipe (the pipeline's own [finetune] now trains from the cache):
+    recipe = replace(FinetuneConfig(), epochs=args.epochs, source="images")
+    pipeline = replace(pipeline, finetune=recipe)
     t = time.perf_counter()
     [result] = finetune(pipeline, progress=False)
     finetune_s = time.perf_counter() - t

@@ -61,9 +61,11 @@ class RunLayout:
         """A head trained on the features of one cache group."""
         return self.root / dataset / group / head
 
-    def finetune_dir(self, dataset: str, group: str, head: str) -> Path:
-        """The model fine-tuned from head ``head`` of that group."""
-        return self.root / dataset / group / f"{FINETUNE_PREFIX}{head}"
+    def finetune_dir(self, dataset: str, group: str, head: str, source: str = "images") -> Path:
+        """The model fine-tuned from head ``head`` of that group: ``finetune-<head>`` from
+        images, ``finetune-cache-<head>`` from cached activations (both can exist)."""
+        kind = "cache-" if source == "cache" else ""
+        return self.root / dataset / group / f"{FINETUNE_PREFIX}{kind}{head}"
 
     def report(self) -> Path:
         """Default path (without suffix) of this pipeline's report."""

@@ -71,7 +71,7 @@ def json_or_none(path: Path) -> dict | None:
 
 def finetune_epochs_done(runs: Path) -> int:
     """Epochs a fine-tuning run under ``runs`` has checkpointed (0 before the first)."""
-    found = next(runs.rglob("finetune-dense/history.json"), None)
+    found = next(runs.rglob("finetune-*dense/history.json"), None)
     doc = json_or_none(found) if found and (found.parent / "backup").exists() else None
     return len(doc["loss"]) if doc else 0
 

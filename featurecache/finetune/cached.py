@@ -108,7 +108,7 @@ class CacheRun(Run):
         self.generation = cache.open_rows(listing.name, group)
         self.views = [v for v in backbone.views if view_array(v) in stored]
         self.head_dir = layout.head_dir(listing.name, group, ft.head)
-        self.out = layout.finetune_dir(listing.name, group, ft.head)
+        self.out = layout.finetune_dir(listing.name, group, ft.head, "cache")
         self.labels = self.features.labels
         self.splits = np.asarray(self.features.split)
 

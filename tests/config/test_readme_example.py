@@ -41,10 +41,15 @@ CHANGES = {
     "backbones.0.args": {"alpha": 0.5},
     "backbones.0.engine": "onnxruntime" if onnx_available() else "tensorflow",
     "backbones.0.dtype": "float16",
+    "backbones.0.finetune_from": "block_12_add",
+    "backbones.0.taps": ["block_13_expand_relu"],
+    "backbones.0.views": ["identity", "flip"],
     "heads.0.name": "lr",
     "heads.0.params": {"C": 0.5, "max_iter": 300},
     "heads.0.search": {"C": [0.1, 1.0]},
     "heads.0.cv": 3,
+    "heads.0.taps": ["block_13_expand_relu"],
+    "heads.0.views": False,
     "finetune.head": "my_dense",
     "finetune.epochs": 3,
     "finetune.max_steps": 5,
@@ -57,6 +62,8 @@ CHANGES = {
     "finetune.augment.rotation": 0.1,
     "finetune.augment.zoom": 0.2,
     "finetune.augment.translation": 0.05,
+    "finetune.source": "cache",
+    "finetune.optimizer": "adam",
 }
 
 
@@ -156,6 +163,8 @@ def test_every_key_reaches_the_provenance_head_or_pipeline(example):
     )
     assert head["search"]["grid_given"] == {**given["heads.0.search"], "search_samples": 0}
     assert head["search"]["cv"] == given["heads.0.cv"]
+    assert (head["taps"], head["use_views"]) == (given["heads.0.taps"], given["heads.0.views"])
+    assert head["views"] == ["identity"]  # flipped views cached, but this head declines them
     checked |= {k for k in given if k.startswith("heads.0.")}
     assert asdict(pipeline.references[0]) == raw["references"][0]
     checked |= {k for k in given if k.startswith("references.0.")}

@@ -161,6 +161,7 @@ def main() -> None:
         compare(
             pipeline_for("clothing.toml", "clothing_small", SHARED / "clothing_small", cache, work),
             args.epochs,
+            work,
         ),
         compare(
             pipeline_for(

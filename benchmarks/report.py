@@ -181,9 +181,55 @@ def main() -> None:
             "epochs).",
             "",
         ]
+    if fc := load("finetune_cache"):
+        lines += _finetune_cache(fc)
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(lines))
     print(f"wrote {DOC}")
+
+
+def _finetune_cache(fc: dict) -> list[str]:
+    """Fine-tuning from the cache vs from images, and its memory, as Markdown."""
+    lines = [
+        "## Fine-tuning from the cache vs from images",
+        "",
+        f"`benchmarks/finetune_cache.py` on {fc['date']}: MobileNetV2 (ImageNet weights, "
+        "224 px), the same trainable layers both ways (blocks 13-16, Conv_1 and the dense "
+        "head; BatchNormalization frozen), batch as in each pipeline's `[finetune]`. "
+        "*From the cache*: trained from the cached `block_12_add` activation maps (float16), "
+        "flipped views as augmentation. *From images*: decoded images through the whole "
+        "backbone, horizontal flips as the only augmentation, one epoch. Seconds per epoch: "
+        "the fastest epoch of each run (wall time of Keras's epoch, validation included).",
+        "",
+        "| data set | images | from | epochs | s / epoch | test top-1 | epoch speed-up |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in fc["runs"]:
+        for source in ("cache", "images"):
+            s = r[source]
+            speed = f"{r['speedup']:.1f}x" if source == "cache" else ""
+            lines.append(
+                f"| {r['dataset']} | {r['n_images']:,} | {source} | {s['epochs']} | "
+                f"{min(s['epoch_seconds']):.1f} | {s['test']:.3f} | {speed} |"
+            )
+    lines += [
+        "",
+        "Peak RSS of `featurecache finetune --from-cache --epochs 1`, each in its own "
+        "process (the activations stream from zarr in shuffled chunk windows):",
+        "",
+        "| CIFAR-10 training images | peak RSS (MiB) |",
+        "| ---: | ---: |",
+    ]
+    lines += [f"| {m['n_images']:,} | {m['peak_rss_mib']:,} |" for m in fc["memory"]]
+    sizes = fc.get("cifar10_activation_bytes", {})
+    if sizes:
+        total = sum(sizes.values())
+        lines += [
+            "",
+            f"Activation cache of all 60,000 CIFAR-10 images (two views): {total / 2**30:.2f} "
+            "GiB on disk.",
+        ]
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

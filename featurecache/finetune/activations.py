@@ -136,11 +136,23 @@ class _Windows:
         self.loaded: dict[int, dict[str, np.ndarray]] = {}
 
     def _window(self, number: int) -> dict[str, np.ndarray]:
-        """Every view's activations of one window's rows; keeps this one and the last."""
+        """Every view's activations of one window's rows; keeps this one and the last.
+
+        Whole chunks are read as slices (much faster in zarr than a row selection) and
+        converted to float32 once, then the window's rows are taken from them.
+        """
         if number not in self.loaded:
             positions = np.sort(self.windows[number])
-            wanted = (self.rows[positions], slice(None), slice(None), slice(None))
-            values = {v: a.get_orthogonal_selection(wanted) for v, a in self.arrays.items()}
+            wanted = self.rows[positions]
+            chunks = np.unique(wanted // self.chunk)
+            starts = {c: i * self.chunk for i, c in enumerate(chunks)}
+            local = np.array([starts[r // self.chunk] + r % self.chunk for r in wanted])
+            values = {
+                view: np.concatenate(
+                    [array[c * self.chunk : (c + 1) * self.chunk] for c in chunks]
+                ).astype(np.float32)[local]
+                for view, array in self.arrays.items()
+            }
             self.loaded = {k: v for k, v in self.loaded.items() if k == number - 1}
             self.loaded[number] = {"positions": positions, **values}
         return self.loaded[number]

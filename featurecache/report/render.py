@@ -279,11 +279,23 @@ def _head(w: _Writer, run: HeadRecord) -> None:
     w.add(
         f"### {run.name} ({info['kind']})",
         "",
-        f"Parameters: {_params(run)}. Trained in {_secs(info.get('train_seconds'))} on "
-        f"{info.get('created', '?')}; `{run.folder}`.",
+        f"Parameters: {_params(run)}. {_inputs(info)}Trained in "
+        f"{_secs(info.get('train_seconds'))} on {info.get('created', '?')}; `{run.folder}`.",
         "",
     )
     _metrics(w, run)
+
+
+def _inputs(info: dict) -> str:
+    """What a head was trained on, when more than the final features of each image."""
+    said = []
+    if info.get("taps"):
+        said.append(f"Inputs: the final features and the pooled taps {', '.join(info['taps'])}")
+    if "flip" in info.get("views", []):
+        said.append(
+            "Views: trained on each image and its horizontal flip, predictions averaged over both"
+        )
+    return "".join(f"{s}. " for s in said)
 
 
 def _metrics(w: _Writer, run: HeadRecord) -> None:

@@ -15,9 +15,12 @@ from featurecache.backbones import build_backbone
 from featurecache.backbones.taps import prefix_model, tail_model
 from featurecache.cache import Cache
 from featurecache.cache.recipe import request_hash
-from featurecache.config import BackboneConfig, DatasetConfig, Pipeline, registry
+from featurecache.config import Augmentation, BackboneConfig, DatasetConfig, Pipeline, registry
+from featurecache.deps import import_keras
 from featurecache.errors import ConfigError
 from featurecache.extraction import extract
+from featurecache.finetune.cached import train_model
+from featurecache.finetune.model import build_model
 from tests.conftest import CLASSES, json_or_none, make_image, sigkill_when
 
 TAPPED = dict(
@@ -186,6 +189,25 @@ def test_the_default_cache_point_cuts_the_backbone_in_two(name):
     whole = np.asarray(built.model(x))
     cut = np.asarray(tail_model(built.model, layer)(prefix_model(built.model, layer)(x)))
     np.testing.assert_allclose(cut, whole, rtol=1e-5, atol=1e-5)
+
+    # One training step of the tail and a head on the cached maps moves the assembled
+    # model too: it shares the tail's layers (BatchNormalization stays frozen).
+    keras = import_keras()
+    head = keras.Sequential([keras.layers.Dense(3, activation="softmax")])
+    model = train_model(built, head, layer)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    maps = np.asarray(prefix_model(built.model, layer)(x))
+    before = built.model.get_weights()
+    model.train_on_batch(maps, np.array([0, 1]))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(before, built.model.get_weights(), strict=True)
+    )
+    bn = [w for w in built.model.layers if isinstance(w, keras.layers.BatchNormalization)]
+    assert bn and not any(w.trainable for w in bn)
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    whole_model = build_model(built, head, Augmentation.off())
+    via_cache = model.predict(prefix_model(built.model, layer)(built.preprocess(pixels)), verbose=0)
+    np.testing.assert_allclose(whole_model.predict(pixels, verbose=0), via_cache, atol=1e-4)
 
 
 def test_every_family_but_nasnet_names_a_cache_point():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,6 @@ from _results import save  # benchmarks/_results.py: scripts run from this folde
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = REPO.parent / "shared" / "datasets"
-#: MobileNetV2's layers after block_12_add, for the image path's `unfreeze`.
-TAIL = ("block_1[3-6]_", "Conv_1")
 
 MEASURE_RSS = """
 import resource, sys
@@ -63,13 +62,20 @@ def cifar_subset(root: Path, per_class: dict[str, int]) -> Path:
     return root
 
 
-def pipeline_for(source: str, name: str, data: Path, cache: Path, work: Path):
-    """The pipeline file's backbone and [finetune], on ``data``, with a dense head only."""
+def pipeline_for(
+    source: str, name: str, data: Path, cache: Path, work: Path, finetune_from: str | None = None
+):
+    """The pipeline file's backbone and [finetune], on ``data``, with a dense head only
+    (and another cache point, if given)."""
     from featurecache.config import DatasetConfig, HeadConfig, load_pipeline
 
     pipeline = load_pipeline(REPO / "pipelines" / source, cache=cache, output=work / "runs")
+    backbones = pipeline.backbones
+    if finetune_from:
+        backbones = tuple(b.replace(finetune_from=finetune_from) for b in backbones)
     return replace(
         pipeline,
+        backbones=backbones,
         name=name,
         datasets=(DatasetConfig(name=name, path=data),),
         heads=(HeadConfig(kind="dense"),),
@@ -83,6 +89,8 @@ def compare(pipeline, epochs: int, work: Path) -> dict:
     saved = work / f"{pipeline.name}.json"
     if saved.is_file():
         return json.loads(saved.read_text())
+    from featurecache.backbones import build_backbone
+    from featurecache.backbones.taps import tail_model
     from featurecache.config import Augmentation
     from featurecache.extraction import extract
     from featurecache.finetune.train import finetune
@@ -90,13 +98,17 @@ def compare(pipeline, epochs: int, work: Path) -> dict:
 
     [extracted] = extract(pipeline)
     [head] = train_heads(pipeline)
+    backbone = pipeline.backbones[0]
+    tail = tail_model(build_backbone(backbone).model, backbone.finetune_from)
+    # the image path unfreezes exactly the layers after the cache point
+    unfreeze = tuple(f"{re.escape(layer.name)}$" for layer in tail.layers if layer.weights)
     ft = replace(pipeline.finetune, epochs=epochs, patience=epochs)
     [cached] = finetune(replace(pipeline, finetune=replace(ft, source="cache")))
     images_ft = replace(
         ft,
         source="images",
         epochs=1,
-        unfreeze=TAIL,
+        unfreeze=unfreeze,
         augment=Augmentation(flip="horizontal", rotation=0.0, zoom=0.0, translation=0.0),
     )
     [images] = finetune(replace(pipeline, finetune=images_ft))
@@ -104,6 +116,7 @@ def compare(pipeline, epochs: int, work: Path) -> dict:
     image_epoch = min(images.epoch_seconds)
     result = {
         "dataset": pipeline.datasets[0].name,
+        "finetune_from": backbone.finetune_from,
         "n_images": extracted.n_images,
         "dense_head_test": head.accuracy.get("test"),
         "trainable_layers": {"cache": cached.trainable_layers, "images": images.trainable_layers},
@@ -154,9 +167,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=REPO / "cache")
     parser.add_argument("--work", type=Path, default=None, help="reuse a previous run's folder")
+    parser.add_argument(
+        "--finetune-from", default=None, help="only clothing_small, with this cache point"
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="fc-bench-ftcache-"))
     cache = args.cache.resolve()
+    if args.finetune_from:
+        clothing = SHARED / "clothing_small"
+        ff = args.finetune_from
+        run = compare(
+            pipeline_for("clothing.toml", "clothing_small", clothing, cache, work, ff),
+            args.epochs,
+            work,
+        )
+        print(json.dumps(run, indent=1))
+        save(f"finetune_cache_{ff}", {"runs": [run]})
+        return
     runs = [
         compare(
             pipeline_for("clothing.toml", "clothing_small", SHARED / "clothing_small", cache, work),

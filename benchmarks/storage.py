@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
     from featurecache.cache import Cache, recipe
+    from featurecache.cache.store import ArraySpec
     from featurecache.config import load_pipeline
     from featurecache.extraction import extract
     from featurecache.heads import build_head, predict_proba
@@ -50,12 +51,13 @@ def main() -> None:
         out = Cache(work / f"store-{dtype}")
         out.ensure()
         start = time.perf_counter()
-        writer = out.generation_writer("d", "g", feature_dim=dim, group_attrs={}, dtype=dtype)
+        spec = ArraySpec("features", (dim,), dtype)
+        writer = out.generation_writer("d", "g", arrays=[spec], group_attrs={})
         for i in range(0, n, 32):
             sl = slice(i, i + 32)
             k = len(fs.labels[sl])
             writer.append(
-                fs.features[sl],
+                {"features": fs.features[sl]},
                 labels=fs.labels[sl],
                 split=fs.split[sl],
                 keys=fs.keys[sl],

@@ -72,7 +72,8 @@ def head_inputs(built: BuiltBackbone, pixels: np.ndarray, info: dict, view: str)
     pooled features of the ``view`` (``identity`` or ``flip``), followed by the pooled
     taps the head was trained on (``info["taps"]``), ``(b, feature_dim)`` float32."""
     images = pixels if view == "identity" else pixels[:, :, ::-1, :]
-    values = built.outputs_model.predict_on_batch(built.preprocess(images))
+    # a copy: keras's preprocess_input changes a float32 array in place
+    values = built.outputs_model.predict_on_batch(built.preprocess(np.array(images, np.float32)))
     values = values if isinstance(values, list | tuple) else [values]
     by_name = dict(zip(built.config.outputs, values, strict=True))
     names = ["features", *(f"pooled.{tap}" for tap in info.get("taps", []))]

@@ -177,7 +177,9 @@ def array_specs(backbone: BackboneConfig, shapes: dict[str, tuple[int, ...]]) ->
     maps in float16, pooled outputs in ``backbone.dtype``."""
     return [
         ArraySpec(
-            name, shapes[_output(name)], "float16" if "activations" in name else backbone.dtype
+            name,
+            shapes[_output(name)],
+            "float16" if _output(name) == "activations" else backbone.dtype,
         )
         for name in backbone.stored()
     ]

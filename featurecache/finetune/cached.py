@@ -115,12 +115,6 @@ class CacheRun(Run):
     def start(self) -> CacheRun:
         """Build the backbone, the full model and the tail + head; check parity."""
         self.head, self.head_record = load_dense_head(self.head_dir)
-        if self.head_record.info.get("taps"):
-            raise ConfigError(
-                f"head {self.head_record.name!r} was trained on taps besides the final "
-                "features; fine-tuning from the cache starts from a head on the final "
-                "features alone ([finetune] head)"
-            )
         self.built = self._build(self.head)
         self.device = "GPU" if models.gpu_available() else "CPU"
         self.model = train_model(self.built, self.head.model_, self.backbone.finetune_from)
@@ -181,9 +175,9 @@ class CacheRun(Run):
     def finish(self) -> FinetuneResult:
         """Assemble the whole model, check it against the cache path, save, evaluate."""
         full = self.model_on_pixels()
+        full.save(self.out / "model.keras")  # kept even if the parity check below fails
         after = self._parity(full)
         self.parity = None if after is None else max(after, self.parity or 0.0)
-        full.save(self.out / "model.keras")
         metrics = {}
         for split in ("train", "validation", "test"):
             idx = np.flatnonzero(self.splits == split)
@@ -242,6 +236,10 @@ class CacheRun(Run):
         )
         info["finetune_from"] = self.backbone.finetune_from
         info["views"] = self.views
+        info["metrics_from"] = (
+            "the cached activation maps, class probabilities averaged over the views "
+            f"{self.views}; model.keras predicts one view of raw pixels"
+        )
         info.pop("parity_max_abs_diff")
         info["parity_max_abs_diff"] = self.parity
         return info

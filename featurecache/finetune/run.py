@@ -76,7 +76,7 @@ def load_dense_head(folder: Path) -> tuple[Any, HeadRecord]:
     CacheError
         If there is no trained head there.
     ConfigError
-        If it is not a dense head.
+        If it is not a dense head, or it was trained on pooled taps too.
     """
     if not (folder / "head.json").is_file():
         raise CacheError(
@@ -88,6 +88,11 @@ def load_dense_head(folder: Path) -> tuple[Any, HeadRecord]:
         raise ConfigError(
             f"head {folder.name!r} is a {record.info['kind']} head; fine-tuning needs a dense "
             'head ([finetune] head = the name of a kind = "dense" head)'
+        )
+    if record.info.get("taps"):
+        raise ConfigError(
+            f"head {folder.name!r} was trained on pooled taps besides the final features; "
+            "fine-tuning starts from a dense head on the final features alone ([finetune] head)"
         )
     return load_model(record.model_path), record
 

@@ -150,3 +150,21 @@ def test_activation_batches_stream_every_row_once_per_epoch(tmp_path):
     ordered = activation_batches(group, rows, labels, 4, views=("flip",))
     first = np.concatenate([ordered[i][0] for i in range(len(ordered))])[:, 0, 0, 0]
     np.testing.assert_array_equal(first, -rows.astype(np.float32))
+
+
+def test_head_inputs_leave_the_pixels_alone_so_both_views_are_right():
+    """preprocess_input works in place on float32 arrays: the flipped view must not be
+    computed from pixels the identity view already preprocessed."""
+    from featurecache.backbones import build_backbone
+    from featurecache.config import BackboneConfig
+    from featurecache.predict import head_inputs
+
+    config = BackboneConfig(name="mobilenet_v2", weights="none", input_size=64)
+    built = build_backbone(config.replace(views=("identity", "flip")))
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    before = pixels.copy()
+    head_inputs(built, pixels, {}, "identity")
+    flipped = head_inputs(built, pixels, {}, "flip")
+    np.testing.assert_array_equal(pixels, before)
+    mirrored = head_inputs(built, np.ascontiguousarray(before[:, :, ::-1]), {}, "identity")
+    np.testing.assert_allclose(flipped, mirrored, rtol=1e-5, atol=1e-6)

@@ -160,16 +160,8 @@ class CacheRun(Run):
         )
 
     def _split_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training and validation rows; without a validation split, 10% of train held
-        out (stratified), as the dense head does."""
-        train = np.flatnonzero(self.splits == "train")
-        val = np.flatnonzero(self.splits == "validation")
-        if len(val) == 0:
-            from sklearn.model_selection import train_test_split
-
-            train, val = train_test_split(
-                train, test_size=0.1, random_state=self.ft.seed, stratify=self.labels[train]
-            )
+        """:meth:`Run._split_rows`, ascending (the stream reads rows in chunk order)."""
+        train, val = super()._split_rows()
         return np.sort(train), np.sort(val)
 
     def finish(self) -> FinetuneResult:

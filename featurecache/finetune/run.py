@@ -193,17 +193,22 @@ class Run:
             self.model.set_weights(start_weights)
         return self
 
-    def _batches(self) -> tuple[Any, Any]:
-        """Training (shuffled) and validation batches; without a validation split, 10% of
-        train is held out (stratified), as the dense head does."""
-        train_idx = np.flatnonzero(self.splits == "train")
-        val_idx = np.flatnonzero(self.splits == "validation")
-        if len(val_idx) == 0:
+    def _split_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training and validation rows; without a validation split, 10% of train held
+        out (stratified), as the dense head does."""
+        train = np.flatnonzero(self.splits == "train")
+        val = np.flatnonzero(self.splits == "validation")
+        if len(val) == 0:
             from sklearn.model_selection import train_test_split
 
-            train_idx, val_idx = train_test_split(
-                train_idx, test_size=0.1, random_state=self.ft.seed, stratify=self.labels[train_idx]
+            train, val = train_test_split(
+                train, test_size=0.1, random_state=self.ft.seed, stratify=self.labels[train]
             )
+        return train, val
+
+    def _batches(self) -> tuple[Any, Any]:
+        """Training (shuffled) and validation batches of images (:meth:`_split_rows`)."""
+        train_idx, val_idx = self._split_rows()
         size, batch = self.backbone.input_size, self.ft.batch_size
         pick = self.records
         return (

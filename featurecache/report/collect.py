@@ -142,7 +142,8 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
                 block.heads.append(newest)
                 block.group = newest.info["cache"]["group"]
             if block.group:
-                block.finetuned = _finetuned(RunLayout.of(pipeline), dataset.name, block.group)
+                folder = RunLayout.of(pipeline).root / dataset.name / block.group
+                block.finetuned = _finetuned_in(folder)
             if block.missing:
                 log.warning(
                     "%s: %s x %s: no trained head %s under %s (run `featurecache run %s`)",
@@ -157,9 +158,9 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
     return blocks
 
 
-def _finetuned(layout: RunLayout, dataset: str, group: str) -> list[HeadRecord]:
-    """The fine-tuned models (from images or from the cache) of one cache group."""
-    folder = layout.head_dir(dataset, group, "x").parent
+def _finetuned_in(folder: Path) -> list[HeadRecord]:
+    """The fine-tuned models (from images or the cache: ``finetune-*``) in the runs
+    folder of one cache group."""
     found = [HeadRecord.find(path) for path in sorted(folder.glob("finetune-*"))]
     return [r for r in found if r is not None and r.kind == "finetuned" and r.metrics]
 
@@ -199,9 +200,5 @@ def _blocks(runs: list[HeadRecord]) -> list[Block]:
         )
         block.heads.append(run)
     for block in blocks.values():
-        folder = block.heads[0].folder.parent
-        found = [HeadRecord.find(path) for path in sorted(folder.glob("finetune-*"))]
-        block.finetuned = [
-            r for r in found if r is not None and r.kind == "finetuned" and r.metrics
-        ]
+        block.finetuned = _finetuned_in(block.heads[0].folder.parent)
     return list(blocks.values())

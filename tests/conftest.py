@@ -76,9 +76,10 @@ def finetune_epochs_done(runs: Path) -> int:
     return len(doc["loss"]) if doc else 0
 
 
-def run_json(args: list[str], timeout: float = 600) -> dict:
-    """Run ``args`` (a ``--json`` command) to the end; its parsed output."""
-    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+def run_json(args: list[str], timeout: float = 600, env: dict | None = None) -> dict:
+    """Run ``args`` (a ``--json`` command) to the end, in ``env`` (default: this
+    process's environment); its parsed output."""
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -4,14 +4,20 @@ Two hashes identify cached features (the pattern of huggingface/datasets'
 ``fingerprint.py``: hash everything that changes the result, commit it last):
 
 * the **request hash** covers what the user asked for and can be computed without
-  TensorFlow: backbone and its arguments, weights spec, input size, pooling,
-  preprocessing, resize method, featurecache's recipe version and the Keras /
-  TensorFlow versions;
+  importing Keras: backbone and its arguments, weights spec, input size, pooling,
+  preprocessing, resize method, featurecache's recipe version, the Keras version, and
+  the Keras backend (``tensorflow``, ``jax`` or ``torch``) with its version;
 * the **recipe hash** adds the SHA-256 of the weights file Keras actually loaded and
   the engine that ran the backbone (``auto`` resolved).
 
-The group name holds the recipe hash, so any change to backbone, weights, size or
-pooling lands in another group: features made differently are never mixed.
+The group name holds the recipe hash, so any change to backbone, weights, size,
+pooling or backend lands in another group: features made differently are never mixed.
+The backend enters the way the engines do: the engine ``keras`` (the Keras model
+itself) is recorded as the backend that ran it, so features from TensorFlow, JAX and
+PyTorch sit in three groups, and a cache made under one backend is never reused under
+another. Under TensorFlow the request is spelled as before backends were configurable
+(engine ``tensorflow``, versions ``keras`` and ``tensorflow``), so those caches keep
+their groups.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.config.backbone import sha256_file
+from featurecache.deps import BACKENDS, backend, backend_version, package_version
+from featurecache.errors import EngineError
 from featurecache.images import RESIZE_METHOD
 
 log = logging.getLogger(__name__)
@@ -35,22 +42,15 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 1
 
 
-def package_version(*names: str) -> str | None:
-    """Installed version of the first of ``names`` found (no import needed)."""
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def versions() -> dict[str, str | None]:
-    """Versions of the libraries whose changes may change features or the cache."""
+    """Versions of the libraries whose changes may change features or the cache, and the
+    Keras backend (``"backend"``) with its version under its own name."""
+    name = backend()
     return {
         "featurecache": package_version("featurecache"),
         "keras": package_version("keras"),
-        "tensorflow": package_version("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
+        "backend": name,
+        name: backend_version(name),
         "numpy": package_version("numpy"),
         "pillow": package_version("pillow"),
         "zarr": package_version("zarr"),
@@ -61,14 +61,49 @@ def _hash(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
+def engine_identity(requested: str) -> str:
+    """The engine as the recipe records it on the current Keras backend: ``keras`` becomes
+    the backend's name (``tensorflow``, ``jax`` or ``torch``); ``auto`` stays ``auto``
+    under TensorFlow (resolved when run) and becomes the backend's name elsewhere; a
+    backend's name (a recorded engine, or ``tensorflow``, the name ``keras`` had before
+    backends were configurable) and ``onnxruntime`` stay as they are.
+
+    Raises
+    ------
+    EngineError
+        If ``requested`` needs another backend: a backend's name other than the current
+        one, or ``onnxruntime`` (its export goes through TensorFlow) off TensorFlow.
+    """
+    name = backend()
+    needs = "tensorflow" if requested == "onnxruntime" else requested
+    if needs in BACKENDS and needs != name:
+        raise EngineError(
+            f"engine {requested!r} runs on the {needs} backend only"
+            + (" (the ONNX export goes through TensorFlow)" if requested == "onnxruntime" else "")
+            + f", and the Keras backend is {name}: use engine 'keras' (the Keras model on "
+            f"the current backend), or set KERAS_BACKEND={needs}"
+        )
+    if requested == "keras" or (requested == "auto" and name != "tensorflow"):
+        return name
+    return requested
+
+
 def request(backbone: BackboneConfig) -> dict[str, Any]:
-    """What the user asked for, as recorded in the cache (JSON-serialisable)."""
+    """What the user asked for, as recorded in the cache (JSON-serialisable).
+
+    Raises
+    ------
+    EngineError
+        From :func:`engine_identity`.
+    """
     v = versions()
+    described = backbone.describe()
+    described["engine"] = engine_identity(backbone.engine)
     return {
         "recipe_version": RECIPE_VERSION,
-        "backbone": backbone.describe(),
+        "backbone": described,
         "resize": RESIZE_METHOD,
-        "versions": {"keras": v["keras"], "tensorflow": v["tensorflow"]},
+        "versions": {"keras": v["keras"], v["backend"]: v[v["backend"]]},
     }
 
 

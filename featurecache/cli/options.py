@@ -74,9 +74,9 @@ SizeOpt = Annotated[
 EngineOpt = Annotated[
     str | None,
     _option(
-        "What runs the backbone: tensorflow (default), onnxruntime (pip install "
-        "'featurecache[onnx]'), or auto (times both, keeps the faster). Overrides the "
-        "pipeline file's."
+        "What runs the backbone: keras (default: the Keras model on KERAS_BACKEND), "
+        "onnxruntime (TensorFlow backend; pip install 'featurecache[onnx]'), or auto "
+        "(times both, keeps the faster). Overrides the pipeline file's."
     ),
 ]
 DtypeOpt = Annotated[

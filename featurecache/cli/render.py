@@ -139,9 +139,10 @@ def cache_info(root: Any, groups: Sequence[dict[str, Any]]) -> None:
         )
         typer.echo(f"  on disk    {g['bytes'] / 1e6:.2f} MB; created {g['created']}")
         v = prov["versions"]
+        backend = v.get("backend", "tensorflow")  # caches from before backends were named
         typer.echo(
-            f"  versions   featurecache {v['featurecache']}, keras {v['keras']}, "
-            f"tensorflow {v['tensorflow']}"
+            f"  versions   featurecache {v['featurecache']}, keras {v['keras']} on "
+            f"{backend} {v.get(backend)}"
         )
         if g["skipped"]:
             typer.echo(f"  skipped    {len(g['skipped'])} image(s):")

@@ -60,8 +60,10 @@ class BackboneConfig:
     args : mapping
         Extra ``keras.applications`` arguments such as ``alpha``, over the registry's
         defaults.
-    engine : {"tensorflow", "onnxruntime", "auto"}
-        What runs the frozen backbone (see :mod:`featurecache.extraction.engines`).
+    engine : {"keras", "tensorflow", "onnxruntime", "auto"}
+        What runs the frozen backbone (see :mod:`featurecache.extraction.engines`):
+        ``keras`` runs the Keras model on the current Keras backend (``KERAS_BACKEND``);
+        ``tensorflow`` is its older name, for the TensorFlow backend only.
     dtype : {"float32", "float16"}
         Storage type of the cached features (float16 halves the cache; features are
         read back as float32; ``benchmarks/storage.py`` measures the accuracy effect).
@@ -88,7 +90,7 @@ class BackboneConfig:
     input_size: int | None = None
     pooling: str = "avg"
     args: Mapping[str, Any] = field(default_factory=dict)
-    engine: str = "tensorflow"
+    engine: str = "keras"
     dtype: str = "float32"
     finetune_from: str | None = None
     taps: tuple[str, ...] = ()

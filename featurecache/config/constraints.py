@@ -23,7 +23,7 @@ from featurecache.errors import ConfigError
 SPLITS = ("train", "validation", "test")
 FORMATS = ("folder", "hdf5", "csv")
 POOLINGS = ("avg", "max")
-ENGINES = ("tensorflow", "onnxruntime", "auto")
+ENGINES = ("keras", "tensorflow", "onnxruntime", "auto")
 DTYPES = ("float32", "float16")
 FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")
 VIEWS = ("identity", "flip")

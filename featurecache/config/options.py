@@ -58,7 +58,7 @@ def pipeline_from_options(
     weights: str = "imagenet",
     pooling: str = "avg",
     input_size: int | None = None,
-    engine: str = "tensorflow",
+    engine: str = "keras",
     dtype: str = "float32",
     cache: str | Path | None = None,
     output: str | Path | None = None,

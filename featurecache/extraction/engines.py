@@ -1,11 +1,15 @@
-"""Inference engines for the frozen backbone: TensorFlow, or ONNX Runtime.
+"""Inference engines for the frozen backbone: Keras on its backend, or ONNX Runtime.
 
-``tensorflow`` runs the Keras model itself. ``onnxruntime`` runs the ONNX export of
-the very same Keras model (Keras's own ``model.export(format="onnx")``, through
-tf2onnx), cached on disk by model identity so it is exported once; on a CPU it is
-often several times faster (MobileNetV2: about 3x on the team's 2-core machine,
+``keras`` runs the Keras model itself on the current Keras backend (TensorFlow, JAX or
+PyTorch), and is recorded under the backend's name (``tensorflow``, the engine's name
+before backends were configurable, still asks for it on TensorFlow). ``onnxruntime``
+runs the ONNX export of the very same Keras model (Keras's own
+``model.export(format="onnx")``, through tf2onnx, so on the TensorFlow backend only),
+cached on disk by model identity so it is exported once; on a CPU it is often several
+times faster (MobileNetV2: about 3x on the team's 2-core machine,
 ``benchmarks/engines.py``), and its features agree with TensorFlow's to about 1e-5.
-``auto`` times a few batches on each and keeps the faster, and says which.
+``auto`` times a few batches on each and keeps the faster, and says which (on another
+backend it is ``keras``).
 
 The engine is part of the extraction recipe: features from different engines go to
 different cache groups. ``pip install 'featurecache[onnx]'`` installs ONNX Runtime.
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from featurecache.backbones import BuiltBackbone
+from featurecache.cache.recipe import engine_identity
 from featurecache.errors import DependencyError, EngineError
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ def onnx_available() -> bool:
     return True
 
 
-def tensorflow_runner(built: BuiltBackbone) -> Runner:
+def keras_runner(built: BuiltBackbone) -> Runner:
     """Preprocessed float32 ``(b, size, size, 3)`` -> the outputs of ``built.outputs_model``."""
     model = built.outputs_model
 
@@ -121,7 +126,7 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
         raise EngineError(
             f"engine 'onnxruntime' cannot run {built.config.name}: its ONNX export expects "
             f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not just the "
-            "images (a tf2onnx limitation); use engine 'tensorflow' for this backbone"
+            "images (a tf2onnx limitation); use engine 'keras' for this backbone"
         )
     name = inputs[0].name
     n_outputs = len(built.config.outputs)
@@ -150,30 +155,34 @@ def select(
     batch_size: int = 32,
     trials: int = 2,
 ) -> tuple[str, Runner]:
-    """Resolve ``requested`` to ``(engine name, runner)``.
+    """Resolve ``requested`` to ``(engine name as recorded, runner)``.
 
-    ``auto`` runs ``trials`` batches of random pixels through each available engine
-    (after one warm-up batch) and keeps the faster; without onnxruntime it keeps
-    TensorFlow.
+    ``keras`` (and ``tensorflow``) run the Keras model and are recorded under the
+    backend's name. ``auto`` runs ``trials`` batches of random pixels through each
+    available engine (after one warm-up batch) and keeps the faster; without
+    onnxruntime, or on another backend than TensorFlow, it keeps Keras.
 
     Raises
     ------
     DependencyError, EngineError
-        For ``onnxruntime`` when it is not installed or cannot run the backbone.
+        For ``onnxruntime`` when it is not installed or cannot run the backbone, and for
+        ``tensorflow`` or ``onnxruntime`` on another backend
+        (:func:`featurecache.cache.recipe.engine_identity`).
     """
-    if requested == "tensorflow":
-        return requested, tensorflow_runner(built)
-    if requested == "onnxruntime":
-        return requested, onnx_runner(built, folder, model_id)
+    engine = engine_identity(requested)
+    if engine == "onnxruntime":
+        return engine, onnx_runner(built, folder, model_id)
+    if engine != "auto":
+        return engine, keras_runner(built)
     if not onnx_available():
         log.warning("engine auto: onnxruntime is not installed, using tensorflow")
-        return "tensorflow", tensorflow_runner(built)
+        return "tensorflow", keras_runner(built)
     size = built.config.input_size
     batch = built.preprocess(
         np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
     )
     timings = {}
-    candidates = {"tensorflow": tensorflow_runner(built)}
+    candidates = {"tensorflow": keras_runner(built)}
     try:
         candidates["onnxruntime"] = onnx_runner(built, folder, model_id)
     except EngineError as exc:

@@ -25,7 +25,7 @@ from featurecache.backbones.taps import tail_model
 from featurecache.cache import Cache, storable
 from featurecache.config import Augmentation, BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing
-from featurecache.deps import import_keras
+from featurecache.deps import gpu_available, import_keras
 from featurecache.errors import CacheError, ConfigError
 from featurecache.finetune import model as models
 from featurecache.finetune.activations import activation_batches, predict_cached, view_array
@@ -116,7 +116,7 @@ class CacheRun(Run):
         """Build the backbone, the full model and the tail + head; check parity."""
         self.head, self.head_record = load_dense_head(self.head_dir)
         self.built = self._build(self.head)
-        self.device = "GPU" if models.gpu_available() else "CPU"
+        self.device = "GPU" if gpu_available() else "CPU"
         self.model = train_model(self.built, self.head.model_, self.backbone.finetune_from)
         self.parity = self._parity(self.model_on_pixels())
         self.opened = trainable_layers(self.built)

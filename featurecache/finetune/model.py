@@ -127,10 +127,3 @@ def compile_for_finetuning(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-
-
-def gpu_available() -> bool:
-    """True when TensorFlow sees a GPU (then fine-tuning uses mixed precision)."""
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))

@@ -22,7 +22,7 @@ from featurecache.backbones import BuiltBackbone, build_backbone
 from featurecache.cache import FeatureSet, recipe
 from featurecache.config import BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing, Record
-from featurecache.deps import import_keras
+from featurecache.deps import gpu_available, import_keras
 from featurecache.errors import CacheError, ConfigError
 from featurecache.finetune import model as models
 from featurecache.finetune.data import cached_rows, image_batches, predict_images, read_pixels
@@ -125,7 +125,7 @@ class Run:
         self.parity = _parity(
             self.model, head, self.features, self.listing, self.records, self.rows
         )
-        self.device = "GPU" if models.gpu_available() else "CPU"
+        self.device = "GPU" if gpu_available() else "CPU"
         if self.device == "GPU":  # mixed precision on the GPU (the parity check ran in float32)
             keras.mixed_precision.set_global_policy("mixed_float16")
             built = self._build(load_dense_head(self.head_dir)[0])

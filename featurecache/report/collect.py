@@ -117,6 +117,18 @@ def _add_pipeline_notes(out: Collection, pipeline: Pipeline) -> None:
             out.descriptions.setdefault(dataset.name, pipeline.description)
 
 
+def _same_backbone(recorded: dict | None, wanted: dict) -> bool:
+    """The recorded backbone is the pipeline's (engine ``tensorflow`` is the name
+    engine ``keras`` had before backends were configurable)."""
+    if recorded is None:
+        return False
+
+    def engine(d: dict) -> dict:
+        return {**d, "engine": "keras" if d.get("engine") == "tensorflow" else d.get("engine")}
+
+    return engine(recorded) == engine(wanted)
+
+
 def _from_pipeline(pipeline: Pipeline) -> list[Block]:
     blocks = []
     for dataset in pipeline.datasets:
@@ -133,7 +145,7 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
                 found = [
                     record
                     for record in RunLayout.of(pipeline).heads_named(dataset.name, head.name)
-                    if record.info.get("backbone") == wanted
+                    if _same_backbone(record.info.get("backbone"), wanted)
                 ]
                 if not found:
                     block.missing.append(head.name)

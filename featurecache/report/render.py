@@ -114,8 +114,9 @@ def render(
         "# featurecache results",
         "",
         f"Generated {now} by `featurecache report {' '.join(collection.targets)}` "
-        f"(featurecache {versions['featurecache']}, Keras {versions['keras']}, TensorFlow "
-        f"{versions['tensorflow']}; {platform.machine()}, Python {platform.python_version()}). "
+        f"(featurecache {versions['featurecache']}, Keras {versions['keras']} on "
+        f"{versions['backend']} {versions[versions['backend']]}; {platform.machine()}, "
+        f"Python {platform.python_version()}). "
         "Every number below is read from the `metrics.json` and `head.json` that "
         "`featurecache train-head` wrote; accuracies are top-1 fractions, intervals 95% "
         "percentile-bootstrap intervals of test top-1 (2,000 resamples of the test images).",

@@ -76,7 +76,7 @@ def test_a_backbone_onnx_cannot_run_is_a_clear_error_and_auto_falls_back(tmp_pat
     try:
         engines.onnx_runner(built, tmp_path, model_id)
     except EngineError as exc:
-        assert "use engine 'tensorflow'" in str(exc)
+        assert "use engine 'keras'" in str(exc)
         name, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
         assert name == "tensorflow"
     else:  # a newer tf2onnx may export it cleanly; then auto may choose either

@@ -40,7 +40,7 @@ def main() -> None:
     from featurecache.cache import recipe
     from featurecache.config import BackboneConfig
     from featurecache.errors import EngineError
-    from featurecache.extraction.engines import onnx_runner, tensorflow_runner
+    from featurecache.extraction.engines import keras_runner, onnx_runner
 
     folder = Path(tempfile.mkdtemp(prefix="fc-bench-onnx-"))
     rows = []
@@ -51,7 +51,7 @@ def main() -> None:
         pixels = np.random.default_rng(0).uniform(0, 255, (args.batch_size, size, size, 3))
         batch = np.asarray(built.preprocess(pixels.astype(np.float32)))
         start = time.perf_counter()
-        tf = tensorflow_runner(built)
+        tf = keras_runner(built)
         try:
             ort = onnx_runner(built, folder, recipe.model_id(config, None))
         except EngineError as exc:

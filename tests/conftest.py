@@ -34,6 +34,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 needs_shared = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"{DATASETS} is not present")
 
 
+def onnx_usable() -> bool:
+    """The ONNX Runtime engine can run here: installed, and on the TensorFlow backend."""
+    from featurecache.deps import backend
+    from featurecache.extraction.engines import onnx_available
+
+    return onnx_available() and backend() == "tensorflow"
+
+
+needs_onnx = pytest.mark.skipif(
+    not onnx_usable(),
+    reason="the ONNX engine needs pip install 'featurecache[onnx]' and the TensorFlow backend",
+)
+
+
 def invoke(*args):
     """``featurecache ARGS`` in this process (typer's ``CliRunner``); paths are welcome."""
     from typer.testing import CliRunner

@@ -3,9 +3,10 @@
 Each backend runs in its own process (Keras fixes its backend when first imported),
 with ``KERAS_BACKEND`` set, on the real cat vs non-cat images and the real MobileNetV2
 ImageNet weights: extract + a dense head (``featurecache run``), one fine-tuning
-epoch of two steps, and predict with the fine-tuned model. All three share one cache
-and one runs folder, so the test also sees that a cache made under one backend is
-never reused under another, and compares the three backends' features.
+epoch of two steps, and predict with the fine-tuned model (and with TensorFlow's: a
+saved model moves between backends). All three share one cache and one runs folder, so
+the test also sees that a cache made under one backend is never reused under another,
+and compares the three backends' features.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def flows(tmp_path_factory, datasets_dir) -> tuple[Path, dict[str, dict]]:
         [ft] = finetuned["finetune"]
         predicted = featurecache(backend, "predict", ft["folder"], images)
         done[backend] = {"run": run, "finetune": ft, "predict": predicted}
+        if backend != "tensorflow" and "tensorflow" in done:
+            tf_folder = done["tensorflow"]["finetune"]["folder"]
+            done[backend]["predict_tf_model"] = featurecache(backend, "predict", tf_folder, images)
     return work, {"labels": [classes[i] for i in labels], "done": done}
 
 
@@ -119,6 +123,13 @@ def test_the_quick_subset_runs_on_each_backend(flows, backend):
     assert recorded["versions"]["backend"] == backend
     labels = [row["label"] for row in flow["predict"]]
     assert sum(a == b for a, b in zip(labels, seen["labels"], strict=True)) >= 7
+    if "predict_tf_model" in flow:  # TensorFlow's fine-tuned model.keras, on this backend
+        here = np.array([row["probability"] for row in flow["predict_tf_model"]])
+        there = np.array([row["probability"] for row in seen["done"]["tensorflow"]["predict"]])
+        np.testing.assert_allclose(here, there, atol=1e-3)
+        assert [row["label"] for row in flow["predict_tf_model"]] == [
+            row["label"] for row in seen["done"]["tensorflow"]["predict"]
+        ]
 
 
 def test_backends_get_their_own_groups_and_agree_on_the_features(flows):

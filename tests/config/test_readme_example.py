@@ -26,8 +26,7 @@ from typer.testing import CliRunner
 from featurecache.cache import Cache
 from featurecache.cli import app
 from featurecache.config import load_pipeline
-from featurecache.extraction.engines import onnx_available
-from tests.conftest import REPO, make_image
+from tests.conftest import REPO, make_image, onnx_usable
 
 #: The non-default value of every key of the example (``None``: keep the README's).
 CHANGES = {
@@ -39,7 +38,7 @@ CHANGES = {
     "backbones.0.pooling": "max",
     "backbones.0.input_size": 48,
     "backbones.0.args": {"alpha": 0.5},
-    "backbones.0.engine": "onnxruntime" if onnx_available() else "tensorflow",
+    "backbones.0.engine": "onnxruntime" if onnx_usable() else "keras",
     "backbones.0.dtype": "float16",
     "backbones.0.finetune_from": "block_12_add",
     "backbones.0.taps": ["block_13_expand_relu"],

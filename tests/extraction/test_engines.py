@@ -9,13 +9,10 @@ from typer.testing import CliRunner
 
 from featurecache.cache import Cache
 from featurecache.cli import app
-from featurecache.extraction.engines import onnx_available
+from tests.conftest import needs_onnx
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [
-    pytest.mark.real_weights,
-    pytest.mark.skipif(not onnx_available(), reason="pip install 'featurecache[onnx]'"),
-]
+pytestmark = [pytest.mark.real_weights, needs_onnx]
 
 
 def extract(datasets_dir, cache, engine):

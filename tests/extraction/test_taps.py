@@ -21,7 +21,7 @@ from featurecache.errors import ConfigError
 from featurecache.extraction import extract
 from featurecache.finetune.cached import train_model
 from featurecache.finetune.model import build_model
-from tests.conftest import CLASSES, json_or_none, make_image, sigkill_when
+from tests.conftest import CLASSES, json_or_none, make_image, needs_onnx, sigkill_when
 
 TAPPED = dict(
     name="mobilenet_v2",
@@ -236,8 +236,8 @@ def test_bad_taps_and_views_are_named():
         )
 
 
+@needs_onnx
 def test_the_onnx_engine_stores_the_same_arrays(folder, tmp_path):
-    pytest.importorskip("onnxruntime")
     extract(pipe(folder, tmp_path / "tf"))
     extract(pipe(folder, tmp_path / "onnx", engine="onnxruntime"))
     a, _ = generation(tmp_path / "tf")

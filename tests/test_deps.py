@@ -1,0 +1,88 @@
+"""The Keras backend: how featurecache reads it, and how it enters the cache's recipe.
+
+The backends themselves run in tests/test_backends.py, each in a process of its own;
+here the backend is only read or stood in for, so these tests run under any backend.
+"""
+
+import json
+import sys
+
+import pytest
+
+from featurecache import deps
+from featurecache.cache import recipe
+from featurecache.config import BackboneConfig
+from featurecache.errors import DependencyError, EngineError
+
+
+def test_the_backend_is_read_the_way_keras_reads_it(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # as before Keras is imported
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert deps.backend() == "jax"
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert deps.backend() == "tensorflow"  # no keras.json
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch", "floatx": "float32"}))
+    assert deps.backend() == "torch"
+    (tmp_path / "keras.json").write_text("{not json")
+    assert deps.backend() == "tensorflow"
+
+
+def test_an_unsupported_backend_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(deps, "backend", lambda: "numpy")
+    with pytest.raises(DependencyError, match="'numpy' is not supported.*tensorflow, jax, torch"):
+        deps.import_keras()
+
+
+@pytest.mark.parametrize(
+    ("backend", "requested", "recorded"),
+    [
+        ("tensorflow", "keras", "tensorflow"),
+        ("tensorflow", "tensorflow", "tensorflow"),
+        ("tensorflow", "auto", "auto"),
+        ("tensorflow", "onnxruntime", "onnxruntime"),
+        ("jax", "keras", "jax"),
+        ("jax", "auto", "jax"),
+        ("torch", "keras", "torch"),
+        ("torch", "torch", "torch"),
+    ],
+)
+def test_the_engine_is_recorded_as_the_backend_that_runs_it(
+    monkeypatch, backend, requested, recorded
+):
+    monkeypatch.setattr(recipe, "backend", lambda: backend)
+    assert recipe.engine_identity(requested) == recorded
+
+
+@pytest.mark.parametrize(
+    ("backend", "requested"), [("jax", "onnxruntime"), ("torch", "tensorflow"), ("jax", "torch")]
+)
+def test_an_engine_of_another_backend_says_so_in_one_line(monkeypatch, backend, requested):
+    monkeypatch.setattr(recipe, "backend", lambda: backend)
+    with pytest.raises(EngineError) as caught:
+        recipe.engine_identity(requested)
+    message = str(caught.value)
+    assert "\n" not in message and f"the Keras backend is {backend}" in message
+    assert "use engine 'keras'" in message
+
+
+def test_the_backend_and_its_version_are_part_of_the_request(monkeypatch):
+    config = BackboneConfig(name="mobilenet_v2", weights="none")
+    monkeypatch.setattr(recipe, "backend", lambda: "tensorflow")
+    monkeypatch.setattr(recipe, "backend_version", lambda name: "2.21.0")
+    tf = recipe.request(config)
+    # spelled as before backends were configurable: TensorFlow caches keep their groups
+    assert set(tf["versions"]) == {"keras", "tensorflow"}
+    assert tf["backbone"]["engine"] == "tensorflow"
+    assert recipe.request_hash(config) == recipe.request_hash(config.replace(engine="tensorflow"))
+
+    hashes = {recipe.request_hash(config)}
+    for backend, version in (("jax", "0.10.2"), ("torch", "2.13.0")):
+        monkeypatch.setattr(recipe, "backend", lambda b=backend: b)
+        monkeypatch.setattr(recipe, "backend_version", lambda name, v=version: v)
+        request = recipe.request(config)
+        assert request["versions"][backend] == version
+        assert request["backbone"]["engine"] == backend
+        assert recipe.versions()["backend"] == backend
+        hashes.add(recipe.request_hash(config))
+    assert len(hashes) == 3

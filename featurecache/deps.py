@@ -56,9 +56,14 @@ def backend() -> str:
         return config.backend()
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
-    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    if "KERAS_HOME" in os.environ:
+        home = os.environ["KERAS_HOME"]
+    else:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
     try:
-        return json.loads((home / "keras.json").read_text()).get("backend", "tensorflow")
+        config_file = json.loads(Path(os.path.expanduser(home), "keras.json").read_text())
+        return config_file.get("backend") or "tensorflow"
     except (OSError, ValueError, AttributeError):
         return "tensorflow"
 

@@ -74,7 +74,8 @@ class CacheError(FeaturecacheError, LookupError):
 
 
 class DependencyError(FeaturecacheError, ImportError):
-    """An optional dependency (TensorFlow) is not installed."""
+    """An optional dependency (Keras's backend, ONNX Runtime, Dask) is not installed or
+    not usable as configured."""
 
 
 class LockedError(FeaturecacheError, BlockingIOError):

@@ -24,14 +24,15 @@ if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[cpu,jax,o
 fi
 if ! .venv/bin/python -c "import torch" 2> /dev/null; then
     # --no-deps first, so that the second install only adds torch's dependencies
-    if .venv/bin/python -m pip install --disable-pip-version-check --no-index --no-deps \
-            torch >> .venv/pip-install.log 2>&1 \
-        && .venv/bin/python -m pip install --disable-pip-version-check torch \
-            >> .venv/pip-install.log 2>&1; then
-        :
-    else
+    if ! .venv/bin/python -m pip install --disable-pip-version-check --no-index --no-deps \
+            torch >> .venv/pip-install.log 2>&1; then
         echo "setup: no CPU build of PyTorch found without an index; the PyTorch backend" \
             "tests will skip (README: Keras backends)" >&2
+    elif ! .venv/bin/python -m pip install --disable-pip-version-check torch \
+            >> .venv/pip-install.log 2>&1; then
+        .venv/bin/python -m pip uninstall -y torch >> .venv/pip-install.log 2>&1 || true
+        echo "setup: PyTorch's dependencies did not install (log: .venv/pip-install.log);" \
+            "the PyTorch backend tests will skip" >&2
     fi
 fi
 if [ -z "${KERAS_HOME:-}" ] && [ -d ../shared/keras/models ]; then

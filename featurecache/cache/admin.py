@@ -48,8 +48,14 @@ def collect_garbage(
     """
     cache = Cache(root)
     cache.check()
+    # on every backend: features extracted under JAX or PyTorch stay referenced under
+    # TensorFlow (each backend at the version installed here, as for TensorFlow itself)
     referenced = {
-        (d.name, recipe.request_hash(b)) for p in pipelines for d in p.datasets for b in p.backbones
+        (d.name, h)
+        for p in pipelines
+        for d in p.datasets
+        for b in p.backbones
+        for h in recipe.request_hashes(b)
     }
     result = GcResult(dry_run=dry_run)
 

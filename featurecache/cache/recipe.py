@@ -61,8 +61,9 @@ def _hash(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def engine_identity(requested: str) -> str:
-    """The engine as the recipe records it on the current Keras backend: ``keras`` becomes
+def engine_identity(requested: str, on: str | None = None) -> str:
+    """The engine as the recipe records it on Keras backend ``on`` (default: the current
+    one, :func:`featurecache.deps.backend`): ``keras`` becomes
     the backend's name (``tensorflow``, ``jax`` or ``torch``); ``auto`` stays ``auto``
     under TensorFlow (resolved when run) and becomes the backend's name elsewhere; a
     backend's name (a recorded engine, or ``tensorflow``, the name ``keras`` had before
@@ -74,7 +75,7 @@ def engine_identity(requested: str) -> str:
         If ``requested`` needs another backend: a backend's name other than the current
         one, or ``onnxruntime`` (its export goes through TensorFlow) off TensorFlow.
     """
-    name = backend()
+    name = on or backend()
     needs = "tensorflow" if requested == "onnxruntime" else requested
     if needs in BACKENDS and needs != name:
         raise EngineError(
@@ -88,27 +89,40 @@ def engine_identity(requested: str) -> str:
     return requested
 
 
-def request(backbone: BackboneConfig) -> dict[str, Any]:
-    """What the user asked for, as recorded in the cache (JSON-serialisable).
+def request(backbone: BackboneConfig, on: str | None = None) -> dict[str, Any]:
+    """What the user asked for, as recorded in the cache (JSON-serialisable), on Keras
+    backend ``on`` (default: the current one) at its installed version.
 
     Raises
     ------
     EngineError
         From :func:`engine_identity`.
     """
-    v = versions()
+    name = on or backend()
     described = backbone.describe()
-    described["engine"] = engine_identity(backbone.engine)
+    described["engine"] = engine_identity(backbone.engine, name)
     return {
         "recipe_version": RECIPE_VERSION,
         "backbone": described,
         "resize": RESIZE_METHOD,
-        "versions": {"keras": v["keras"], v["backend"]: v[v["backend"]]},
+        "versions": {"keras": package_version("keras"), name: backend_version(name)},
     }
 
 
-def request_hash(backbone: BackboneConfig) -> str:
-    return _hash(request(backbone))
+def request_hash(backbone: BackboneConfig, on: str | None = None) -> str:
+    return _hash(request(backbone, on))
+
+
+def request_hashes(backbone: BackboneConfig) -> set[str]:
+    """:func:`request_hash` of ``backbone`` on every supported backend that can run it
+    (``onnxruntime`` only on TensorFlow): the groups the backbone may have made."""
+    hashes = set()
+    for name in BACKENDS:
+        try:
+            hashes.add(request_hash(backbone, name))
+        except EngineError:
+            continue
+    return hashes
 
 
 def recipe_hash(backbone: BackboneConfig, weights_sha256: str | None, engine: str) -> str:

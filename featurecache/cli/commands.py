@@ -2,8 +2,8 @@
 
 Each body loads what the options name, calls the library once and says what to print
 (:mod:`featurecache.cli.render`); :func:`~featurecache.cli.main.command` adds the option
-groups and ``--json``, guards against errors and prints. Heavy modules (TensorFlow,
-scikit-learn, zarr) are imported inside the bodies, so ``featurecache --help`` answers
+groups and ``--json``, guards against errors and prints. Heavy modules (Keras and its
+backend, scikit-learn, zarr) are imported inside the bodies, so ``featurecache --help`` answers
 at once.
 """
 

@@ -76,7 +76,8 @@ EngineOpt = Annotated[
     _option(
         "What runs the backbone: keras (default: the Keras model on KERAS_BACKEND), "
         "onnxruntime (TensorFlow backend; pip install 'featurecache[onnx]'), or auto "
-        "(times both, keeps the faster). Overrides the pipeline file's."
+        "(on TensorFlow: times both, keeps the faster; elsewhere: keras). Overrides the "
+        "pipeline file's."
     ),
 ]
 DtypeOpt = Annotated[

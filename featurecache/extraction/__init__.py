@@ -4,7 +4,8 @@
 - :mod:`~featurecache.extraction.plan`: what the cache already has, what to compute;
 - :mod:`~featurecache.extraction.job`: one backbone's job and the one batch loop;
 - :mod:`~featurecache.extraction.decoding`: the decoding thread pool;
-- :mod:`~featurecache.extraction.engines`: TensorFlow or ONNX Runtime runs the backbone;
+- :mod:`~featurecache.extraction.engines`: Keras (on its backend) or ONNX Runtime
+  runs the backbone;
 - :mod:`~featurecache.extraction.local` / :mod:`~featurecache.extraction.dask`: where the
   batches run;
 - :mod:`~featurecache.extraction.commit`: the new generation, published atomically.

@@ -236,7 +236,8 @@ def _extractor(spec: ShardSpec) -> Extractor:
             raise EngineError(
                 f"worker {os.uname().nodename} builds {spec.backbone.name} with another "
                 f"recipe ({found[:12]} vs the client's {spec.recipe_hash[:12]}): different "
-                "weights or TensorFlow/Keras versions; install the same on every worker"
+                "weights, Keras backend (KERAS_BACKEND) or backend/Keras versions; install and "
+                "set the same on every worker"
             )
         model_id = recipe.model_id(spec.backbone, built.weights_sha256)
         _WORKER_STATE[key] = open_extractor(

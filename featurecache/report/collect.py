@@ -20,6 +20,7 @@ from typing import Any
 
 from featurecache.cache import Cache
 from featurecache.config import DEFAULT_OUTPUT, Pipeline, Reference, load_pipeline
+from featurecache.deps import backend
 from featurecache.errors import ConfigError
 from featurecache.runs import HEAD_JSON, HeadRecord, RunLayout
 
@@ -117,10 +118,14 @@ def _add_pipeline_notes(out: Collection, pipeline: Pipeline) -> None:
             out.descriptions.setdefault(dataset.name, pipeline.description)
 
 
-def _same_backbone(recorded: dict | None, wanted: dict) -> bool:
-    """The recorded backbone is the pipeline's (engine ``tensorflow`` is the name
-    engine ``keras`` had before backends were configurable)."""
+def _same_backbone(record: HeadRecord, wanted: dict) -> bool:
+    """The head was trained on the pipeline's backbone, under the current Keras backend
+    (a report shows one backend's heads; engine ``tensorflow`` is the name engine
+    ``keras`` had before backends were configurable)."""
+    recorded = record.info.get("backbone")
     if recorded is None:
+        return False
+    if record.info.get("versions", {}).get("backend", "tensorflow") != backend():
         return False
 
     def engine(d: dict) -> dict:
@@ -145,7 +150,7 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
                 found = [
                     record
                     for record in RunLayout.of(pipeline).heads_named(dataset.name, head.name)
-                    if _same_backbone(record.info.get("backbone"), wanted)
+                    if _same_backbone(record, wanted)
                 ]
                 if not found:
                     block.missing.append(head.name)

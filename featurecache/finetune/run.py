@@ -127,8 +127,14 @@ class Run:
         )
         self.device = "GPU" if gpu_available() else "CPU"
         if self.device == "GPU":  # mixed precision on the GPU (the parity check ran in float32)
+            # The policy is global in Keras: set it for this build only, as the layers keep
+            # the policy they were built with (and compile adds loss scaling for it).
+            previous = keras.mixed_precision.global_policy()
             keras.mixed_precision.set_global_policy("mixed_float16")
-            built = self._build(load_dense_head(self.head_dir)[0])
+            try:
+                built = self._build(load_dense_head(self.head_dir)[0])
+            finally:
+                keras.mixed_precision.set_global_policy(previous)
         try:
             self.opened = models.unfreeze(built, self.ft.unfreeze)
         except ValueError as exc:

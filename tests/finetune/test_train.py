@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -140,3 +141,31 @@ def test_unfreeze_opens_only_the_last_block_and_keeps_batchnorm_frozen():
                 weights_sha256=None,
             )
         )
+
+
+def test_the_gpu_branch_trains_in_mixed_precision_and_restores_the_policy(trained, monkeypatch):
+    """No GPU here: the GPU branch is taken on the CPU (``gpu_available`` stood in for),
+    so what runs is the same Keras code as on a GPU, in float16 with loss scaling."""
+    work, common = trained
+    keras = import_keras()
+    monkeypatch.setattr("featurecache.finetune.run.gpu_available", lambda: True)
+    result = invoke(
+        "finetune",
+        REPO / "pipelines" / "catvnoncat.toml",
+        *common,
+        "--epochs",
+        1,
+        "--max-steps",
+        1,
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    [doc] = json.loads(result.stdout)["finetune"]
+    assert doc["device"] == "GPU"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    history = json.loads((Path(doc["folder"]) / "history.json").read_text())
+    assert all(np.isfinite(history["loss"]))
+    model = keras.models.load_model(Path(doc["folder"]) / "model.keras")
+    backbone = next(layer for layer in model.layers if hasattr(layer, "layers"))
+    convolutions = [layer for layer in backbone.layers if "Conv" in type(layer).__name__]
+    assert {layer.dtype_policy.name for layer in convolutions} == {"mixed_float16"}

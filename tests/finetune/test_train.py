@@ -28,8 +28,8 @@ def trained(tmp_path_factory, datasets_dir):
     return work, common
 
 
-def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datasets_dir, tmp_path):
-    work, common = trained
+def finetune_steps(common: list, steps: int) -> dict:
+    """``featurecache finetune`` of catvnoncat for one epoch of ``steps`` steps: its JSON."""
     result = invoke(
         "finetune",
         REPO / "pipelines" / "catvnoncat.toml",
@@ -37,11 +37,17 @@ def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datas
         "--epochs",
         1,
         "--max-steps",
-        2,
+        steps,
         "--json",
     )
     assert result.exit_code == 0, result.output
     [doc] = json.loads(result.stdout)["finetune"]
+    return doc
+
+
+def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datasets_dir, tmp_path):
+    work, common = trained
+    doc = finetune_steps(common, 2)
     assert doc["parity_max_abs_diff"] <= 1e-4
     assert doc["device"] == "CPU" and doc["trainable_layers"] == 4
     assert (doc["epochs_run"], doc["steps_per_epoch"]) == (1, 2)
@@ -149,18 +155,7 @@ def test_the_gpu_branch_trains_in_mixed_precision_and_restores_the_policy(traine
     work, common = trained
     keras = import_keras()
     monkeypatch.setattr("featurecache.finetune.run.gpu_available", lambda: True)
-    result = invoke(
-        "finetune",
-        REPO / "pipelines" / "catvnoncat.toml",
-        *common,
-        "--epochs",
-        1,
-        "--max-steps",
-        1,
-        "--json",
-    )
-    assert result.exit_code == 0, result.output
-    [doc] = json.loads(result.stdout)["finetune"]
+    doc = finetune_steps(common, 1)
     assert doc["device"] == "GPU"
     assert keras.mixed_precision.global_policy().name == "float32"
     history = json.loads((Path(doc["folder"]) / "history.json").read_text())

@@ -21,7 +21,14 @@ from featurecache.errors import ConfigError
 from featurecache.extraction import extract
 from featurecache.finetune.cached import train_model
 from featurecache.finetune.model import build_model
-from tests.conftest import CLASSES, json_or_none, make_image, needs_onnx, sigkill_when
+from tests.conftest import (
+    CLASSES,
+    assert_same_numbers,
+    json_or_none,
+    make_image,
+    needs_onnx,
+    sigkill_when,
+)
 
 TAPPED = dict(
     name="mobilenet_v2",
@@ -156,7 +163,7 @@ def test_a_sigkilled_extraction_resumes_to_the_same_arrays(folder, tmp_path):
     a, _ = generation(tmp_path / "whole")
     b, _ = generation(tmp_path / "c")
     for name in ("features", "activations", "activations.flip", "pooled.block_13_expand_relu"):
-        np.testing.assert_array_equal(a[name][...], b[name][...])
+        assert_same_numbers(a[name][...], b[name][...])
 
 
 @pytest.mark.real_weights

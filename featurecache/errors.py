@@ -15,6 +15,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2  # typer / click's own code for a bad option
 EXIT_PARTIAL = 3  # completed, but some inputs were skipped (listed in the output)
 EXIT_BUSY = 4  # another process holds the data set's lock and --no-wait was given
+EXIT_DAMAGED = 5  # the cache holds damaged data (`featurecache verify` found some)
+EXIT_SIGINT = 130  # stopped by Ctrl-C (SIGINT) at a safe point; the shell's 128 + 2
+EXIT_SIGTERM = 143  # stopped by SIGTERM (timeout, a scheduler) at a safe point; 128 + 15
 
 
 class FeaturecacheError(Exception):
@@ -73,9 +76,49 @@ class CacheError(FeaturecacheError, LookupError):
     """The cache is missing what was asked for, or is not a featurecache store."""
 
 
+class DamagedError(CacheError):
+    """Bytes in the cache are damaged: a chunk fails its checksum or decompression, or
+    is missing. ``path`` is the generation, ``array`` the array's name and ``rows`` the
+    ``(first, stop)`` row ranges affected; ``featurecache verify --repair`` recomputes them."""
+
+    exit_code = EXIT_DAMAGED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        array: str = "",
+        rows: list[tuple[int, int]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.array = array
+        self.rows = rows or []
+
+
+class Stopped(KeyboardInterrupt):
+    """A run stopped at a safe point on SIGTERM or SIGINT; what it finished is kept.
+
+    A ``KeyboardInterrupt``, not a :class:`FeaturecacheError`, so that no ``except
+    Exception`` swallows it; the CLI prints its one line and exits with ``exit_code``.
+    ``exit_code`` is 128 + the signal's number, as a shell reports a killed process.
+    """
+
+    def __init__(self, message: str, *, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.exit_code = EXIT_SIGINT if signal_name == "SIGINT" else EXIT_SIGTERM
+
+
 class DependencyError(FeaturecacheError, ImportError):
     """An optional dependency (Keras's backend, ONNX Runtime, Dask) is not installed or
     not usable as configured."""
+
+
+class UntrustedFileError(FeaturecacheError, PermissionError):
+    """A head file would run code when loaded (a pickle, or a skops file holding types
+    featurecache never writes); it was not loaded."""
 
 
 class LockedError(FeaturecacheError, BlockingIOError):

@@ -1,4 +1,5 @@
-"""Whole pipelines: ``featurecache run`` (extract, then train every head) and ``refresh``.
+"""Whole pipelines: ``featurecache run`` (extract, then train every head), ``refresh`` and
+``verify`` (check every byte of the caches, and repair what it can).
 
 ``refresh`` is the same for cron: extraction computes only what is new or changed (see
 :mod:`featurecache.extraction`), and only the heads whose inputs changed are retrained:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from featurecache.config import Pipeline
@@ -83,3 +85,81 @@ def refresh(
         run_pipeline(p, progress=progress, wait=wait, cluster=cluster, only_changed=True)
         for p in pipelines
     ]
+
+
+@dataclass
+class VerifyOutcome:
+    """``featurecache verify``'s result: each cache's check and, with ``--repair``, what
+    was repaired (the check after the repair is in ``repair.after``)."""
+
+    checks: list[Any]  # VerifyResult per cache
+    repairs: list[Any]  # RepairResult per cache (empty without --repair)
+
+    @property
+    def clean(self) -> bool:
+        if self.repairs:
+            return all(r.after.clean and not r.unrecoverable for r in self.repairs)
+        return all(c.clean for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clean": self.clean, "verify": [c.to_dict() for c in self.checks]}
+        if self.repairs:
+            out["repair"] = [r.to_dict() for r in self.repairs]
+        return out
+
+
+def verify(
+    targets: Sequence[str],
+    *,
+    cache: str | None = None,
+    data_root: Any = None,
+    repair: bool = False,
+    progress: bool = False,
+    wait: bool = True,
+) -> VerifyOutcome:
+    """Check (and with ``repair``, repair) the caches ``targets`` name.
+
+    A target is a cache (a folder holding a cache's ``zarr.json``, or a URL) or a pipeline
+    file or folder of them, which names its cache, limits the check to its groups and
+    tells ``repair`` how to recompute them. No target: the default cache.
+
+    Raises
+    ------
+    ConfigError
+        If a target is neither a cache nor a pipeline file.
+    CacheError
+        If a cache does not exist.
+    """
+    from featurecache.cache import recipe
+    from featurecache.cache.verify import verify_cache
+    from featurecache.config import cache_path, is_url, load_all
+    from featurecache.extraction.repair import repair as run_repair
+
+    caches: list[str] = []
+    pipelines: list[Pipeline] = []
+    for target in targets:
+        if is_url(target) or (Path(target) / "zarr.json").is_file():
+            caches.append(str(target))
+        else:
+            pipelines += load_all([target], data_root=data_root, cache=cache)
+    if not targets:
+        caches.append(str(cache_path(cache)))
+    by_cache: dict[str, list[Pipeline]] = {c: [] for c in caches}
+    for pipeline in pipelines:
+        by_cache.setdefault(str(pipeline.cache), []).append(pipeline)
+    outcome = VerifyOutcome([], [])
+    for root, declared in by_cache.items():
+        wanted = {
+            (d.name, recipe.request_hash(b))
+            for p in declared
+            for d in p.datasets
+            for b in p.backbones
+        }
+        accept = (lambda d, h: True) if root in caches else (lambda d, h, w=wanted: (d, h) in w)
+        checked = verify_cache(root, accept=accept, progress=progress)
+        outcome.checks.append(checked)
+        if repair:
+            outcome.repairs.append(
+                run_repair(root, declared, checked, progress=progress, wait=wait)
+            )
+    return outcome

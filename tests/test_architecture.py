@@ -25,6 +25,7 @@ LAYERS = {
     "featurecache.config": 1,
     "featurecache.images": 1,
     "featurecache.deps": 1,
+    "featurecache.stopping": 1,
     "featurecache.datasets": 2,
     "featurecache.backbones": 2,
     "featurecache.cache": 2,

@@ -3,10 +3,13 @@
 - :mod:`~featurecache.cache.layout`: :class:`Cache`, where everything is (data sets,
   backbone groups, generations, ``current``, staging, locks), and :class:`FeatureSet`;
 - :mod:`~featurecache.cache.store`: the zarr arrays (the only module importing zarr):
-  staging, writing and reading generations;
+  writing and reading generations, checking their chunks (CRC-32C);
+- :mod:`~featurecache.cache.staging`: an extraction's resumable staging area;
 - :mod:`~featurecache.cache.storage`: a folder or an fsspec URL (``s3://``, ``memory://``);
 - :mod:`~featurecache.cache.recipe`: what identifies a set of features (hashes);
-- :mod:`~featurecache.cache.admin`: ``featurecache info`` and ``gc``.
+- :mod:`~featurecache.cache.admin`: ``featurecache info`` and ``gc``;
+- :mod:`~featurecache.cache.verify`: ``featurecache verify`` (repairs are in
+  :mod:`featurecache.extraction.repair`).
 """
 
 from featurecache.cache.layout import Cache, FeatureSet, cache_id

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
+from featurecache.cache.staging import ComputeStage
 from featurecache.cache.storage import Location
 from featurecache.cache.store import (
     ROW_ARRAYS,
     ArraySpec,
-    ComputeStage,
     GenerationWriter,
     create_group,
     open_group,

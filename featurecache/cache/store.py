@@ -1,10 +1,11 @@
 """The zarr store: the only module that imports zarr.
 
 Everything that reads or writes zarr arrays is here: opening a group at a
-:class:`~featurecache.cache.storage.Location`, the staging arrays of an extraction
-(:class:`ComputeStage`), writing a generation (:class:`GenerationWriter`) and reading
-its arrays back. Where things are (data set and backbone groups, generations, the
-``current`` pointer, locks) is :class:`featurecache.cache.Cache`'s business.
+:class:`~featurecache.cache.storage.Location`, the arrays of an extraction's staging area
+(:mod:`~featurecache.cache.staging`), writing a generation (:class:`GenerationWriter`),
+reading its arrays back and checking their chunks. Where things are (data set and
+backbone groups, generations, the ``current`` pointer, locks) is
+:class:`featurecache.cache.Cache`'s business.
 
 Each generation holds, per image (rows in data-set listing order)::
 
@@ -23,9 +24,11 @@ and, where the backbone asks for them (``taps``, ``finetune_from``, ``views``)::
     <name>.flip     same as <name>                    the horizontally flipped image's
 
 Rows are chunked along ``n_images`` only, with at least 1 MiB per chunk of each array
-(:func:`chunk_rows`); every array is compressed with Blosc (zstd, level 5, byte shuffle). zarr's
-``LocalStore`` writes every chunk and metadata file by rename, so a killed writer
-leaves no torn file.
+(:func:`chunk_rows`); every array is compressed with Blosc (zstd, level 5, byte shuffle) and
+each compressed chunk carries a CRC-32C checksum (zarr v3's standard ``crc32c`` codec), so a
+damaged chunk is detected when it is read (:class:`~featurecache.errors.DamagedError`) instead
+of decoding to wrong numbers. zarr's ``LocalStore`` writes every chunk and metadata file by
+rename, so a killed writer leaves no torn file.
 """
 
 from __future__ import annotations
@@ -33,21 +36,28 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
 from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
 from featurecache.cache.storage import Location
-from featurecache.errors import CacheError
+from featurecache.errors import CacheError, DamagedError
 
 MIN_CHUNK_BYTES = 1 << 20
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-CODEC_DESCRIPTION = "blosc(zstd, clevel=5, shuffle)"
+COMPRESSOR = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())
+CODEC_DESCRIPTION = "blosc(zstd, clevel=5, shuffle) + crc32c"
+# Store every chunk, even one of zeros (zarr skips those by default): a missing chunk is
+# then always damage, where zarr alone would read it as zeros.
+_EVERY_CHUNK = {"write_empty_chunks": True}
+#: What reading a damaged chunk raises inside zarr: a checksum mismatch (ValueError),
+#: a Blosc stream that does not decompress (RuntimeError), a chunk of the wrong size.
+DECODE_ERRORS = (ValueError, RuntimeError, TypeError)
 ROW_ARRAYS = ("labels", "split", "keys", "sources", "sizes", "mtimes")
 _DTYPES = {
     "labels": "int32",
@@ -112,12 +122,22 @@ def storable(text: str) -> str:
 
 def open_group(location: Location, path: str, *, mode: str, **kwargs: Any) -> zarr.Group:
     """The zarr group at ``path`` of ``location`` (``mode`` as ``zarr.open_group``'s)."""
-    read_only = mode == "r"
+    return zarr.open_group(_store(location, path, read_only=mode == "r"), mode=mode, **kwargs)
+
+
+def _store(location: Location, path: str, *, read_only: bool) -> Any:
     if location.local:
-        store = LocalStore(path, read_only=read_only)
-    else:  # fsspec (s3fs...); zarr wraps a synchronous file system such as memory://
-        store = FsspecStore.from_url(location.url(path), read_only=read_only)
-    return zarr.open_group(store, mode=mode, **kwargs)
+        return LocalStore(path, read_only=read_only)
+    # fsspec (s3fs...); zarr wraps a synchronous file system such as memory://
+    return FsspecStore.from_url(location.url(path), read_only=read_only)
+
+
+def rewrite_group_metadata(location: Location, path: str, attributes: dict[str, Any]) -> None:
+    """Write the group metadata (``zarr.json``) at ``path`` again, with ``attributes``,
+    leaving what the group holds untouched (``verify --repair`` of unreadable metadata)."""
+    store = _store(location, path, read_only=False)
+    sync(store.delete("zarr.json"))
+    zarr.open_group(store, mode="a", attributes=attributes)
 
 
 def create_group(location: Location, path: str, attributes: dict[str, Any]) -> None:
@@ -133,16 +153,116 @@ def create_group(location: Location, path: str, attributes: dict[str, Any]) -> N
 
 
 def read_arrays(group: zarr.Group, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Whole arrays of ``group`` by name (a ``KeyError`` names a missing one)."""
-    return {name: group[name][...] for name in names}
+    """Whole arrays of ``group`` by name (a ``KeyError`` names a missing one).
+
+    Raises
+    ------
+    DamagedError
+        If a chunk is missing or fails its checksum or decompression.
+    """
+    out = {}
+    for name in names:
+        array = open_array(group, name)
+        # zarr reads a missing chunk as zeros; only checksummed arrays are written with
+        # every chunk (older ones skipped chunks that were all zeros)
+        if checksummed(array) and array.nchunks_initialized < array.nchunks:
+            raise damaged(array)
+        out[name] = read_slice(array, slice(None))
+    return out
+
+
+def open_array(group: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of ``group`` (a ``KeyError`` if there is none).
+
+    Raises
+    ------
+    DamagedError
+        If its metadata (``zarr.json``) is not valid JSON or not zarr's.
+    """
+    try:
+        return group[name]
+    except (ValueError, TypeError) as exc:  # a missing array is a KeyError: not caught
+        where = str(getattr(group.store, "root", "")).rstrip("/")
+        raise DamagedError(
+            f"the cache is damaged: {where}, array {name!r} has unreadable metadata "
+            f"(zarr.json: {exc}); run `featurecache verify --repair PIPELINE` to rewrite it",
+            path=where,
+            array=name,
+        ) from exc
 
 
 def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted ascending) of an array: each chunk is read once."""
-    return array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
+    """Rows ``rows`` (sorted ascending) of an array, each chunk read once; a
+    :class:`DamagedError` if a chunk fails its checksum or decompression."""
+    try:
+        return array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
+    except DECODE_ERRORS as exc:
+        raise damaged(array) from exc
 
 
-def _create_arrays(
+def read_slice(array: zarr.Array, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of an array; a :class:`DamagedError` as :func:`read_rows`."""
+    try:
+        return array[rows]
+    except DECODE_ERRORS as exc:
+        raise damaged(array) from exc
+
+
+def checksummed(array: zarr.Array) -> bool:
+    """Whether the array's chunks carry CRC-32C checksums (written since they do)."""
+    return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+
+
+def chunk_problems(array: zarr.Array, exists=None) -> list[tuple[int, int, str]]:
+    """Every damaged chunk of ``array``, read one by one.
+
+    Returns ``(first row, stop row, problem)`` per damaged chunk: "missing" (zarr would
+    read its fill value, zeros, silently), "checksum mismatch" or the decoder's error.
+    ``exists(key)`` tells whether a chunk key (``"c/3/0"``) is stored; by default the
+    array's store is asked. Missing chunks count only in checksummed arrays: older ones
+    did not store chunks that were all zeros.
+    """
+    n, step = array.shape[0], array.chunks[0]
+    every_chunk_stored = checksummed(array)
+    problems = []
+    for first in range(0, n, step):
+        stop = min(n, first + step)
+        key = array.metadata.encode_chunk_key((first // step,) + (0,) * (array.ndim - 1))
+        present = exists(key) if exists else _stored(array, key)
+        if every_chunk_stored and not present:
+            problems.append((first, stop, "missing"))
+            continue
+        try:
+            array[first:stop]
+        except DECODE_ERRORS as exc:
+            text = str(exc)
+            reason = "checksum mismatch" if "checksum" in text else text.split("\n")[0][:120]
+            problems.append((first, stop, reason))
+    return problems
+
+
+def _stored(array: zarr.Array, key: str) -> bool:
+    prefix = f"{array.path}/" if array.path else ""
+    return sync(array.store.exists(prefix + key))
+
+
+def damaged(array: zarr.Array) -> DamagedError:
+    """The :class:`DamagedError` for an array whose reading failed: which rows, and the fix."""
+    where = str(getattr(array.store, "root", getattr(array.store, "path", ""))).rstrip("/")
+    name = array.path.rsplit("/", 1)[-1]
+    problems = chunk_problems(array)
+    rows = ", ".join(f"{a}-{b - 1}" for a, b, _ in problems) or "unknown"
+    reason = problems[0][2] if problems else "unreadable"
+    return DamagedError(
+        f"the cache is damaged: {where}, array {name!r}, rows {rows} ({reason}); "
+        "run `featurecache verify --repair PIPELINE` to recompute them from the images",
+        path=where,
+        array=name,
+        rows=[(a, b) for a, b, _ in problems],
+    )
+
+
+def create_arrays(
     group: zarr.Group,
     specs: Sequence[ArraySpec],
     names: Sequence[str],
@@ -163,6 +283,7 @@ def _create_arrays(
             chunks=(n, *spec.shape),
             compressors=compressors,
             dimension_names=spec.dimension_names,
+            config=_EVERY_CHUNK,
         )
     column_rows = rows or arrays[specs[0].name].chunks[0]
     for name in names:
@@ -173,119 +294,12 @@ def _create_arrays(
             chunks=(column_rows,),
             compressors=compressors,
             dimension_names=("image",),
+            config=_EVERY_CHUNK,
         )
     return arrays
 
 
-@dataclass
-class ComputeStage:
-    """Features computed so far for one extraction plan, durable batch by batch.
-
-    Row ``i`` holds the ``i``-th image of the plan's compute list; batch ``b`` is
-    rows ``[b * batch, (b + 1) * batch)``, which is exactly one chunk, so each
-    batch is written by exactly one writer (one process, or one Dask worker) and
-    never shares a chunk with another (zarr chunks must have one writer). A
-    skipped (undecodable) image leaves a zero row and an empty key.
-
-    Only the coordinator records progress (``batches`` done, ``skipped``), after
-    the batch's chunks are written; both are whole-object writes, so after a kill
-    the stage holds every recorded batch, and a batch written but not recorded is
-    simply computed and written again.
-
-    ``arrays`` are the per-image arrays one image gives (``features`` first).
-    """
-
-    location: Location
-    path: str
-    n_records: int
-    arrays: Sequence[ArraySpec]
-    batch: int
-    done: set[int] = field(init=False)
-    skipped: list[dict[str, str]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.location.is_file(f"{self.path}/zarr.json"):
-            self._group = open_group(self.location, self.path, mode="r+")
-            progress = dict(self._group.attrs.get("progress", {}))
-            self.done = {int(b) for b in progress.get("batches", [])}
-            self.skipped = list(progress.get("skipped", []))
-        else:
-            self._group = open_group(self.location, self.path, mode="w")
-            # One chunk per batch, uncompressed: each batch is written once, cheaply
-            # (the stage is temporary; the committed generation is compressed).
-            _create_arrays(
-                self._group,
-                self.arrays,
-                ("keys",),
-                self.batch,
-                compressors=None,
-                rows_total=self.n_records,
-            )
-            self.done, self.skipped = set(), []
-            self._record()
-
-    @property
-    def n_batches(self) -> int:
-        return math.ceil(self.n_records / self.batch)
-
-    def missing(self) -> list[int]:
-        """Batch numbers not yet recorded as done, in order."""
-        return [b for b in range(self.n_batches) if b not in self.done]
-
-    @property
-    def records_done(self) -> int:
-        return sum(min(self.batch, self.n_records - b * self.batch) for b in self.done)
-
-    def write(self, batch: int, arrays: dict[str, np.ndarray], keys: Sequence[str]) -> None:
-        """Write batch ``batch``'s rows of every array (zero rows and key ``""`` where an
-        image was skipped)."""
-        _write_batch(self._group, batch, self.batch, arrays, keys)
-
-    def record(self, batches: Sequence[int], skipped: Sequence[dict[str, str]]) -> None:
-        """Mark ``batches`` (already written) done, with the images they skipped."""
-        self.done.update(batches)
-        self.skipped.extend(skipped)
-        self._record()
-
-    def _record(self) -> None:
-        self._group.attrs["progress"] = {
-            "batches": sorted(self.done),
-            "records_done": self.records_done,
-            "skipped": self.skipped,
-        }
-
-    def array(self, name: str) -> zarr.Array:
-        return self._group[name]
-
-    def keys(self) -> list[str]:
-        """Every row's content key; ``""`` for a skipped image."""
-        return [str(k) for k in self._group["keys"][...]] if self.n_records else []
-
-    def remove(self) -> None:
-        """Delete the stage, and its parent folders when they are left empty."""
-        location = self.location
-        location.remove(self.path)
-        parent = self.path
-        for _ in range(2):
-            parent = parent.rsplit("/", 1)[0]
-            if location.entries(parent):
-                break
-            location.remove(parent)
-
-
-def write_stage_batch(
-    cache_url: str, path: str, batch: int, batch_size: int, arrays: dict[str, np.ndarray], keys
-) -> None:
-    """Write one batch's rows into the stage at ``path`` of the cache at ``cache_url``.
-
-    Called by whichever process computed the batch (a Dask worker, or the local
-    process); rows ``[batch * batch_size, ...)`` are one chunk of each array.
-    """
-    group = open_group(Location.parse(cache_url), path, mode="r+")
-    _write_batch(group, batch, batch_size, arrays, keys)
-
-
-def _write_batch(group: zarr.Group, batch: int, batch_size: int, arrays, keys) -> None:
+def write_batch(group: zarr.Group, batch: int, batch_size: int, arrays, keys) -> None:
     start = batch * batch_size
     stop = start + len(keys)
     for name, values in arrays.items():
@@ -319,7 +333,7 @@ class GenerationWriter:
         self.specs = {spec.name: spec for spec in arrays}
         self.n_rows = 0
         self._group = open_group(location, f"{group_path}/{self.writing}", mode="w")
-        self._arrays = _create_arrays(self._group, arrays, ROW_ARRAYS)
+        self._arrays = create_arrays(self._group, arrays, ROW_ARRAYS)
         # Rows are written in whole chunks of every array (all powers of two).
         self.rows_per_chunk = max(self._arrays[s.name].chunks[0] for s in arrays)
         self._values: dict[str, list[np.ndarray]] = {n: [] for n in self.specs}

@@ -29,13 +29,16 @@ from featurecache.cli.options import (
     PipelineOptions,
     PipelinesArg,
     ProgressOpt,
+    RepairOpt,
     ReportOpt,
     ReportRunsOpt,
     TargetsArg,
+    TrustPickleOpt,
+    VerifyTargetsArg,
     WaitOpt,
     show_progress,
 )
-from featurecache.errors import EXIT_OK, EXIT_PARTIAL
+from featurecache.errors import EXIT_DAMAGED, EXIT_OK, EXIT_PARTIAL
 
 
 def _exit_code(results: list[Any]) -> int:
@@ -152,14 +155,46 @@ def gc(
 
 
 @command()
+def verify(
+    targets: VerifyTargetsArg = None,
+    cache: CacheOpt = None,
+    data_root: DataRootOpt = None,
+    repair: RepairOpt = False,
+    progress: ProgressOpt = None,
+    wait: WaitOpt = True,
+) -> Output:
+    """Read every chunk, pointer and attribute of the cache; say what is damaged (exit 5).
+
+    With --repair, recompute the damaged rows from their source images and commit them as
+    a new generation; rows whose image is gone are listed, never dropped in silence.
+    """
+    from featurecache.workflow import verify as run_verify
+
+    outcome = run_verify(
+        targets or [],
+        cache=cache,
+        data_root=data_root,
+        repair=repair,
+        progress=show_progress(progress),
+        wait=wait,
+    )
+    code = EXIT_OK if outcome.clean else EXIT_DAMAGED
+    return Output(outcome.to_dict(), lambda: render.verified(outcome), code)
+
+
+@command()
 def predict(
-    head: HeadFolderArg, images: ImagesArg, csv: CsvOpt = None, batch_size: BatchOpt = None
+    head: HeadFolderArg,
+    images: ImagesArg,
+    csv: CsvOpt = None,
+    batch_size: BatchOpt = None,
+    trust_pickle: TrustPickleOpt = False,
 ) -> Output:
     """Label images with a trained head: prints each image's label and probability."""
     from featurecache.predict import predict as run_predict
     from featurecache.predict import write_csv
 
-    results = run_predict(head, images, batch_size=batch_size or 32)
+    results = run_predict(head, images, batch_size=batch_size or 32, trust_pickle=trust_pickle)
     if csv is not None:
         write_csv(results, csv)
     code = EXIT_PARTIAL if any(p.error for p in results) else EXIT_OK

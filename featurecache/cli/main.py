@@ -6,7 +6,8 @@ as JSON or as text.
 
 Exit codes (``featurecache.errors``): 0 success; 1 error (one line on stderr, no
 traceback); 2 bad usage; 3 completed, but some images were skipped; 4 another process
-is writing the same data set and ``--no-wait`` was given; 130 interrupted.
+is writing the same data set and ``--no-wait`` was given; 5 the cache holds damaged data;
+130 stopped by SIGINT (Ctrl-C), 143 by SIGTERM, at a safe point (run again to resume).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import typer
 
 from featurecache.cli.options import OutputOptions, with_options
 from featurecache.cli.render import emit
-from featurecache.errors import EXIT_OK, FeaturecacheError
+from featurecache.errors import EXIT_OK, FeaturecacheError, Stopped
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -76,6 +77,9 @@ def guard(call: Callable[[], T]) -> T:
         return call()
     except FeaturecacheError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Stopped as exc:
+        typer.echo(str(exc), err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing half-written was committed", err=True)

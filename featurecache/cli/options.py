@@ -192,6 +192,14 @@ ImagesArg = Annotated[
     list[Path],
     typer.Argument(help="Image files or folders (searched recursively).", show_default=False),
 ]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Load a head saved as model.joblib (a pickle, from before heads were saved "
+        "with skops). Loading a pickle runs any code it holds: only for heads you made.",
+    ),
+]
 CsvOpt = Annotated[Path | None, _option("Also write the predictions to this CSV file.")]
 GcPipelinesArg = Annotated[
     list[Path] | None,
@@ -199,6 +207,24 @@ GcPipelinesArg = Annotated[
         help="Pipeline files or folders: groups none of them declares are removed too. "
         "Without any, only superseded generations and leftovers of killed runs go.",
         show_default=False,
+    ),
+]
+VerifyTargetsArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="PIPELINE_OR_CACHE",
+        help="Caches (folders or URLs) to check whole, or pipeline files or folders of them: "
+        "their caches' groups only, and what --repair needs to recompute them. Default: "
+        "--cache, $FEATURECACHE_CACHE or ./cache.",
+        show_default=False,
+    ),
+]
+RepairOpt = Annotated[
+    bool,
+    typer.Option(
+        "--repair",
+        help="Recompute damaged rows from their images (needs the pipeline files), point "
+        "`current` at the newest clean generation, rewrite old caches with checksums.",
     ),
 ]
 DryRunOpt = Annotated[

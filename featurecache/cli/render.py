@@ -112,6 +112,39 @@ def collected(result: Any) -> None:
     )
 
 
+def verified(outcome: Any) -> None:
+    for check in outcome.checks:
+        n_chunks = sum(g.chunks for g in check.groups)
+        typer.echo(f"{check.cache}: {len(check.groups)} groups, {n_chunks} chunks read")
+        for item in check.all_damage:
+            typer.echo(f"  DAMAGED {item.describe()}")
+        for group in check.groups:
+            if not group.checksummed and not group.damage:
+                typer.echo(
+                    f"  no checksums: {group.dataset}/{group.group} was written before chunks "
+                    "carried them (verify --repair rewrites it with them)"
+                )
+    for repair in outcome.repairs:
+        for line in repair.fixed:
+            typer.echo(f"  repaired {line}")
+        for item in repair.unrecoverable:
+            typer.echo(
+                f"  UNRECOVERABLE row {item['row']} of {item['dataset']}/{item['group']}: "
+                f"its image {item['source']} is gone"
+            )
+        for line in repair.unrepaired:
+            typer.echo(f"  NOT REPAIRED {line}")
+        for item in repair.after.all_damage:
+            typer.echo(f"  still DAMAGED {item.describe()}")
+    if outcome.clean:
+        typer.echo("clean" if not outcome.repairs else "clean after repair")
+    elif not outcome.repairs:
+        typer.echo(
+            "damage found: run `featurecache verify --repair PIPELINE` to recompute it from "
+            "the images (see README, 'Checking the cache')"
+        )
+
+
 def predictions(results: Sequence[Any]) -> None:
     for p in results:
         if p.error:

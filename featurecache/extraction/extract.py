@@ -22,7 +22,7 @@ All of it runs under the data set's writer lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -98,6 +98,8 @@ def extract_dataset(
     wait: bool = True,
     client: Any = None,
     retries: int = 0,
+    damaged: Mapping[tuple[str, str], Collection[int] | None] | None = None,
+    rewrite: bool = False,
 ) -> list[ExtractResult]:
     """Extract one data set with several backbones in one pass over the images.
 
@@ -105,11 +107,15 @@ def extract_dataset(
     every backbone that lacks it. Each backbone still computes exactly the batches it
     would compute alone, so its features do not depend on which other backbones ran
     beside it. With a Dask ``client``, the missing batches run on its workers instead,
-    each backbone separately.
+    each backbone separately. ``damaged`` and ``rewrite`` are for ``verify --repair``
+    (see :func:`~featurecache.extraction.job.prepare`).
     """
     cache.ensure()
     with cache.lock(listing.name, wait=wait):
-        prepared = [prepare(cache, listing, b, batch_size) for b in backbones]
+        prepared = [
+            prepare(cache, listing, b, batch_size, damaged=damaged, rewrite=rewrite)
+            for b in backbones
+        ]
         jobs = [p for p in prepared if isinstance(p, ExtractJob)]
         if client is not None:
             dask.run_on_cluster(client, cache, listing, jobs, retries=retries, progress=progress)

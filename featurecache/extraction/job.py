@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +26,8 @@ from tqdm import tqdm
 from featurecache.backbones import build_backbone
 from featurecache.cache import Cache, storable
 from featurecache.cache import recipe as recipes
-from featurecache.cache.store import ArraySpec, ComputeStage
+from featurecache.cache.staging import ComputeStage
+from featurecache.cache.store import ArraySpec
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.datasets import Listing
 from featurecache.extraction.decoding import Decoded, decoded_batches
@@ -247,27 +248,34 @@ def _add(
 
 
 def prepare(
-    cache: Cache, listing: Listing, backbone: BackboneConfig, batch_size: int
+    cache: Cache,
+    listing: Listing,
+    backbone: BackboneConfig,
+    batch_size: int,
+    *,
+    damaged: Mapping[tuple[str, str], Collection[int] | None] | None = None,
+    rewrite: bool = False,
 ) -> ExtractJob | ExtractResult:
-    """Plan one backbone: a cache hit, or a job with its staging area and extractor."""
+    """Plan one backbone: a cache hit, or a job with its staging area and extractor.
+
+    ``damaged`` (rows not to reuse: :func:`~featurecache.extraction.plan.make_plan`) or
+    ``rewrite`` make an unchanged data set a new generation, not a cache hit (repair)."""
     start = time.perf_counter()
+    damaged = damaged or {}
     found = recipes.find_group(cache, listing.name, backbone)
-    if found is not None and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
-        return _cache_hit(listing, backbone, found, time.perf_counter() - start)
+    here = (listing.name, found.group) if found else None
+    if here in damaged and damaged[here] is None:
+        found = None  # unreadable: computed again, or found by content key elsewhere
+    elif found and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
+        if not rewrite and here not in damaged:
+            return _cache_hit(listing, backbone, found, time.perf_counter() - start)
     known = found or recipes.find_any_group(cache, backbone)
-    plan = make_plan(cache, listing, found, known.attrs["recipe_hash"] if known else None)
+    recipe_hash = known.attrs["recipe_hash"] if known else None
+    plan = make_plan(cache, listing, found, recipe_hash, damaged)
     extractor = None
     arrays = ArraySpec.from_attrs(known.attrs) if known else []
     if plan.compute or known is None:
-        built = build_backbone(backbone)
-        model_id = recipes.model_id(backbone, built.weights_sha256)
-        # "auto" is resolved once, then kept: switching would recompute everything.
-        engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
-        extractor = open_extractor(built, engine, cache.location.engine_dir(), model_id, batch_size)
-        recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
-        arrays = array_specs(backbone, built.output_shapes)
-        weights = {"spec": backbone.weights, "file": built.weights_file}
-        weights["sha256"] = built.weights_sha256
+        extractor, recipe_hash, arrays, weights = _open(cache, backbone, known, batch_size)
     else:
         recipe_hash = known.attrs["recipe_hash"]
         weights = dict(known.attrs["weights"])
@@ -283,12 +291,7 @@ def prepare(
         batch=batch_size,
     )
     if stage.done:
-        log.info(
-            "resuming %s: %d of %d images were computed by an interrupted run",
-            group,
-            stage.records_done,
-            len(plan.compute),
-        )
+        log.info("resuming %s: %d of %d images done", group, stage.records_done, len(plan.compute))
     return ExtractJob(
         listing=listing,
         backbone=backbone,
@@ -303,6 +306,21 @@ def prepare(
         arrays=arrays,
         extractor=extractor,
     )
+
+
+def _open(
+    cache: Cache, backbone: BackboneConfig, known: recipes.CachedGroup | None, batch_size: int
+) -> tuple[Extractor, str, list[ArraySpec], dict[str, Any]]:
+    """Build the backbone and its engine: ``(extractor, recipe hash, arrays, weights)``."""
+    built = build_backbone(backbone)
+    model_id = recipes.model_id(backbone, built.weights_sha256)
+    # "auto" is resolved once, then kept: switching would recompute everything.
+    engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
+    extractor = open_extractor(built, engine, cache.location.engine_dir(), model_id, batch_size)
+    recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
+    weights = {"spec": backbone.weights, "file": built.weights_file}
+    weights["sha256"] = built.weights_sha256
+    return extractor, recipe_hash, array_specs(backbone, built.output_shapes), weights
 
 
 def _cache_hit(

@@ -9,12 +9,13 @@ data sets' groups made by the same recipe. What is still missing is computed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from featurecache.cache import Cache, storable
 from featurecache.cache.recipe import CachedGroup
+from featurecache.cache.store import read_arrays
 from featurecache.datasets import Listing
 
 
@@ -38,37 +39,51 @@ class Plan:
 
 
 def make_plan(
-    cache: Cache, listing: Listing, found: CachedGroup | None, recipe_hash: str | None
+    cache: Cache,
+    listing: Listing,
+    found: CachedGroup | None,
+    recipe_hash: str | None,
+    damaged: Mapping[tuple[str, str], Collection[int] | None] | None = None,
 ) -> Plan:
     """Plan ``listing`` against ``found`` (this data set's group for the backbone, if any)
-    and, when ``recipe_hash`` is known, against every group made by the same recipe."""
+    and, when ``recipe_hash`` is known, against every group made by the same recipe.
+
+    ``damaged`` maps ``(data set, group)`` to rows of its committed generation that must
+    not be reused (``featurecache verify --repair``): their images are computed again
+    (None: nothing of that group can be read, so ``found`` must not be it).
+    """
+    damaged = damaged or {}
     plan = Plan()
     old_rows: dict[str, tuple[int, int, str, int]] = {}
     by_key: dict[str, tuple[Any, int]] = {}
     if found is not None:
+        bad = damaged.get((listing.name, found.group), ())
         old = cache.open_rows(listing.name, found.group)
-        sources, sizes, mtimes, keys = (old[n][...] for n in ("sources", "sizes", "mtimes", "keys"))
+        columns = read_arrays(old, ("sources", "sizes", "mtimes", "keys"))
+        sources, sizes, mtimes, keys = columns.values()
         old_rows = {
             str(s): (int(z), int(m), str(k), row)
             for row, (s, z, m, k) in enumerate(zip(sources, sizes, mtimes, keys, strict=True))
         }
-        by_key = {str(k): (old, row) for row, k in enumerate(keys)}
+        by_key = {str(k): (old, row) for row, k in enumerate(keys) if row not in bad}
     unknown = []
     present = set()
     for index, record in enumerate(listing.records):
         source = storable(record.source)
         present.add(source)
         previous = old_rows.get(source)
-        if previous and record.size >= 0 and previous[:2] == (record.size, record.mtime_ns):
+        unchanged = previous and record.size >= 0 and previous[:2] == (record.size, record.mtime_ns)
+        if unchanged and previous[2] in by_key:
             plan.keys[index] = previous[2]
             plan.reuse[index] = by_key[previous[2]]
             continue
-        plan.n_changed += previous is not None
-        plan.n_new += previous is None
+        if not unchanged:
+            plan.n_changed += previous is not None
+            plan.n_new += previous is None
         unknown.append(index)
     plan.n_removed = len(set(old_rows) - present)
     if unknown and recipe_hash is not None:
-        others = keys_elsewhere(cache, listing.name, recipe_hash)
+        others = keys_elsewhere(cache, listing.name, recipe_hash, damaged)
         for index in unknown:
             key = listing.content_key(listing.records[index])
             if key is None:
@@ -85,15 +100,25 @@ def make_plan(
     return plan
 
 
-def keys_elsewhere(cache: Cache, dataset: str, recipe_hash: str) -> dict[str, tuple[Any, int]]:
-    """Content key -> (generation, row) over other data sets made by the same recipe."""
+def keys_elsewhere(
+    cache: Cache,
+    dataset: str,
+    recipe_hash: str,
+    damaged: Mapping[tuple[str, str], Collection[int] | None] | None = None,
+) -> dict[str, tuple[Any, int]]:
+    """Content key -> (generation, row) over other data sets made by the same recipe
+    (rows listed in ``damaged`` left out, and groups it maps to None)."""
     found: dict[str, tuple[Any, int]] = {}
     for other, group, attrs in cache.groups():
         if other == dataset or attrs.get("recipe_hash") != recipe_hash:
             continue
+        bad = (damaged or {}).get((other, group), ())
+        if bad is None:  # unreadable: nothing of it is reused
+            continue
         rows = cache.open_rows(other, group)
-        for row, key in enumerate(rows["keys"][...]):
-            found.setdefault(str(key), (rows, row))
+        for row, key in enumerate(read_arrays(rows, ["keys"])["keys"]):
+            if row not in bad:
+                found.setdefault(str(key), (rows, row))
     return found
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from featurecache.cache.store import read_slice
 from featurecache.deps import import_keras
 
 #: Batches' worth of rows shuffled together (a window of consecutive chunks in the
@@ -149,7 +150,7 @@ class _Windows:
             local = np.array([starts[r // self.chunk] + r % self.chunk for r in wanted])
             values = {
                 view: np.concatenate(
-                    [array[c * self.chunk : (c + 1) * self.chunk] for c in chunks]
+                    [read_slice(array, slice(c * self.chunk, (c + 1) * self.chunk)) for c in chunks]
                 ).astype(np.float32)[local]
                 for view, array in self.arrays.items()
             }

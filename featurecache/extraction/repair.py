@@ -1,0 +1,226 @@
+"""Repairing what ``featurecache verify`` found (``verify --repair``).
+
+- Unreadable group metadata is written again (attributes from the generation's).
+- A missing or dangling ``current`` points again at the newest generation that reads
+  clean; if none does, the group is extracted again.
+- Damaged rows are computed again from their source images, found by source path and
+  content key, and committed as a new generation through the normal crash-safe path
+  (:func:`~featurecache.extraction.extract.extract_dataset`), which copies every other
+  row. Generations written before chunks carried checksums are rewritten with them.
+
+Rows whose source image is gone cannot be computed: they are listed, never dropped in
+silence. Damage in a group that no pipeline given declares is listed too: repairing it
+needs the data set and backbone configuration, which the pipeline holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurecache.cache import Cache, recipe, storable
+from featurecache.cache.layout import FORMAT_VERSION
+from featurecache.cache.store import open_group, read_arrays, rewrite_group_metadata
+from featurecache.cache.verify import GroupCheck, VerifyResult, verify_cache
+from featurecache.config import Pipeline
+from featurecache.datasets import list_dataset
+from featurecache.errors import FeaturecacheError
+from featurecache.extraction.extract import extract_dataset
+from featurecache.extraction.job import ExtractResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepairResult:
+    """What ``verify --repair`` did, what it could not do, and the check after it.
+
+    ``fixed`` describes each repair; ``extracted`` the extractions it committed;
+    ``unrecoverable`` the damaged rows whose source image is gone (``dataset``,
+    ``group``, ``row``, ``source``); ``unrepaired`` the damage it left (and why).
+    """
+
+    fixed: list[str] = field(default_factory=list)
+    extracted: list[ExtractResult] = field(default_factory=list)
+    unrecoverable: list[dict[str, Any]] = field(default_factory=list)
+    unrepaired: list[str] = field(default_factory=list)
+    after: VerifyResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fixed": self.fixed,
+            "extracted": [r.to_dict() for r in self.extracted],
+            "unrecoverable": self.unrecoverable,
+            "unrepaired": self.unrepaired,
+            "after": self.after.to_dict() if self.after else None,
+        }
+
+
+def repair(
+    root: str | Path,
+    pipelines: Sequence[Pipeline],
+    checked: VerifyResult,
+    *,
+    progress: bool = False,
+    wait: bool = True,
+) -> RepairResult:
+    """Repair the damage ``checked`` found in the cache at ``root``, then verify again.
+
+    Raises
+    ------
+    DatasetError, ConfigError, CacheError, LockedError
+        As :func:`~featurecache.extraction.extract.extract` does, while computing rows.
+    """
+    cache = Cache(root)
+    result = RepairResult()
+    _fix_metadata(cache, checked, result)
+    todo: dict[tuple[str, str], GroupCheck] = {}
+    for check in checked.groups:
+        if any(d.what == "current pointer" for d in check.damage):
+            with cache.lock(check.dataset, wait=wait):
+                _fix_pointer(cache, check, result)
+        rows_damaged = [d for d in check.damage if d.what.startswith(("array", "generation"))]
+        if rows_damaged or not check.checksummed or check.generation is None:
+            todo[(check.dataset, check.group)] = check
+    for pipeline in pipelines:
+        for dataset in pipeline.datasets:
+            _repair_dataset(cache, pipeline, dataset, todo, result, progress, wait)
+    for (dataset, group), check in todo.items():
+        if not check.damage and check.checksummed:
+            continue
+        what = "has no checksums" if not check.damage else "is damaged"
+        result.unrepaired.append(
+            f"{dataset}/{group} {what} and no pipeline given declares it: run "
+            "`featurecache verify --repair` with the pipeline file that extracts it"
+        )
+    result.after = verify_cache(root)
+    return result
+
+
+def _fix_metadata(cache: Cache, checked: VerifyResult, result: RepairResult) -> None:
+    location = cache.location
+    for item in checked.damage:
+        if item.what == "root metadata":
+            rewrite_group_metadata(location, location.root, {"featurecache_format": FORMAT_VERSION})
+        elif item.what == "group metadata":
+            rewrite_group_metadata(location, location.join(item.dataset), {})
+        result.fixed.append(f"{item.describe()}: written again")
+    for check in checked.groups:
+        for item in check.damage:
+            if item.what != "group metadata":
+                continue
+            attrs = _any_generation_attrs(cache, check)
+            if attrs is None:
+                result.unrepaired.append(f"{item.describe()}: no readable generation")
+                continue
+            rewrite_group_metadata(
+                location,
+                location.join(check.dataset, check.group),
+                {k: attrs[k] for k in ("request_hash", "recipe_hash")},
+            )
+            check.request_hash = attrs["request_hash"]
+            result.fixed.append(f"{item.describe()}: written again")
+        check.damage = [d for d in check.damage if d.what != "group metadata"]
+
+
+def _any_generation_attrs(cache: Cache, check: GroupCheck) -> dict[str, Any] | None:
+    for path in reversed(cache.generations(check.dataset, check.group)):
+        attrs = cache.location.read_json(path)
+        if attrs and "request_hash" in attrs and "recipe_hash" in attrs:
+            return attrs
+    return None
+
+
+def _fix_pointer(cache: Cache, check: GroupCheck, result: RepairResult) -> None:
+    """Point ``current`` at the newest generation that reads clean, if there is one."""
+    location = cache.location
+    group_path = location.join(check.dataset, check.group)
+    for path in reversed(cache.generations(check.dataset, check.group)):
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith(".partial"):
+            continue
+        location.set_pointer(group_path, name)
+        again = verify_cache(
+            cache.url, accept=lambda d, h: d == check.dataset and h == check.request_hash
+        )
+        mine = [g for g in again.groups if g.group == check.group]
+        if mine and not mine[0].damage:
+            result.fixed.append(f"{check.dataset}/{check.group}: current now points at {name}")
+            check.damage, check.generation = [], name
+            check.checksummed = mine[0].checksummed
+            return
+    check.generation = None  # nothing clean to point at: extracted again below
+
+
+def _repair_dataset(
+    cache: Cache,
+    pipeline: Pipeline,
+    dataset: Any,
+    todo: dict[tuple[str, str], GroupCheck],
+    result: RepairResult,
+    progress: bool,
+    wait: bool,
+) -> None:
+    wanted = {recipe.request_hash(b): b for b in pipeline.backbones}
+    mine = {
+        key: check
+        for key, check in todo.items()
+        if key[0] == dataset.name and check.request_hash in wanted
+    }
+    if not mine:
+        return
+    listing = list_dataset(dataset)
+    try:
+        damaged: dict[tuple[str, str], Collection[int] | None] = {}
+        for key, check in mine.items():
+            rows = check.damaged_rows() if check.generation else None
+            damaged[key] = rows
+            if rows:
+                result.unrecoverable += _gone(cache, check, rows, listing)
+        backbones = [wanted[check.request_hash] for check in mine.values()]
+        extracted = extract_dataset(
+            cache,
+            listing,
+            backbones,
+            batch_size=pipeline.batch_size,
+            progress=progress,
+            wait=wait,
+            damaged=damaged,
+            rewrite=True,
+        )
+    finally:
+        listing.close()
+    for key, check in mine.items():
+        n_rows = sum(d.n_rows for d in check.damage)
+        done = f"{n_rows} damaged rows computed again" if n_rows else "written again"
+        if not check.checksummed and not check.damage:
+            done = "rewritten with checksums"
+        result.fixed.append(f"{key[0]}/{key[1]}: {done}")
+        check.damage, check.checksummed = [], True
+    result.extracted += extracted
+
+
+def _gone(cache: Cache, check: GroupCheck, rows: set[int], listing: Any) -> list[dict[str, Any]]:
+    """The damaged rows whose source image is no longer in the data set."""
+    location = cache.location
+    node = open_group(
+        location, location.join(check.dataset, check.group, check.generation), mode="r"
+    )
+    try:
+        sources = read_arrays(node, ["sources"])["sources"]
+    except (FeaturecacheError, KeyError):
+        return []
+    present = {storable(r.source) for r in listing.records}
+    gone = [
+        {"dataset": check.dataset, "group": check.group, "row": row, "source": str(sources[row])}
+        for row in sorted(rows)
+        if str(sources[row]) not in present
+    ]
+    for item in gone:
+        log.warning(
+            "cannot recompute row %d of %s: %s is gone", item["row"], check.group, item["source"]
+        )
+    return gone

@@ -81,7 +81,11 @@ def head_inputs(built: BuiltBackbone, pixels: np.ndarray, info: dict, view: str)
 
 
 def predict(
-    head_dir: str | Path, inputs: Sequence[str | Path], *, batch_size: int = 32
+    head_dir: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    batch_size: int = 32,
+    trust_pickle: bool = False,
 ) -> list[Prediction]:
     """Predict the class of every image in ``inputs`` with the head in ``head_dir``.
 
@@ -96,9 +100,12 @@ def predict(
         If the backbone's weights differ from those recorded with the head.
     ConfigError
         If ``head_dir`` is not a trained head or an input does not exist.
+    UntrustedFileError
+        If the head file would run code when loaded: a pickle (``model.joblib``, from
+        before skops) without ``trust_pickle``, or a skops file with foreign types.
     """
     record = HeadRecord.read(head_dir)
-    head = load_model(record.model_path)
+    head = load_model(record.model_path, trust_pickle=trust_pickle)
     files = expand_inputs(inputs)
     config = BackboneConfig.from_description(record.info["backbone"])
     # a fine-tuned model is whole: raw pixels in

@@ -3,7 +3,7 @@
 Layout (``output`` is ``--output`` / the pipeline's ``output``, default ``runs``)::
 
     <output>/<pipeline>/<dataset>/<cache group>/<head>/            a head trained on features
-        model.joblib | model.keras, head.json, metrics.json, *.png
+        model.skops | model.keras, head.json, metrics.json, *.png
     <output>/<pipeline>/<dataset>/<cache group>/finetune-<head>/   a fine-tuned model
         model.keras, finetune.json, metrics.json, history.json, comparison.*, *.png
     <output>/<pipeline>/report.{md,html,json}                      `featurecache report`

@@ -16,15 +16,13 @@ its scheduler address, or a ``LocalCluster`` of worker processes):
 * The client records each shard in the stage as its result arrives, and only
   after every shard has succeeded does it assemble and commit the generation:
   one pointer write makes the new rows visible.
-* A shard that raises is retried (``retries``, Dask's own); a shard whose worker
-  dies is rescheduled by Dask on another worker. Finished shards are recorded by
-  the client and their results released at once, so a dead worker costs only
-  the shard it was running. If a shard still fails, nothing is committed and
-  every finished shard stays in staging: the next run computes only the rest.
+* A shard that raises is retried (``retries``, Dask's own); a dead worker's shard is
+  rescheduled by Dask. Finished shards are recorded by the client and their results
+  released at once. If a shard still fails, or SIGTERM / SIGINT comes, nothing is
+  committed and every finished shard stays in staging for the next run.
 
-Shard size: :data:`MAX_SHARD_BATCHES` batches at most (256 images at batch
-size 32: a dead worker loses at most that much work), fewer when needed to give
-each worker :data:`SHARDS_PER_WORKER` shards to balance the load.
+Shard size: :data:`MAX_SHARD_BATCHES` batches at most, fewer to give each worker
+:data:`SHARDS_PER_WORKER` shards.
 """
 
 from __future__ import annotations
@@ -44,12 +42,13 @@ from tqdm import tqdm
 
 from featurecache.backbones import build_backbone
 from featurecache.cache import Cache, recipe
-from featurecache.cache.store import write_stage_batch
+from featurecache.cache.staging import write_stage_batch
 from featurecache.config import BackboneConfig, DatasetConfig
 from featurecache.datasets import Listing, list_dataset
 from featurecache.errors import ClusterError, DatasetError, DependencyError, EngineError
 from featurecache.extraction.engines import Extractor, open_extractor
 from featurecache.extraction.job import BatchOutput, BatchWork, ExtractJob, compute_batches
+from featurecache.stopping import graceful_stop
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +291,8 @@ def run_on_cluster(
     ClusterError
         If a shard still fails after its retries (or its workers keep dying); the
         shards that finished are kept in staging for the next run.
+    Stopped
+        On SIGTERM or SIGINT, when the next shard has finished (the others are cancelled).
     """
     if not any(job.stage.missing() for job in jobs):
         return
@@ -364,7 +365,7 @@ def _collect(
     bar = tqdm(total=total, unit="img", dynamic_ncols=True, disable=not progress)
     bar.set_description(f"{listing.name} on {n_workers} Dask workers")
     done = 0
-    with bar:
+    with bar, graceful_stop() as stop:
         try:
             for future in as_completed(list(submitted)):
                 job, spec = submitted[future]
@@ -384,9 +385,12 @@ def _collect(
                 future.release()  # the result is recorded: a dead worker cannot lose it
                 done += 1
                 bar.update(spec.n_images)
-        except Exception as exc:
+                stop.check(lambda n=done: f"{n} of {len(submitted)} shards")
+        except BaseException as exc:  # a Stopped too: no shard keeps running
             for future in submitted:
                 future.cancel()
+            if not isinstance(exc, Exception):
+                raise
             raise ClusterError(
                 f"a shard of {listing.name!r} failed on the Dask cluster after {retries} "
                 f"retries: {type(exc).__name__}: {exc}. Nothing was committed; the "

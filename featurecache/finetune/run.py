@@ -30,6 +30,7 @@ from featurecache.finetune.outputs import write_outputs
 from featurecache.heads.files import load_model
 from featurecache.metrics import evaluate
 from featurecache.runs import HeadRecord, RunLayout
+from featurecache.stopping import StopFlag, graceful_stop
 
 log = logging.getLogger(__name__)
 
@@ -174,20 +175,22 @@ class Run:
         # no epoch improves on its validation loss, its weights are kept.
         start_weights = self.model.get_weights()
         self.start_val_loss = float(self.model.evaluate(val, verbose=0, return_dict=True)["loss"])
-        self.model.fit(
-            train,
-            validation_data=val,
-            epochs=ft.epochs,
-            steps_per_epoch=self.steps,
-            verbose=1 if progress else 0,
-            callbacks=[
-                keras.callbacks.BackupAndRestore(str(backup)),
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=ft.patience, restore_best_weights=True
-                ),
-                _history_writer(keras, history_file, self.history),
-            ],
-        )
+        with graceful_stop() as stop:
+            self.model.fit(
+                train,
+                validation_data=val,
+                epochs=ft.epochs,
+                steps_per_epoch=self.steps,
+                verbose=1 if progress else 0,
+                callbacks=[
+                    keras.callbacks.BackupAndRestore(str(backup)),
+                    keras.callbacks.EarlyStopping(
+                        monitor="val_loss", patience=ft.patience, restore_best_weights=True
+                    ),
+                    _history_writer(keras, history_file, self.history),
+                    _stopper(keras, stop, ft.epochs),
+                ],
+            )
         self.best = min(self.history["val_loss"], default=float("inf"))
         if self.best >= self.start_val_loss:
             log.warning(
@@ -346,6 +349,22 @@ def _load_history(path: Path) -> dict[str, list[float]]:
     if path.is_file():
         return json.loads(path.read_text())
     return {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "seconds": []}
+
+
+def _stopper(keras: Any, stop: StopFlag, epochs: int) -> Any:
+    """A callback ending training after the current step on SIGTERM or SIGINT: the last
+    finished epoch's checkpoint (``BackupAndRestore``) stays for the next run to resume."""
+
+    class Stopper(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            stop.check(lambda: f"{self.epoch} of {epochs} epochs (checkpointed)")
+
+    return Stopper()
 
 
 def _history_writer(keras: Any, path: Path, history: dict[str, list[float]]) -> Any:

@@ -1,35 +1,49 @@
-"""Head model files: the fitted classifier on disk, and back.
+"""Head model files: the fitted classifier on disk, and back, without running its code.
 
 The dense head is saved as a ``.keras`` model (loadable with plain Keras, without
-featurecache); every other head with ``joblib``. What the head is and how it did is in
-its records (:class:`featurecache.runs.HeadRecord`).
+featurecache) and loaded with Keras's ``safe_mode``, which refuses lambda layers'
+code. Every other head is saved with skops (``skops.io``, scikit-learn's format for
+safe persistence): loading it builds only the types listed in the file, and
+:func:`load_model` refuses any that is not scikit-learn's own, so a head folder from
+someone else cannot run code through ``predict``. Heads saved before (``model.joblib``,
+a pickle: loading it runs whatever it holds) load only with ``trust_pickle``. What the
+head is and how it did is in its records (:class:`featurecache.runs.HeadRecord`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from featurecache.deps import import_keras
+from featurecache.errors import UntrustedFileError
 
-MODEL_JOBLIB = "model.joblib"
+log = logging.getLogger(__name__)
+
+MODEL_SKOPS = "model.skops"
+MODEL_JOBLIB = "model.joblib"  # heads saved before skops: pickles
 MODEL_KERAS = "model.keras"
+#: Types a skops head file may hold beyond skops's own defaults: scikit-learn's classes
+#: (the registered heads hold e.g. ``sklearn.tree._tree.Tree``,
+#: ``sklearn.calibration._CalibratedClassifier``). No function, no other package's type.
+TRUSTED_MODULES = ("sklearn.",)
 
 
 def save_model(head: Any, folder: Path) -> str:
     """Save a fitted head into ``folder``; return the model file's name."""
-    import joblib
-
     from featurecache.heads.dense import DenseHead
 
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(head, DenseHead):
         head.model_.save(folder / MODEL_KERAS)
         return MODEL_KERAS
-    joblib.dump(head, folder / MODEL_JOBLIB)
-    return MODEL_JOBLIB
+    import skops.io
+
+    skops.io.dump(head, folder / MODEL_SKOPS)
+    return MODEL_SKOPS
 
 
 class KerasHead:
@@ -47,10 +61,55 @@ class KerasHead:
         return np.asarray(self.model_.predict(np.asarray(X, dtype=np.float32), verbose=0))
 
 
-def load_model(path: Path) -> Any:
-    """The head saved at ``path`` (``.keras`` as :class:`KerasHead`, else joblib)."""
-    if Path(path).suffix == ".keras":
-        return KerasHead(import_keras().models.load_model(path))
+def load_model(path: Path, *, trust_pickle: bool = False) -> Any:
+    """The head saved at ``path``: ``.keras`` as :class:`KerasHead`, ``.skops`` with only
+    trusted types, ``.joblib`` (a pickle) only when ``trust_pickle`` is set.
+
+    Raises
+    ------
+    UntrustedFileError
+        If a skops file holds a type that is not scikit-learn's, a ``.keras`` file holds
+        a Lambda layer's code, or the file is a pickle and ``trust_pickle`` is not set;
+        nothing in the file has run.
+    """
+    path = Path(path)
+    if path.suffix == ".keras":
+        try:
+            return KerasHead(import_keras().models.load_model(path, safe_mode=True))
+        except ValueError as exc:
+            if "safe_mode" not in str(exc):
+                raise
+            raise UntrustedFileError(
+                f"{path} holds Python code (a Lambda layer) that Keras's safe_mode refuses to "
+                "load; featurecache never writes one. If you trust its author, load it with "
+                "keras.models.load_model(path, safe_mode=False)"
+            ) from exc
+    if path.suffix == ".skops":
+        return _load_skops(path)
+    if not trust_pickle:
+        raise UntrustedFileError(
+            f"{path} is a pickle (heads were saved so before featurecache used skops): "
+            "loading it runs any code it holds; pass --trust-pickle only if you trust who "
+            "wrote it, or train the head again (featurecache train-head) to get model.skops"
+        )
     import joblib
 
+    log.warning("loading the pickle %s: trusted because --trust-pickle was given", path)
     return joblib.load(path)
+
+
+def _load_skops(path: Path) -> Any:
+    import skops.io
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # a damaged or foreign zip: skops raises several kinds
+        raise UntrustedFileError(f"{path} is not a readable skops head file ({exc})") from exc
+    refused = [t for t in found if not t.startswith(TRUSTED_MODULES)]
+    if refused:
+        raise UntrustedFileError(
+            f"{path} holds types featurecache never writes ({', '.join(refused)}); refusing "
+            "to load it. If you trust its author, load it yourself with "
+            "skops.io.load(path, trusted=[...])"
+        )
+    return skops.io.load(path, trusted=found)

@@ -4,7 +4,7 @@ For each data set x backbone x head, the head is fitted on the ``train`` split,
 evaluated on every split present, and written to its folder
 (:meth:`featurecache.runs.RunLayout.head_dir`):
 
-* ``model.joblib`` (scikit-learn heads) or ``model.keras`` (dense head);
+* ``model.skops`` (scikit-learn heads, skops format) or ``model.keras`` (dense head);
 * ``head.json``: kind, parameters, class names and the cache group it came from, with
   the backbone configuration and weights identity ``predict`` needs;
 * ``metrics.json``: one object per split (:func:`featurecache.metrics.evaluate`);

@@ -129,7 +129,7 @@ def test_main_job_reaches_the_acceptance_accuracy(catvnoncat_run):
     assert metrics["test"]["accuracy"] >= 0.94  # the write-up: 0.80 (MLP), 0.86 (small CNN)
     assert logreg["accuracy"]["test"] == metrics["test"]["accuracy"]
     assert (folder / "confusion_matrix_test.png").stat().st_size > 1000
-    assert (folder / "model.joblib").exists()
+    assert (folder / "model.skops").exists()
 
 
 @pytest.mark.real_weights

@@ -1,6 +1,7 @@
 """Fine-tuning MobileNetV2 with its real ImageNet weights on catvnoncat, on the CPU."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -121,6 +122,43 @@ def test_an_interrupted_finetune_resumes_at_its_last_epoch(trained, tmp_path):
     [doc] = run_json(args)["finetune"]
     assert doc["resumed_from_epoch"] >= 1
     assert doc["epochs_run"] == 3
+
+
+def test_sigterm_stops_finetuning_after_a_step_and_the_rerun_resumes(trained):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from featurecache.errors import EXIT_SIGTERM
+
+    work, common = trained
+    args = [
+        sys.executable, "-m", "featurecache", "-q", "finetune",
+        str(REPO / "pipelines" / "catvnoncat.toml"), *map(str, common),
+        "--epochs", "3", "--max-steps", "2", "--no-augment", "--json",
+    ]  # fmt: skip
+    history = next((work / "runs").rglob("finetune-dense"), None)
+    if history is not None:
+        shutil.rmtree(history / "backup", ignore_errors=True)  # a fresh run, not a resumption
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if finetune_epochs_done(work / "runs") >= 1:
+            os.kill(proc.pid, signal.SIGTERM)  # in epoch 2: epoch 1 is checkpointed
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_SIGTERM, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("stopped by SIGTERM after ") and line.endswith(
+        " of 3 epochs (checkpointed); run again to resume"
+    )
+    assert out == "" and "Traceback" not in err
+    checkpointed = int(line.split("after ")[1].split(" of")[0])
+    assert checkpointed >= 1
+    [doc] = run_json(args)["finetune"]
+    assert doc["resumed_from_epoch"] == checkpointed and doc["epochs_run"] == 3
 
 
 def test_unfreeze_opens_only_the_last_block_and_keeps_batchnorm_frozen():

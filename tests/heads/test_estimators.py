@@ -85,7 +85,7 @@ def test_sklearn_head_save_and_load(blobs, tmp_path):
     X, y = blobs
     head = build_head("knn").fit(X, y)
     name = save_model(head, tmp_path / "knn")
-    assert name == "model.joblib"
+    assert name == "model.skops"
     loaded = load_model(tmp_path / "knn" / name)
     np.testing.assert_array_equal(loaded.predict(X), head.predict(X))
 

@@ -9,6 +9,8 @@ derive from the matching built-in so that existing ``except`` clauses keep worki
 
 from __future__ import annotations
 
+import errno
+
 #: Exit codes of the ``featurecache`` command, documented in the README.
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -116,6 +118,10 @@ class DependencyError(FeaturecacheError, ImportError):
     not usable as configured."""
 
 
+class OutputError(FeaturecacheError):
+    """Results cannot be written into the output folder (full disk, read-only, ...)."""
+
+
 class UntrustedFileError(FeaturecacheError, PermissionError):
     """A head file would run code when loaded (a pickle, or a skops file holding types
     featurecache never writes); it was not loaded."""
@@ -133,3 +139,32 @@ class EngineError(FeaturecacheError, RuntimeError):
 
 class ClusterError(FeaturecacheError, RuntimeError):
     """The Dask cluster cannot be reached or used, or a shard failed on it."""
+
+
+#: errno -> (cause, fix) for OSErrors at the cache and output folders' boundary.
+_OS_CAUSES = {
+    errno.ENOSPC: ("no space left on the device", "free space or use a folder on a larger disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or ask for a larger quota"),
+    errno.EFBIG: (
+        "file too large for this process's file-size limit or the file system",
+        "raise the limit (`ulimit -f unlimited`) or use another file system",
+    ),
+    errno.EROFS: ("read-only file system", "use a folder on a writable file system"),
+    errno.EACCES: ("permission denied", "use a folder this user can write, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "use a folder this user can write"),
+    errno.ENOTDIR: (
+        "a part of the path is a regular file, not a folder",
+        "remove or rename that file, or choose another folder",
+    ),
+    errno.EISDIR: ("a folder is in the way of a file", "remove that folder"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter folder path"),
+}
+
+
+def describe_os_error(exc: OSError, doing: str, *, hint: str = "") -> str:
+    """One line for an ``OSError`` met while ``doing`` (``"write the cache at 'c'"``):
+    the path, the cause and the fix (``ENOSPC`` -> free space, ``EROFS`` -> a writable
+    folder, ...), then ``hint``."""
+    cause, fix = _OS_CAUSES.get(exc.errno, (exc.strerror or str(exc), "check the folder"))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"cannot {doing}: {cause}{where}; {fix}" + (f" ({hint})" if hint else "")

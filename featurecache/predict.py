@@ -16,7 +16,7 @@ from featurecache.errors import CacheError, ConfigError, ImageDecodeError
 from featurecache.heads import predict_proba
 from featurecache.heads.files import load_model
 from featurecache.images import decode_bytes
-from featurecache.runs import HeadRecord
+from featurecache.runs import HeadRecord, output_errors
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,10 @@ def write_csv(predictions: Sequence[Prediction], path: str | Path) -> None:
     """Write ``path,label,probability,error`` rows, one per image (probability to 6 places)."""
     import csv
 
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "probability", "error"])
-        for p in predictions:
-            probability = "" if p.probability is None else f"{p.probability:.6f}"
-            writer.writerow([p.source, p.label or "", probability, p.error or ""])
+    with output_errors(Path(path).parent, "write predictions into"):
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "probability", "error"])
+            for p in predictions:
+                probability = "" if p.probability is None else f"{p.probability:.6f}"
+                writer.writerow([p.source, p.label or "", probability, p.error or ""])

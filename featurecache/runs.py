@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from featurecache.config import Pipeline
-from featurecache.errors import ConfigError
+from featurecache.errors import ConfigError, FeaturecacheError, OutputError, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,28 @@ class HeadPlace(NamedTuple):
     dataset: str
     group: str
     head: str
+
+
+@contextmanager
+def output_errors(folder: Path, doing: str = "write results into") -> Iterator[None]:
+    """Turn an ``OSError`` while writing under ``folder`` into one :class:`OutputError`
+    line naming the path, the cause and the fix (:func:`describe_os_error`). An error
+    about a file elsewhere (an input image) passes through unchanged.
+
+    Raises
+    ------
+    OutputError
+        In place of such an ``OSError`` (full disk, read-only file system, ...).
+    """
+    try:
+        yield
+    except FeaturecacheError:
+        raise
+    except OSError as exc:
+        inside = Path(os.path.abspath(exc.filename)) if exc.filename else None
+        if inside and not inside.is_relative_to(os.path.abspath(folder)):
+            raise
+        raise OutputError(describe_os_error(exc, f"{doing} {str(folder)!r}")) from exc
 
 
 @dataclass(frozen=True)

@@ -79,14 +79,22 @@ class ComputeStage:
 
     def write(self, batch: int, arrays: dict[str, np.ndarray], keys: Sequence[str]) -> None:
         """Write batch ``batch``'s rows of every array (zero rows and key ``""`` where an
-        image was skipped)."""
-        write_batch(self._group, batch, self.batch, arrays, keys)
+        image was skipped).
+
+        Raises
+        ------
+        CacheError
+            If the disk is full or not writable (one line: path, cause, fix).
+        """
+        with self.location.os_errors("write the staging area of"):
+            write_batch(self._group, batch, self.batch, arrays, keys)
 
     def record(self, batches: Sequence[int], skipped: Sequence[dict[str, str]]) -> None:
         """Mark ``batches`` (already written) done, with the images they skipped."""
         self.done.update(batches)
         self.skipped.extend(skipped)
-        self._record()
+        with self.location.os_errors("record progress in the staging area of"):
+            self._record()
 
     def _record(self) -> None:
         self._group.attrs["progress"] = {

@@ -33,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from featurecache.config import is_url
-from featurecache.errors import CacheError, DependencyError
+from featurecache.errors import (
+    CacheError,
+    DependencyError,
+    FeaturecacheError,
+    describe_os_error,
+)
 
 CURRENT = "current"
 
@@ -88,15 +93,16 @@ class Location:
         Raises
         ------
         CacheError
-            In place of any ``OSError`` (not a directory, permission denied, ...).
+            In place of any ``OSError`` (not a directory, permission denied, read-only
+            file system, no space left, file too large: :func:`describe_os_error`).
         """
         try:
             yield
+        except FeaturecacheError:  # LockedError is an OSError too: already one line
+            raise
         except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename and exc.filename != self.url() else ""
             raise CacheError(
-                f"cannot {doing} the cache at {self.url()!r}: {exc.strerror or exc}{where}; "
-                "give --cache a folder this user can create and write"
+                describe_os_error(exc, f"{doing} the cache at {self.url()!r}")
             ) from exc
 
     # Implemented by the subclasses.

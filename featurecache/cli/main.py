@@ -26,7 +26,13 @@ import typer
 
 from featurecache.cli.options import OutputOptions, with_options
 from featurecache.cli.render import emit
-from featurecache.errors import EXIT_OK, FeaturecacheError, Stopped
+from featurecache.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    FeaturecacheError,
+    Stopped,
+    describe_os_error,
+)
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
@@ -78,6 +84,9 @@ def guard(call: Callable[[], T]) -> T:
     except FeaturecacheError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # one the library did not name: still one line, no traceback
+        typer.echo(f"error: {describe_os_error(exc, 'read or write a file')}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
     except Stopped as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(exc.exit_code) from None

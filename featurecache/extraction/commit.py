@@ -31,6 +31,8 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
     ------
     DatasetError
         If not one image of the data set could be decoded (nothing is committed).
+    CacheError
+        If the disk is full or not writable: nothing is committed, staging is kept.
     """
     listing, plan, stage = job.listing, job.plan, job.stage
     stage_keys = stage.keys()
@@ -41,30 +43,31 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
             f"data set {listing.name!r}: none of its {len(listing.records)} images could be "
             f"decoded (first: {stage.skipped[0]['reason'] if stage.skipped else 'none listed'})"
         )
-    writer = cache.generation_writer(
-        listing.name,
-        job.group,
-        arrays=job.arrays,
-        group_attrs={
-            "request_hash": recipe.request_hash(job.backbone),
-            "recipe_hash": job.recipe_hash,
-        },
-    )
-    try:
-        content, split_counts = _write_rows(writer, job, order, stage_rows, stage_keys)
-        writer.commit(
-            {
-                **_provenance(job, split_counts),
-                "content_hash": content,
-                "engine": job.engine,
-                # extraction_seconds covers the n_computed images of this generation only
-                "n_computed": len(stage_rows),
-                "n_reused": len(plan.reuse),
-            }
+    with cache.location.os_errors("write a new generation into"):
+        writer = cache.generation_writer(
+            listing.name,
+            job.group,
+            arrays=job.arrays,
+            group_attrs={
+                "request_hash": recipe.request_hash(job.backbone),
+                "recipe_hash": job.recipe_hash,
+            },
         )
-    except BaseException:
-        writer.abort()
-        raise
+        try:
+            content, split_counts = _write_rows(writer, job, order, stage_rows, stage_keys)
+            writer.commit(
+                {
+                    **_provenance(job, split_counts),
+                    "content_hash": content,
+                    "engine": job.engine,
+                    # extraction_seconds covers the n_computed images of this generation only
+                    "n_computed": len(stage_rows),
+                    "n_reused": len(plan.reuse),
+                }
+            )
+        except BaseException:
+            writer.abort()
+            raise
     stage.remove()
     result = _result(job, len(order), content, split_counts)
     log.info(

@@ -32,7 +32,7 @@ from featurecache.datasets import list_dataset
 from featurecache.errors import CacheError
 from featurecache.finetune.cached import CacheRun
 from featurecache.finetune.run import FinetuneResult, Run
-from featurecache.runs import RunLayout
+from featurecache.runs import RunLayout, output_errors
 
 
 def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResult]:
@@ -66,7 +66,9 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
                 else:
                     features = cache.read(dataset.name, found.group)
                     run = Run(ft, features, listing, backbone, layout)
-                results.append(run.start().train(progress).finish())
+                run.start()
+                with output_errors(layout.output):
+                    results.append(run.train(progress).finish())
         finally:
             listing.close()
     return results

@@ -33,7 +33,7 @@ from featurecache.heads.estimators import (
     check_heads,
     predict_proba,
 )
-from featurecache.runs import HeadRecord, RunLayout
+from featurecache.runs import HeadRecord, RunLayout, output_errors
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,13 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
                 if kept is None and not checked:  # before the first head is trained
                     check_heads(pipeline.heads)
                     checked = True
-                results.append(
-                    kept
-                    or train_one(
-                        features, head, kind, folder, cache_root=pipeline.cache, pipeline=source
+                with output_errors(layout.output):
+                    results.append(
+                        kept
+                        or train_one(
+                            features, head, kind, folder, cache_root=pipeline.cache, pipeline=source
+                        )
                     )
-                )
     return results
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from featurecache.report.collect import Collection
 from featurecache.report.render import render
+from featurecache.runs import output_errors
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,19 @@ def write_report(collection: Collection, out: Path) -> dict[str, Path]:
     """Write ``out``.md, ``out``.html and ``out``.json (figures in ``out``_files/).
 
     Returns the paths written, by kind (``markdown``, ``html``, ``json``).
+
+    Raises
+    ------
+    OutputError
+        If the folder cannot be written (full disk, read-only, ...): one line.
     """
+    with output_errors(Path(out).parent, "write the report into"):
+        return _write(collection, Path(out))
+
+
+def _write(collection: Collection, out: Path) -> dict[str, Path]:
     import markdown
 
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     files = out.parent / f"{out.name}_files"
     if files.exists():

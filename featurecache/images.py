@@ -15,6 +15,11 @@ No model code lives here. Every image, whatever its mode, becomes RGB the same w
   when it shrinks (its filter support grows with the reduction factor). The image
   is stretched to the backbone's square input without keeping its aspect ratio,
   as ``keras.utils.image_dataset_from_directory`` does by default.
+* HEIC/HEIF photos (the iPhone's default) decode through the pillow-heif plugin, which
+  applies the container's rotation (and resets the EXIF orientation, so it is not
+  applied twice); AVIF through Pillow's own AVIF support (Pillow >= 11.3 wheels), EXIF
+  orientation applied as for JPEG. Without the plugin such a file is skipped with the
+  reason and the ``pip install`` that fixes it (:func:`register_plugins`).
 * A JPEG at least twice the target size in both sides is decoded reduced
   (Pillow's ``Image.draft``: libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never below
   the target size) before that resize, which makes decoding large photos several
@@ -28,13 +33,32 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featurecache.errors import ImageDecodeError
 
+log = logging.getLogger(__name__)
+
 RESIZE_METHOD = "pillow-jpeg-draft-bilinear-stretch"
+
+#: Suffixes of formats that need a plugin or a recent Pillow: listed as images even
+#: where that is missing, so that each such file is skipped with the reason, not ignored.
+PLUGIN_SUFFIXES = {".heic", ".heif", ".hif", ".avif", ".avifs"}
+#: ISO base media file brands (bytes 8-12, after ``ftyp``) -> what decodes them.
+_BRANDS = {
+    **dict.fromkeys(
+        (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1"),
+        "HEIC/HEIF image, and pillow-heif is not installed: pip install pillow-heif",
+    ),
+    **dict.fromkeys(
+        (b"avif", b"avis"),
+        "AVIF image, and this Pillow cannot decode AVIF: pip install -U 'pillow>=11.3'",
+    ),
+}
+_plugins_registered = False
 
 #: Images with more pixels than this are refused as possible decompression bombs.
 #: Pillow's own default limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels).
@@ -58,6 +82,27 @@ def content_key(data: bytes | np.ndarray) -> str:
     else:
         digest.update(data)
     return digest.hexdigest()
+
+
+def register_plugins() -> None:
+    """Register pillow-heif's HEIF opener with Pillow (once; nothing if not installed)."""
+    global _plugins_registered
+    if _plugins_registered:
+        return
+    _plugins_registered = True
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        log.info("pillow-heif is not installed: HEIC/HEIF images will be skipped")
+        return
+    register_heif_opener()
+
+
+def _missing_plugin(data: bytes) -> str | None:
+    """Why an image Pillow did not recognise cannot be read here, if a plugin would read it."""
+    if data[4:8] == b"ftyp":
+        return _BRANDS.get(data[8:12])
+    return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -101,6 +146,7 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
     """
     if not data:
         raise ImageDecodeError(f"{source}: empty file (0 bytes)")
+    register_plugins()
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -117,6 +163,9 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:
+        missing = _missing_plugin(data)
+        if missing:
+            raise ImageDecodeError(f"{source}: {missing}") from exc
         raise ImageDecodeError(f"{source}: not an image format Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"{source}: refused as a decompression bomb: {exc}") from exc

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from featurecache.config import DatasetConfig
 from featurecache.errors import DatasetError
+from featurecache.images import PLUGIN_SUFFIXES, register_plugins
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,12 @@ SPLIT_ALIASES = {
 
 
 def image_suffixes() -> set[str]:
-    """File extensions Pillow can open (lower case, with the dot)."""
+    """File extensions Pillow can open (lower case, with the dot), with its plugins',
+    and HEIC/HEIF/AVIF's even without them (such files are then skipped with the reason)."""
     from PIL import Image
 
-    return {ext.lower() for ext in Image.registered_extensions()}
+    register_plugins()
+    return {ext.lower() for ext in Image.registered_extensions()} | PLUGIN_SUFFIXES
 
 
 def image_files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:

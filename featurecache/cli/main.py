@@ -66,6 +66,10 @@ def main(
     handler.setLevel(level)
     root = logging.getLogger("featurecache")
     root.handlers[:] = [handler]
+    # Python warnings (Pillow's "Corrupt EXIF data" on a damaged photo...) as one log line
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").handlers[:] = [handler]
+    logging.getLogger("py.warnings").propagate = False
     root.setLevel(logging.INFO if log_file else level)
     if log_file:
         file_handler = logging.FileHandler(log_file)

@@ -66,7 +66,12 @@ class StopFlag:
 
     def _install(self) -> None:
         for sig in SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            previous = signal.getsignal(sig)
+            if previous is signal.SIG_IGN:  # ignored on purpose (a background job): keep it
+                continue
+            signal.signal(sig, self._handle)
+            # None: a handler set from C, which Python cannot set again; the default instead
+            self._previous[sig] = signal.SIG_DFL if previous is None else previous
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():

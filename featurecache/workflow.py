@@ -119,8 +119,8 @@ def verify(
 ) -> VerifyOutcome:
     """Check (and with ``repair``, repair) the caches ``targets`` name.
 
-    A target is a cache (a folder holding a cache's ``zarr.json``, or a URL) or a pipeline
-    file or folder of them, which names its cache, limits the check to its groups and
+    A target is a cache (a URL, or a folder without pipeline files) or a pipeline file or
+    a folder of them, which names its cache, limits the check to its groups and
     tells ``repair`` how to recompute them. No target: the default cache.
 
     Raises
@@ -138,8 +138,9 @@ def verify(
     caches: list[str] = []
     pipelines: list[Pipeline] = []
     for target in targets:
-        if is_url(target) or (Path(target) / "zarr.json").is_file():
-            caches.append(str(target))
+        folder = Path(target)
+        if is_url(target) or (folder.is_dir() and not any(folder.glob("*.toml"))):
+            caches.append(str(target))  # a cache (even one whose zarr.json is lost)
         else:
             pipelines += load_all([target], data_root=data_root, cache=cache)
     if not targets:

@@ -13,6 +13,6 @@
 """
 
 from featurecache.cache.layout import Cache, FeatureSet, cache_id
-from featurecache.cache.store import storable
+from featurecache.cache.storage import storable
 
 __all__ = ["Cache", "FeatureSet", "cache_id", "storable"]

@@ -43,6 +43,16 @@ from featurecache.errors import (
 CURRENT = "current"
 
 
+def storable(text: str) -> str:
+    """A path as zarr can store it (UTF-8): undecodable bytes of a non-UTF-8 file
+    name become ``\\xNN`` escapes, deterministically."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def user_cache_dir() -> Path:
     """Local folder for what must stay on this machine (locks, ONNX exports of a remote cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -148,9 +158,11 @@ class Location:
         if raw is None:
             return None
         try:
-            return json.loads(raw).get("attributes", {})
+            doc = json.loads(raw)
         except ValueError:
             return None
+        attrs = doc.get("attributes", {}) if isinstance(doc, dict) else None
+        return attrs if isinstance(attrs, dict) else None
 
 
 class LocalLocation(Location):

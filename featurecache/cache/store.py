@@ -34,7 +34,6 @@ rename, so a killed writer leaves no torn file.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,16 +109,6 @@ class ArraySpec:
         return [cls(n, tuple(a["shape"]), a["dtype"]) for n, a in arrays.items()]
 
 
-def storable(text: str) -> str:
-    """A path as zarr can store it (UTF-8): undecodable bytes of a non-UTF-8 file
-    name become ``\\xNN`` escapes, deterministically."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
 def open_group(location: Location, path: str, *, mode: str, **kwargs: Any) -> zarr.Group:
     """The zarr group at ``path`` of ``location`` (``mode`` as ``zarr.open_group``'s)."""
     return zarr.open_group(_store(location, path, read_only=mode == "r"), mode=mode, **kwargs)
@@ -160,15 +149,7 @@ def read_arrays(group: zarr.Group, names: Sequence[str]) -> dict[str, np.ndarray
     DamagedError
         If a chunk is missing or fails its checksum or decompression.
     """
-    out = {}
-    for name in names:
-        array = open_array(group, name)
-        # zarr reads a missing chunk as zeros; only checksummed arrays are written with
-        # every chunk (older ones skipped chunks that were all zeros)
-        if checksummed(array) and array.nchunks_initialized < array.nchunks:
-            raise damaged(array)
-        out[name] = read_slice(array, slice(None))
-    return out
+    return {name: read_slice(open_array(group, name), slice(None)) for name in names}
 
 
 def open_array(group: zarr.Group, name: str) -> zarr.Array:
@@ -182,7 +163,7 @@ def open_array(group: zarr.Group, name: str) -> zarr.Array:
     try:
         return group[name]
     except (ValueError, TypeError) as exc:  # a missing array is a KeyError: not caught
-        where = str(getattr(group.store, "root", "")).rstrip("/")
+        where = _where(group.store)
         raise DamagedError(
             f"the cache is damaged: {where}, array {name!r} has unreadable metadata "
             f"(zarr.json: {exc}); run `featurecache verify --repair PIPELINE` to rewrite it",
@@ -194,6 +175,7 @@ def open_array(group: zarr.Group, name: str) -> zarr.Array:
 def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
     """Rows ``rows`` (sorted ascending) of an array, each chunk read once; a
     :class:`DamagedError` if a chunk fails its checksum or decompression."""
+    _require_chunks(array, np.unique(np.asarray(rows) // array.chunks[0]))
     try:
         return array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
     except DECODE_ERRORS as exc:
@@ -202,10 +184,25 @@ def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
 
 def read_slice(array: zarr.Array, rows: slice) -> np.ndarray:
     """Rows ``rows`` of an array; a :class:`DamagedError` as :func:`read_rows`."""
+    first, stop, _ = rows.indices(array.shape[0])
+    if stop > first:
+        step = array.chunks[0]
+        _require_chunks(array, range(first // step, (stop - 1) // step + 1))
     try:
         return array[rows]
     except DECODE_ERRORS as exc:
         raise damaged(array) from exc
+
+
+def _require_chunks(array: zarr.Array, chunks: Any) -> None:
+    """A :class:`DamagedError` if one of the chunks (numbers along rows) is not stored:
+    zarr would read it as zeros. Only checksummed arrays store every chunk."""
+    if not checksummed(array):
+        return
+    for chunk in chunks:
+        key = array.metadata.encode_chunk_key((int(chunk),) + (0,) * (array.ndim - 1))
+        if not _stored(array, key):
+            raise damaged(array)
 
 
 def checksummed(array: zarr.Array) -> bool:
@@ -241,6 +238,13 @@ def chunk_problems(array: zarr.Array, exists=None) -> list[tuple[int, int, str]]
     return problems
 
 
+def _where(store: Any) -> str:
+    """The generation a store opens, for messages: a folder, or a URL."""
+    if isinstance(store, FsspecStore):
+        return store.fs.unstrip_protocol(store.path)
+    return str(getattr(store, "root", "")).rstrip("/")
+
+
 def _stored(array: zarr.Array, key: str) -> bool:
     prefix = f"{array.path}/" if array.path else ""
     return sync(array.store.exists(prefix + key))
@@ -248,8 +252,7 @@ def _stored(array: zarr.Array, key: str) -> bool:
 
 def damaged(array: zarr.Array) -> DamagedError:
     """The :class:`DamagedError` for an array whose reading failed: which rows, and the fix."""
-    where = str(getattr(array.store, "root", getattr(array.store, "path", ""))).rstrip("/")
-    name = array.path.rsplit("/", 1)[-1]
+    where, name = _where(array.store), array.path.rsplit("/", 1)[-1]
     problems = chunk_problems(array)
     rows = ", ".join(f"{a}-{b - 1}" for a, b, _ in problems) or "unknown"
     reason = problems[0][2] if problems else "unreadable"

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from featurecache.cache.layout import FORMAT_VERSION, Cache
+from featurecache.cache.layout import Cache
 from featurecache.cache.store import (
     ROW_ARRAYS,
     ArraySpec,
@@ -125,17 +125,19 @@ def verify_cache(
     Raises
     ------
     CacheError
-        If there is no cache at ``root``.
+        If there is no cache at ``root``, or it is not a featurecache cache of this
+        format (an unreadable root ``zarr.json`` above data set groups is damage).
     """
     cache = Cache(root)
     result = VerifyResult(cache=cache.url)
     location = cache.location
     if location.local and not Path(location.root).exists():
         raise CacheError(f"no cache at {cache.url!r}; run `featurecache extract` first")
-    root_attrs = location.read_json(location.root)
-    if root_attrs is None or root_attrs.get("featurecache_format") != FORMAT_VERSION:
-        result.damage.append(Damage("", "", "root metadata", "zarr.json unreadable or not ours"))
     datasets = [d for d in location.subdirs(location.root) if not d.startswith(".")]
+    if location.read_json(location.root) is None and datasets:  # lost, or not JSON
+        result.damage.append(Damage("", "", "root metadata", "zarr.json unreadable"))
+    else:
+        cache.check()  # not a cache, or another format: a CacheError, not damage
     todo = []
     for dataset in datasets:
         if location.read_json(location.join(dataset)) is None:
@@ -148,19 +150,24 @@ def verify_cache(
             todo.append((dataset, group, group_attrs))
     bar = tqdm(todo, unit="group", disable=not progress, desc="verify", dynamic_ncols=True)
     for dataset, group, group_attrs in bar:
-        check = _check_group(cache, dataset, group, group_attrs)
+        check = check_group(cache, dataset, group, group_attrs)
         result.groups.append(check)
         for item in check.damage:
             log.info("damaged: %s", item.describe())
     return result
 
 
-def _check_group(
-    cache: Cache, dataset: str, group: str, group_attrs: dict[str, Any] | None
+def check_group(
+    cache: Cache,
+    dataset: str,
+    group: str,
+    group_attrs: dict[str, Any] | None,
+    generation: str | None = None,
 ) -> GroupCheck:
+    """Check one backbone group's committed generation (or ``generation``, by name)."""
     location = cache.location
     path = location.join(dataset, group)
-    name = location.pointer(path)
+    name = generation or location.pointer(path)
     check = GroupCheck(
         dataset, group, name, request_hash=(group_attrs or {}).get("request_hash", "")
     )
@@ -178,10 +185,15 @@ def _check_group(
         problem = "zarr.json unreadable" if attrs is None else f"lacks {', '.join(lacking)}"
         check.damage.append(Damage(dataset, group, "generation attributes", problem, [], name))
         return check
-    check.n_images = int(attrs["n_images"])
+    try:
+        check.n_images = int(attrs["n_images"])
+        node = open_group(location, gen_path, mode="r")
+        names = [spec.name for spec in ArraySpec.from_attrs(attrs)] + list(ROW_ARRAYS)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON, not ours
+        problem = f"not valid generation metadata ({type(exc).__name__}: {exc})"
+        check.damage.append(Damage(dataset, group, "generation attributes", problem, [], name))
+        return check
     check.request_hash = check.request_hash or attrs["request_hash"]
-    node = open_group(location, gen_path, mode="r")
-    names = [spec.name for spec in ArraySpec.from_attrs(attrs)] + list(ROW_ARRAYS)
     for array_name in names:
         check.arrays += 1
         for item in _check_array(location, node, gen_path, array_name, check):

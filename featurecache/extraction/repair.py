@@ -24,7 +24,7 @@ from typing import Any
 from featurecache.cache import Cache, recipe, storable
 from featurecache.cache.layout import FORMAT_VERSION
 from featurecache.cache.store import open_group, read_arrays, rewrite_group_metadata
-from featurecache.cache.verify import GroupCheck, VerifyResult, verify_cache
+from featurecache.cache.verify import GroupCheck, VerifyResult, check_group, verify_cache
 from featurecache.config import Pipeline
 from featurecache.datasets import list_dataset
 from featurecache.errors import FeaturecacheError
@@ -85,11 +85,18 @@ def repair(
         rows_damaged = [d for d in check.damage if d.what.startswith(("array", "generation"))]
         if rows_damaged or not check.checksummed or check.generation is None:
             todo[(check.dataset, check.group)] = check
+    # every damaged group of the cache, so that no extraction reuses its rows elsewhere
+    damaged = {
+        key: check.damaged_rows() if check.generation else None
+        for key, check in todo.items()
+        if check.damage or check.generation is None
+    }
     for pipeline in pipelines:
         for dataset in pipeline.datasets:
-            _repair_dataset(cache, pipeline, dataset, todo, result, progress, wait)
+            _repair_dataset(cache, pipeline, dataset, todo, damaged, result, progress, wait)
+    reported = " ".join(result.unrepaired)
     for (dataset, group), check in todo.items():
-        if not check.damage and check.checksummed:
+        if (not check.damage and check.checksummed) or f"{dataset}/{group} " in reported:
             continue
         what = "has no checksums" if not check.damage else "is damaged"
         result.unrepaired.append(
@@ -135,22 +142,20 @@ def _any_generation_attrs(cache: Cache, check: GroupCheck) -> dict[str, Any] | N
 
 
 def _fix_pointer(cache: Cache, check: GroupCheck, result: RepairResult) -> None:
-    """Point ``current`` at the newest generation that reads clean, if there is one."""
+    """Point ``current`` at the newest generation that reads clean, if there is one
+    (each is checked before the pointer moves, so it never lands on a damaged one)."""
     location = cache.location
-    group_path = location.join(check.dataset, check.group)
+    group_attrs = location.read_json(location.join(check.dataset, check.group))
     for path in reversed(cache.generations(check.dataset, check.group)):
         name = path.rsplit("/", 1)[-1]
         if name.endswith(".partial"):
             continue
-        location.set_pointer(group_path, name)
-        again = verify_cache(
-            cache.url, accept=lambda d, h: d == check.dataset and h == check.request_hash
-        )
-        mine = [g for g in again.groups if g.group == check.group]
-        if mine and not mine[0].damage:
+        candidate = check_group(cache, check.dataset, check.group, group_attrs, name)
+        if not candidate.damage:
+            location.set_pointer(location.join(check.dataset, check.group), name)
             result.fixed.append(f"{check.dataset}/{check.group}: current now points at {name}")
             check.damage, check.generation = [], name
-            check.checksummed = mine[0].checksummed
+            check.checksummed = candidate.checksummed
             return
     check.generation = None  # nothing clean to point at: extracted again below
 
@@ -160,10 +165,13 @@ def _repair_dataset(
     pipeline: Pipeline,
     dataset: Any,
     todo: dict[tuple[str, str], GroupCheck],
+    damaged: dict[tuple[str, str], Collection[int] | None],
     result: RepairResult,
     progress: bool,
     wait: bool,
 ) -> None:
+    """Extract ``dataset`` again with each backbone one of whose groups needs it; rows
+    listed in ``damaged`` are computed again, every other row is copied."""
     wanted = {recipe.request_hash(b): b for b in pipeline.backbones}
     mine = {
         key: check
@@ -174,17 +182,14 @@ def _repair_dataset(
         return
     listing = list_dataset(dataset)
     try:
-        damaged: dict[tuple[str, str], Collection[int] | None] = {}
         for key, check in mine.items():
-            rows = check.damaged_rows() if check.generation else None
-            damaged[key] = rows
-            if rows:
-                result.unrecoverable += _gone(cache, check, rows, listing)
-        backbones = [wanted[check.request_hash] for check in mine.values()]
+            if damaged.get(key):
+                result.unrecoverable += _gone(cache, check, damaged[key], listing)
+        hashes = dict.fromkeys(check.request_hash for check in mine.values())
         extracted = extract_dataset(
             cache,
             listing,
-            backbones,
+            [wanted[h] for h in hashes],  # once each, however many groups it has
             batch_size=pipeline.batch_size,
             progress=progress,
             wait=wait,
@@ -193,7 +198,14 @@ def _repair_dataset(
         )
     finally:
         listing.close()
+    written = {r.group for r in extracted}
     for key, check in mine.items():
+        if key[1] not in written:  # an older recipe of the backbone: nothing reads it
+            result.unrepaired.append(
+                f"{key[0]}/{key[1]} is an older recipe of {wanted[check.request_hash].name} "
+                "(its weights or engine changed since): `featurecache gc PIPELINE` removes it"
+            )
+            continue
         n_rows = sum(d.n_rows for d in check.damage)
         done = f"{n_rows} damaged rows computed again" if n_rows else "written again"
         if not check.checksummed and not check.damage:

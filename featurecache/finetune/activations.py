@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from featurecache.cache.store import read_slice
 from featurecache.deps import import_keras
+from featurecache.errors import DamagedError
 
 #: Batches' worth of rows shuffled together (a window of consecutive chunks in the
 #: epoch's chunk order): enough to mix classes, small enough to keep memory flat.
@@ -190,3 +192,19 @@ def predict_cached(
         for view in views
     ]
     return sum(proba) / len(proba)
+
+
+@contextmanager
+def damage_named() -> Iterator[None]:
+    """A damaged cache chunk met in Keras's input pipeline (which may wrap the error in
+    its own, TensorFlow's for one) is still one :class:`DamagedError` line."""
+    try:
+        yield
+    except DamagedError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        if "the cache is damaged" not in text:
+            raise
+        line = text[text.index("the cache is damaged") :].splitlines()[0]
+        raise DamagedError(line) from exc

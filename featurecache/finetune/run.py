@@ -25,6 +25,7 @@ from featurecache.datasets import Listing, Record
 from featurecache.deps import gpu_available, import_keras
 from featurecache.errors import CacheError, ConfigError
 from featurecache.finetune import model as models
+from featurecache.finetune.activations import damage_named
 from featurecache.finetune.data import cached_rows, image_batches, predict_images, read_pixels
 from featurecache.finetune.outputs import write_outputs
 from featurecache.heads.files import load_model
@@ -175,7 +176,7 @@ class Run:
         # no epoch improves on its validation loss, its weights are kept.
         start_weights = self.model.get_weights()
         self.start_val_loss = float(self.model.evaluate(val, verbose=0, return_dict=True)["loss"])
-        with graceful_stop() as stop:
+        with graceful_stop() as stop, damage_named():
             self.model.fit(
                 train,
                 validation_data=val,

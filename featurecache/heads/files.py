@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 MODEL_SKOPS = "model.skops"
 MODEL_JOBLIB = "model.joblib"  # heads saved before skops: pickles
 MODEL_KERAS = "model.keras"
-#: Types a skops head file may hold beyond skops's own defaults: scikit-learn's classes
-#: (the registered heads hold e.g. ``sklearn.tree._tree.Tree``,
-#: ``sklearn.calibration._CalibratedClassifier``). No function, no other package's type.
-TRUSTED_MODULES = ("sklearn.",)
+#: What a skops head file may hold beyond skops's own defaults: classes defined in
+#: scikit-learn (the registered heads hold e.g. ``sklearn.tree._tree.Tree``,
+#: ``sklearn.calibration._CalibratedClassifier``). Never a function (not even one a
+#: scikit-learn module imports, such as ``subprocess.check_output``), never a class
+#: defined elsewhere and re-exported by a scikit-learn module.
+TRUSTED_PACKAGE = "sklearn"
 
 
 def save_model(head: Any, folder: Path) -> str:
@@ -68,7 +70,7 @@ def load_model(path: Path, *, trust_pickle: bool = False) -> Any:
     Raises
     ------
     UntrustedFileError
-        If a skops file holds a type that is not scikit-learn's, a ``.keras`` file holds
+        If a skops file holds a type that is not a scikit-learn class, a ``.keras`` file holds
         a Lambda layer's code, or the file is a pickle and ``trust_pickle`` is not set;
         nothing in the file has run.
     """
@@ -98,6 +100,21 @@ def load_model(path: Path, *, trust_pickle: bool = False) -> Any:
     return joblib.load(path)
 
 
+def _sklearn_class(name: str) -> bool:
+    """Whether ``name`` (``"sklearn.tree._tree.Tree"``) is a class defined in scikit-learn."""
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    if not module.startswith(f"{TRUSTED_PACKAGE}."):
+        return False
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return False
+    defined_in = getattr(found, "__module__", "") or ""
+    return isinstance(found, type) and defined_in.split(".")[0] == TRUSTED_PACKAGE
+
+
 def _load_skops(path: Path) -> Any:
     import skops.io
 
@@ -105,7 +122,7 @@ def _load_skops(path: Path) -> Any:
         found = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # a damaged or foreign zip: skops raises several kinds
         raise UntrustedFileError(f"{path} is not a readable skops head file ({exc})") from exc
-    refused = [t for t in found if not t.startswith(TRUSTED_MODULES)]
+    refused = [t for t in found if not _sklearn_class(t)]
     if refused:
         raise UntrustedFileError(
             f"{path} holds types featurecache never writes ({', '.join(refused)}); refusing "

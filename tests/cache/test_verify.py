@@ -174,3 +174,21 @@ def test_rows_whose_image_is_gone_are_named_not_dropped_in_silence(tmp_path):
     fs = Cache(root).read("photos", group.name)
     assert len(fs.keys) == 23 and not any(s.endswith("a/03.png") for s in fs.sources)
     assert invoke("verify", "--cache", root).exit_code == EXIT_OK
+
+
+def test_a_refresh_never_copies_a_missing_chunk_as_zeros(tmp_path):
+    """Reused rows are read chunk by chunk: a deleted chunk stops the refresh (exit 5)
+    instead of being copied into the new generation as zeros and checksummed there."""
+    folder = tmp_path / "photos"
+    for i in range(6):
+        make_image(folder / f"c{i % 2}" / f"{i}.png", (30 * i, 90, 160), size=(24, 24))
+    args = ["--data", folder, "--weights", "none", "--input-size", 32, "--cache", tmp_path / "c"]
+    assert invoke("extract", *args).exit_code == 0
+    [group] = (p for p in (tmp_path / "c" / "photos").iterdir() if p.is_dir())
+    (group / "current" / "features" / "c" / "0" / "0").unlink()
+    make_image(folder / "c0" / "new.png", (1, 2, 3), size=(24, 24))
+
+    result = invoke("extract", *args)
+    assert result.exit_code == EXIT_DAMAGED, result.output
+    assert "array 'features', rows 0-5 (missing)" in result.output
+    assert [p.name for p in group.glob("gen-*")] == ["gen-000001"]  # nothing committed

@@ -119,3 +119,21 @@ def test_a_keras_head_with_a_lambda_layer_is_refused(trained, tmp_path):
     assert refused.exit_code == EXIT_ERROR
     assert "Lambda layer" in refused.output and "safe_mode" in refused.output
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "trusted"),
+    [
+        ("sklearn.tree._tree.Tree", True),  # what the registered heads hold
+        ("sklearn.calibration._CalibratedClassifier", True),
+        ("sklearn.neighbors._kd_tree.KDTree", True),
+        ("sklearn.utils._testing.check_output", False),  # subprocess's, imported there
+        ("sklearn.datasets._base.makedirs", False),  # os.makedirs, imported there
+        ("functools.partial", False),
+        ("sklearn.no_such_module.Thing", False),
+    ],
+)
+def test_only_classes_defined_in_scikit_learn_are_trusted(name, trusted):
+    from featurecache.heads.files import _sklearn_class
+
+    assert _sklearn_class(name) is trusted

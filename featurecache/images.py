@@ -169,7 +169,9 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
         raise ImageDecodeError(f"{source}: not an image format Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"{source}: refused as a decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError, RuntimeError) as exc:  # the C decoders' too
+    except Exception as exc:  # noqa: BLE001  decoder plugins raise anything on bad bytes
+        # (OSError, SyntaxError, RuntimeError from the AVIF decoder, EOFError from
+        # pillow-heif's...): the bytes are not an image we can read, never a traceback
         if any(hint in str(exc) for hint in _UNSUPPORTED_HINTS):
             raise ImageDecodeError(
                 f"{source}: unsupported image format here ({exc}); convert it to JPEG or PNG"

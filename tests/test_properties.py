@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -128,6 +128,8 @@ damaged_images = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(data=damaged_images, size=st.sampled_from([16, 32]))
+@example(data=ENCODED[6][: len(ENCODED[6]) * 3 // 4], size=16)  # pillow-heif: EOFError
+@example(data=ENCODED[7][: len(ENCODED[7]) // 3], size=16)  # Pillow's AVIF: RuntimeError
 def test_any_bytes_decode_or_are_an_image_decode_error(data, size):
     try:
         pixels = decode_bytes(data, size, source="x.img")

@@ -21,6 +21,12 @@ from tests.extraction.test_crash import N_IMAGES, command, progress, run_to_end
 from tests.extraction.test_crash import folder as folder  # noqa: F401  (the fixture)
 
 
+def _as_on_a_terminal() -> None:
+    """SIGINT as a terminal's process has it: a test runner started in the background
+    (nohup, CI) passes SIGINT on ignored, and featurecache leaves an ignored SIGINT alone."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def signal_when(folder, cache, sig, reached, *, twice: bool = False):
     """Start an extraction, send ``sig`` once ``reached(cache)``; its (code, stderr)."""
     proc = subprocess.Popen(
@@ -28,6 +34,7 @@ def signal_when(folder, cache, sig, reached, *, twice: bool = False):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_on_a_terminal,
     )
     deadline = time.monotonic() + 240
     try:

@@ -196,13 +196,16 @@ def read_slice(array: zarr.Array, rows: slice) -> np.ndarray:
 
 def _require_chunks(array: zarr.Array, chunks: Any) -> None:
     """A :class:`DamagedError` if one of the chunks (numbers along rows) is not stored:
-    zarr would read it as zeros. Only checksummed arrays store every chunk."""
+    zarr would read it as zeros. Only checksummed arrays store every chunk. Every chunk
+    asked for: one listing (``nchunks_initialized``), not one request per chunk."""
     if not checksummed(array):
         return
-    for chunk in chunks:
-        key = array.metadata.encode_chunk_key((int(chunk),) + (0,) * (array.ndim - 1))
-        if not _stored(array, key):
+    chunks = list(chunks)
+    if len(chunks) == array.nchunks:
+        if array.nchunks_initialized < array.nchunks:
             raise damaged(array)
+    elif not all(_chunk_stored(array, chunk) for chunk in chunks):
+        raise damaged(array)
 
 
 def checksummed(array: zarr.Array) -> bool:
@@ -210,23 +213,20 @@ def checksummed(array: zarr.Array) -> bool:
     return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
 
 
-def chunk_problems(array: zarr.Array, exists=None) -> list[tuple[int, int, str]]:
+def chunk_problems(array: zarr.Array) -> list[tuple[int, int, str]]:
     """Every damaged chunk of ``array``, read one by one.
 
     Returns ``(first row, stop row, problem)`` per damaged chunk: "missing" (zarr would
     read its fill value, zeros, silently), "checksum mismatch" or the decoder's error.
-    ``exists(key)`` tells whether a chunk key (``"c/3/0"``) is stored; by default the
-    array's store is asked. Missing chunks count only in checksummed arrays: older ones
-    did not store chunks that were all zeros.
+    Missing chunks count only in checksummed arrays: older ones did not store chunks that
+    were all zeros.
     """
     n, step = array.shape[0], array.chunks[0]
     every_chunk_stored = checksummed(array)
     problems = []
     for first in range(0, n, step):
         stop = min(n, first + step)
-        key = array.metadata.encode_chunk_key((first // step,) + (0,) * (array.ndim - 1))
-        present = exists(key) if exists else _stored(array, key)
-        if every_chunk_stored and not present:
+        if every_chunk_stored and not _chunk_stored(array, first // step):
             problems.append((first, stop, "missing"))
             continue
         try:
@@ -245,7 +245,9 @@ def _where(store: Any) -> str:
     return str(getattr(store, "root", "")).rstrip("/")
 
 
-def _stored(array: zarr.Array, key: str) -> bool:
+def _chunk_stored(array: zarr.Array, chunk: int) -> bool:
+    """Whether chunk number ``chunk`` (along rows) of ``array`` is in its store."""
+    key = array.metadata.encode_chunk_key((int(chunk),) + (0,) * (array.ndim - 1))
     prefix = f"{array.path}/" if array.path else ""
     return sync(array.store.exists(prefix + key))
 

@@ -196,13 +196,13 @@ def check_group(
     check.request_hash = check.request_hash or attrs["request_hash"]
     for array_name in names:
         check.arrays += 1
-        for item in _check_array(location, node, gen_path, array_name, check):
+        for item in _check_array(node, array_name, check):
             item.dataset, item.group, item.generation = dataset, group, name
             check.damage.append(item)
     return check
 
 
-def _check_array(location, node, gen_path: str, name: str, check: GroupCheck) -> Iterator[Damage]:
+def _check_array(node: Any, name: str, check: GroupCheck) -> Iterator[Damage]:
     every_row = [(0, check.n_images)] if check.n_images else []
     try:
         array = open_array(node, name)
@@ -218,6 +218,5 @@ def _check_array(location, node, gen_path: str, name: str, check: GroupCheck) ->
         return
     check.checksummed &= checksummed(array)
     check.chunks += array.nchunks
-    exists = lambda key: location.is_file(f"{gen_path}/{name}/{key}")  # noqa: E731
-    for first, stop, problem in chunk_problems(array, exists):
+    for first, stop, problem in chunk_problems(array):
         yield Damage("", "", f"array {name}", problem, [(first, stop)])

@@ -94,9 +94,8 @@ def repair(
     for pipeline in pipelines:
         for dataset in pipeline.datasets:
             _repair_dataset(cache, pipeline, dataset, todo, damaged, result, progress, wait)
-    reported = " ".join(result.unrepaired)
     for (dataset, group), check in todo.items():
-        if (not check.damage and check.checksummed) or f"{dataset}/{group} " in reported:
+        if not check.damage and check.checksummed:
             continue
         what = "has no checksums" if not check.damage else "is damaged"
         result.unrepaired.append(
@@ -205,6 +204,7 @@ def _repair_dataset(
                 f"{key[0]}/{key[1]} is an older recipe of {wanted[check.request_hash].name} "
                 "(its weights or engine changed since): `featurecache gc PIPELINE` removes it"
             )
+            todo.pop(key)  # said: not listed again below
             continue
         n_rows = sum(d.n_rows for d in check.damage)
         done = f"{n_rows} damaged rows computed again" if n_rows else "written again"

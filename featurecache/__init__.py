@@ -1,5 +1,47 @@
 """featurecache: run each frozen backbone once per image, cache the bottleneck
-features in zarr, and train heads on them in seconds."""
+features in zarr, and train heads on them in seconds.
 
-__all__ = ["__version__"]
+The public API (:mod:`featurecache.api`) is importable from here: ``open_cache``,
+``load_pipeline``, ``extract``, ``train_head``, ``finetune``, ``run``, ``refresh``,
+``verify``, ``predict``... It is loaded on first use, so ``import featurecache`` is
+instant and imports neither TensorFlow nor zarr.
+"""
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+_API = (
+    "Cache",
+    "FeatureSet",
+    "Pipeline",
+    "backbones",
+    "extract",
+    "finetune",
+    "gc",
+    "info",
+    "load_pipeline",
+    "load_pipelines",
+    "open_cache",
+    "predict",
+    "refresh",
+    "report",
+    "ReportResult",
+    "run",
+    "set_verbose",
+    "train_head",
+    "verify",
+)
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the API module is imported on first use
+    if name in _API:
+        from featurecache import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'featurecache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

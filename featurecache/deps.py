@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from featurecache.errors import DependencyError
+from featurecache.quiet import quiet_import
 
 #: Keras backends featurecache supports -> the distributions that provide each one (the
 #: first installed one versions it) and the featurecache extra that installs it.
@@ -90,7 +91,8 @@ def import_keras() -> Any:
             f"to one of {', '.join(BACKENDS)}"
         )
     try:
-        import keras
+        with quiet_import():  # TensorFlow's import-time notices (featurecache.quiet)
+            import keras
     except ImportError as exc:  # pragma: no cover - depends on the environment
         extra = BACKENDS[name][1]
         raise DependencyError(

@@ -91,6 +91,12 @@ def sigkill_when(args: list[str], reached, timeout: float = 300) -> None:
     assert proc.returncode == -signal.SIGKILL, "the process ended before it could be killed"
 
 
+def workspace(cache: Path) -> Path:
+    """The cache's workspace (staging, locks, ONNX exports): a sibling of the cache."""
+    cache = Path(cache).resolve()
+    return cache.parent / f".{cache.name}.featurecache"
+
+
 def json_or_none(path: Path) -> dict | None:
     """A JSON file another process may be rewriting: its content, or None."""
     try:

@@ -22,6 +22,7 @@ MAX_CLI_SHARE = 0.10
 #: lower layer, and modules of its own layer inside its own package; never upwards.
 LAYERS = {
     "featurecache.errors": 0,
+    "featurecache.quiet": 0,
     "featurecache.config": 1,
     "featurecache.images": 1,
     "featurecache.deps": 1,
@@ -40,8 +41,9 @@ LAYERS = {
     "featurecache.report": 3,
     "featurecache.predict": 3,
     "featurecache.workflow": 4,
-    "featurecache.cli": 5,
-    "featurecache": 6,
+    "featurecache.api": 5,
+    "featurecache.cli": 6,
+    "featurecache": 7,
 }
 
 
@@ -161,3 +163,17 @@ def test_only_the_command_line_prints():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 pytest.fail(f"{module}:{node.lineno} prints; library code logs")
+
+
+def test_the_command_line_calls_the_public_api_only():
+    """Every featurecache module the CLI imports is the API, the errors it turns into exit
+    codes, or the CLI itself (``featurecache.cli.*``)."""
+    allowed = {"featurecache.api", "featurecache.errors"}
+    wrong = [
+        f"{module}:{line} imports {target}"
+        for module in MODULES
+        if package(module) == "featurecache.cli"
+        for target, line in internal_imports(module)
+        if target not in allowed and package(target) != "featurecache.cli"
+    ]
+    assert not wrong, wrong

@@ -140,7 +140,7 @@ def test_backends_get_their_own_groups_and_agree_on_the_features(flows):
     groups = {b: flow["run"]["extract"][0]["group"] for b, flow in done.items()}
     assert len(set(groups.values())) == len(groups), groups
     cache = Cache(work / "cache")
-    features = {b: np.asarray(cache.read("catvnoncat", g).features) for b, g in groups.items()}
+    features = {b: np.asarray(cache.read("catvnoncat", g).X) for b, g in groups.items()}
     reference, first = next(iter(features.items()))
     for backend, values in list(features.items())[1:]:
         largest = float(np.abs(values - first).max())

@@ -110,8 +110,8 @@ def test_incremental_result_equals_a_clean_extraction(folder, tmp_path):
     assert list(a.sources) == list(b.sources) and list(a.keys) == list(b.keys)
     # Rows computed in batches of another composition may differ in the last bits
     # (oneDNN's summation order); a resumed run uses the same batches (test_crash.py).
-    scale = float(np.abs(b.features).max())
-    np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-5 * scale)
+    scale = float(np.abs(b.X).max())
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_an_image_in_two_data_sets_is_computed_once(folder, tmp_path):

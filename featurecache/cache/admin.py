@@ -1,7 +1,8 @@
 """Looking after a cache: what it holds (``featurecache info``) and freeing space (``gc``).
 
 :func:`collect_garbage` always removes superseded generations (all but ``current``),
-partial generations and staging folders left by killed runs; with pipelines given,
+partial generations, staging folders left by killed runs and the ``.staging``,
+``.locks`` and ``.engines`` folders older versions kept inside the cache; with pipelines given,
 also every group whose (data set, backbone configuration) none of them declares. Each
 data set is handled under its writer lock, so gc never races a refresh.
 """
@@ -84,6 +85,8 @@ def collect_garbage(
                         remove(gen)
             if dataset in staged:
                 remove(cache.staging_path(dataset))
+    for path in cache.legacy_bookkeeping():  # .staging/.locks/.engines of versions < 0.2
+        remove(path)
     return result
 
 

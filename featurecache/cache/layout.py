@@ -7,19 +7,19 @@ Layout (zarr format 3, readable with plain ``zarr`` or ``xarray``)::
         <backbone>-<size>px-<pooling>-<recipe hash>/   group per backbone configuration
           gen-000001/, gen-000002/           generations: complete, immutable groups
           current -> gen-000002              symlink to the committed generation
-      .staging/<dataset>/<group>/<plan>/     features being computed (resumable; batch b = chunk b)
-      .locks/<dataset>.lock                  one writer per data set at a time
+    .cache.featurecache/                     the workspace, beside the cache (outside zarr's view)
+      staging/<dataset>/<group>/<plan>/      features being computed (resumable; batch b = chunk b)
+      locks/<dataset>.lock                   one writer per data set at a time
+      engines/                               ONNX exports of the backbones
 
-A generation's arrays are described in :mod:`featurecache.cache.store`, the only
-module that touches zarr.
+A generation's arrays are described in :mod:`featurecache.cache.store`.
 
 Commit protocol: a new generation is written beside the old one, then ``current`` is
 swapped with one ``os.replace`` of a symlink (atomic on POSIX), so a reader sees the
 old generation or the new one, never a mix. The previous generation is kept (a reader
-may still be using it) until the next commit or ``featurecache gc``. The cache may also
-live at an fsspec URL (``s3://bucket/prefix``): then a generation is written in place
-and ``current`` is an object holding its name, written last (see
-:mod:`featurecache.cache.storage`).
+may still be using it) until the next commit or ``featurecache gc``. At an fsspec URL
+(``s3://bucket/prefix``) a generation is written in place and ``current`` is an object
+holding its name, written last (:mod:`featurecache.cache.storage`).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
 
+from featurecache.cache.features import FeatureSet, choose_group
 from featurecache.cache.staging import ComputeStage
-from featurecache.cache.storage import Location
+from featurecache.cache.storage import LEGACY_BOOKKEEPING, Location
 from featurecache.cache.store import (
     ROW_ARRAYS,
     ArraySpec,
@@ -50,50 +50,7 @@ from featurecache.errors import CacheError, LockedError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-STAGING = ".staging"
-
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """One committed generation, read into memory.
-
-    Attributes
-    ----------
-    features : ndarray of shape (n_images, feature_dim), dtype float32
-    labels : ndarray of shape (n_images,), dtype int32
-    split, keys, sources : ndarray of shape (n_images,), dtype object (str)
-    class_names : list of str
-    attrs : dict
-        The generation's provenance attributes.
-    dataset, group : str
-        Where it was read from: the data set and the backbone group.
-    flipped : ndarray of shape (n_images, feature_dim), dtype float32, or None
-        The same features of each image's horizontal flip, when they were read.
-    """
-
-    features: np.ndarray  # always float32 in memory, whatever the storage type
-    labels: np.ndarray
-    split: np.ndarray
-    keys: np.ndarray
-    sources: np.ndarray
-    class_names: list[str]
-    attrs: dict[str, Any]
-    dataset: str = ""
-    group: str = ""
-    flipped: np.ndarray | None = None
-
-    def subset(self, split: str, *, flipped: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Features (of the flipped images if ``flipped``) and labels of one split."""
-        mask = self.split == split
-        features = self.flipped if flipped else self.features
-        if features is None:
-            raise CacheError(f"{self.dataset}/{self.group}: no flipped views were read")
-        return features[mask], self.labels[mask]
-
-    @property
-    def splits(self) -> list[str]:
-        present = set(self.split.tolist())
-        return [s for s in ("train", "validation", "test") if s in present]
+STAGING = "staging"
 
 
 def cache_id(root: str | Path) -> str:
@@ -112,6 +69,11 @@ class Cache:
         self.location = Location.parse(root)
         self.root: Path | str = Path(self.location.root) if self.location.local else root
         self.url = self.location.url()
+
+    @property
+    def workspace(self) -> Location:
+        """Where staging areas live: beside the cache, outside its zarr hierarchy."""
+        return self.location.workspace()
 
     def _path(self, *parts: str) -> str:
         return self.location.join(*parts)
@@ -139,7 +101,7 @@ class Cache:
             )
 
     def datasets(self) -> list[str]:
-        """Names of the data set groups (hidden folders such as .staging excluded)."""
+        """Names of the data set groups."""
         if not self.exists():
             return []
         self.check()
@@ -177,6 +139,19 @@ class Cache:
             )
         return path
 
+    def _generation(self, dataset: str, group: str, name: str) -> str:
+        """Path of generation ``name`` (``"current"``: the committed one)."""
+        path = self.current(dataset, group)
+        if name != "current":
+            kept = [p.rsplit("/", 1)[-1] for p in self.generations(dataset, group)]
+            if name not in kept:
+                raise CacheError(
+                    f"{dataset}/{group} has no generation {name!r}; it keeps "
+                    f"{', '.join(kept)} (current: {path.rsplit('/', 1)[-1]})"
+                )
+            path = self._path(dataset, group, name)
+        return path
+
     def attrs(self, dataset: str, group: str) -> dict[str, Any]:
         return self.location.read_json(self.current(dataset, group)) or {}
 
@@ -192,21 +167,21 @@ class Cache:
         taps: tuple[str, ...] = (),
         flipped: bool = False,
         with_features: bool = True,
+        generation: str = "current",
     ) -> FeatureSet:
-        """Read the committed generation into memory.
+        """Read the committed generation (or the kept ``gen-NNNNNN`` named) into memory.
 
-        ``taps`` names pooled taps to concatenate after the final features (in that
-        order), ``flipped`` reads the flipped view's features too. Without
-        ``with_features`` only the row columns are read (``features`` is then
-        ``(n_images, 0)``), for readers that stream the arrays themselves.
+        ``taps``: pooled taps to concatenate after the final features, in that order;
+        ``flipped``: read the flipped view's features too. Without ``with_features`` only
+        the row columns are read (``X`` is ``(n_images, 0)``), for readers that stream.
 
         Raises
         ------
         CacheError
-            If the group does not exist or is incomplete, or lacks a tap or the flipped
-            view asked for.
+            If the group or generation does not exist or is incomplete, or lacks a tap
+            or the flipped view asked for.
         """
-        path = self.current(dataset, group)
+        path = self._generation(dataset, group, generation)
         attrs = self.location.read_json(path) or {}
         node = open_group(self.location, path, mode="r")
         names = ["features", *(f"pooled.{tap}" for tap in taps)] if with_features else []
@@ -232,17 +207,50 @@ class Cache:
             return np.concatenate([arrays[n + view] for n in names], axis=1).astype(np.float32)
 
         return FeatureSet(
-            features=joined(""),
+            X=joined(""),
             flipped=joined(".flip") if flipped else None,
-            labels=np.asarray(arrays["labels"], dtype=np.int32),
+            y=np.asarray(arrays["labels"], dtype=np.int32),
             split=np.asarray(arrays["split"], dtype=object),
             keys=np.asarray(arrays["keys"], dtype=object),
             sources=np.asarray(arrays["sources"], dtype=object),
             class_names=list(attrs["class_names"]),
-            attrs=attrs,
+            provenance=attrs,
             dataset=dataset,
             group=group,
+            generation=path.rsplit("/", 1)[-1],
         )
+
+    def backbones(self, dataset: str) -> dict[str, str]:
+        """The data set's groups with a committed generation -> their backbone names."""
+        return {
+            group: attrs.get("backbone", {}).get("name", "")
+            for name, group, attrs in self.groups()
+            if name == dataset
+        }
+
+    def features(
+        self, dataset: str, backbone: str | None = None, *, generation: str = "current"
+    ) -> FeatureSet:
+        """The cached features of ``dataset`` by ``backbone``: a group name
+        (``mobilenet_v2-224px-avg-3c3debfc2c``), a backbone name (``mobilenet_v2``), or
+        ``None`` if only one backbone was extracted. ``generation``: ``"current"`` (the
+        committed one) or a kept ``"gen-NNNNNN"``. Never imports TensorFlow.
+
+        Raises
+        ------
+        CacheError
+            If the data set, backbone or generation is not cached, or ``backbone`` is
+            ambiguous; the message lists what is there.
+        DamagedError
+            If a chunk read fails its checksum (run ``featurecache verify --repair``).
+        """
+        if dataset not in self.datasets():
+            raise CacheError(
+                f"no data set {dataset!r} in the cache {self.url!r}; it has: "
+                f"{', '.join(self.datasets()) or 'nothing yet'}"
+            )
+        group = choose_group(dataset, backbone, self.backbones(dataset))
+        return self.read(dataset, group, generation=generation)
 
     def nbytes(self, dataset: str, group: str) -> int:
         """Bytes stored for the committed generation."""
@@ -255,7 +263,9 @@ class Cache:
         self.location.remove(path)
 
     def relative(self, path: str) -> str:
-        """``path`` relative to the cache root, for messages."""
+        """``path`` relative to the cache root, for messages (whole, if outside it)."""
+        if not path.startswith(self.location.root.rstrip("/") + "/"):
+            return path
         return path[len(self.location.root) :].lstrip("/")
 
     def generations(self, dataset: str, group: str) -> list[str]:
@@ -267,10 +277,15 @@ class Cache:
         ]
 
     def staged_datasets(self) -> list[str]:
-        return self.location.subdirs(self._path(STAGING))
+        return self.workspace.subdirs(self.workspace.join(STAGING))
 
     def staging_path(self, dataset: str) -> str:
-        return self._path(STAGING, dataset)
+        return self.workspace.join(STAGING, dataset)
+
+    def legacy_bookkeeping(self) -> list[str]:
+        """Bookkeeping folders that versions before 0.2 kept inside the cache root."""
+        entries = set(self.location.entries(self.location.root))
+        return [self._path(name) for name in LEGACY_BOOKKEEPING if name in entries]
 
     # ------------------------------------------------------------------ writing
 
@@ -344,14 +359,15 @@ class Cache:
         Stale stages of the same group with another plan are removed (the caller
         holds the data set's lock, so no one else is using them).
         """
-        parent = self._path(STAGING, dataset, group)
-        for other in self.location.subdirs(parent):
+        work = self.workspace
+        parent = work.join(STAGING, dataset, group)
+        for other in work.subdirs(parent):
             if other != plan:
-                log.info("removing stale staging %s", self.relative(f"{parent}/{other}"))
-                self.location.remove(self.location.join(STAGING, dataset, group, other))
-        path = self._path(STAGING, dataset, group, plan)
-        with self.location.os_errors("write the staging area of"):
-            return ComputeStage(self.location, path, n_records, arrays, batch)
+                log.info("removing stale staging %s", f"{parent}/{other}")
+                work.remove(work.join(STAGING, dataset, group, other))
+        path = work.join(STAGING, dataset, group, plan)
+        with work.os_errors("write the staging area of"):
+            return ComputeStage(work, path, n_records, arrays, batch)
 
     def generation_writer(
         self,

@@ -11,10 +11,16 @@ a POSIX folder and an object store:
   it) and ``current`` is a small object holding the generation's name, written
   last with one PUT, which S3 makes visible atomically (a reader sees the old
   object or the new one, never a mix).
-* **The writer lock.** Locally an OS file lock under ``<cache>/.locks``. An object
-  store has no such lock: the lock file is then kept on the writing machine
+* **The writer lock.** Locally an OS file lock in the cache's workspace (below). An
+  object store has no such lock: the lock file is then kept on the writing machine
   (``$XDG_CACHE_HOME/featurecache/locks``), so it serialises the writers of one
   machine only; see the README ("Scaling out") for running several.
+
+featurecache's own bookkeeping (staging areas, locks, ONNX exports) lives in the
+cache's *workspace*, a sibling of the cache named ``.<name>.featurecache``
+(:meth:`Location.workspace`), never inside the zarr hierarchy: ``zarr.open_group(cache)``
+and ``xarray`` see featurecache's groups and arrays only. It is on the same file
+system as the cache (commits read the staging area next to the generation they write).
 
 Credentials and endpoints for ``s3://`` come from the usual environment
 variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
@@ -41,6 +47,10 @@ from featurecache.errors import (
 )
 
 CURRENT = "current"
+WORKSPACE_SUFFIX = ".featurecache"
+#: Where featurecache versions before 0.2 kept their bookkeeping: inside the cache root
+#: (zarr warns about these folders); ``featurecache gc`` removes them.
+LEGACY_BOOKKEEPING = (".staging", ".locks", ".engines")
 
 
 def storable(text: str) -> str:
@@ -152,6 +162,17 @@ class Location:
     def engine_dir(self) -> Path:
         raise NotImplementedError
 
+    def workspace(self) -> Location:
+        """The cache's workspace: a sibling ``.<name>.featurecache`` of the root, for
+        staging areas (and, for a folder, locks and ONNX exports).
+
+        Raises
+        ------
+        CacheError
+            If the root has no parent to hold a sibling (a bucket's root).
+        """
+        raise NotImplementedError
+
     def read_json(self, path: str) -> dict[str, Any] | None:
         """The attributes in ``path/zarr.json``, or None if missing or unreadable."""
         raw = self.read_bytes(f"{path}/zarr.json")
@@ -222,11 +243,15 @@ class LocalLocation(Location):
     def publish(self, group: str, writing: str, name: str) -> None:
         os.replace(Path(group, writing), Path(group, name))
 
+    def workspace(self) -> Location:
+        root = Path(self.root).resolve()
+        return LocalLocation(str(root.parent / f".{root.name}{WORKSPACE_SUFFIX}"))
+
     def lock_file(self, dataset: str) -> Path:
-        return Path(self.root, ".locks", f"{dataset}.lock")
+        return Path(self.workspace().root, "locks", f"{dataset}.lock")
 
     def engine_dir(self) -> Path:
-        return Path(self.root, ".engines")
+        return Path(self.workspace().root, "engines")
 
 
 class UrlLocation(Location):
@@ -319,6 +344,15 @@ class UrlLocation(Location):
     def _local_dir(self, kind: str) -> Path:
         digest = hashlib.blake2b(self.url().encode(), digest_size=8).hexdigest()
         return user_cache_dir() / kind / digest
+
+    def workspace(self) -> Location:
+        parent, _, name = self.root.rstrip("/").rpartition("/")
+        if not name or not (parent or self.root.startswith("/")):  # s3://bucket alone
+            raise CacheError(
+                f"the cache {self.url()!r} is at the root of its bucket; put it under a "
+                "prefix (s3://bucket/features) so its workspace can sit beside it"
+            )
+        return UrlLocation(self.url(f"{parent}/.{name}{WORKSPACE_SUFFIX}"))
 
     def lock_file(self, dataset: str) -> Path:
         return self._local_dir("locks") / f"{dataset}.lock"

@@ -1,11 +1,8 @@
 """The zarr store: the only module that imports zarr.
 
-Everything that reads or writes zarr arrays is here: opening a group at a
-:class:`~featurecache.cache.storage.Location`, the arrays of an extraction's staging area
-(:mod:`~featurecache.cache.staging`), writing a generation (:class:`GenerationWriter`),
-reading its arrays back and checking their chunks. Where things are (data set and
-backbone groups, generations, the ``current`` pointer, locks) is
-:class:`featurecache.cache.Cache`'s business.
+Opening a group at a :class:`~featurecache.cache.storage.Location`, staging arrays,
+writing a generation (:class:`GenerationWriter`), reading arrays back and checking their
+chunks. Where things are is :class:`featurecache.cache.Cache`'s business.
 
 Each generation holds, per image (rows in data-set listing order)::
 
@@ -19,7 +16,7 @@ Each generation holds, per image (rows in data-set listing order)::
 
 and, where the backbone asks for them (``taps``, ``finetune_from``, ``views``)::
 
-    pooled.<layer>  (n_images, channels)    float32   a tap's pooled output (or float16)
+    pooled.<layer>  (n_images, channels)    float32   a tap's pooled output (dim <layer>.feature)
     activations     (n_images, h, w, c)     float16   the activation map of finetune_from
     <name>.flip     same as <name>                    the horizontally flipped image's
 
@@ -90,9 +87,12 @@ class ArraySpec:
 
     @property
     def dimension_names(self) -> tuple[str, ...]:
+        """zarr v3 names (xarray's dims): ``image``, then ``feature`` (``<tap>.feature``
+        for a pooled tap: widths differ) or ``y, x, channel``."""
         if len(self.shape) == 3:
             return ("image", "y", "x", "channel")
-        return ("image", "feature")
+        base = self.name.removesuffix(".flip")
+        return ("image", "feature" if base == "features" else f"{base}.feature")
 
     def describe(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": self.dtype}

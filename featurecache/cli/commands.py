@@ -1,6 +1,7 @@
 """The commands: options in, one library call, an :class:`~featurecache.cli.main.Output`.
 
-Each body loads what the options name, calls the library once and says what to print
+Each body loads what the options name, calls the public API (:mod:`featurecache.api`)
+once and says what to print
 (:mod:`featurecache.cli.render`); :func:`~featurecache.cli.main.command` adds the option
 groups and ``--json``, guards against errors and prints. Heavy modules (Keras and its
 backend, scikit-learn, zarr) are imported inside the bodies, so ``featurecache --help`` answers
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from featurecache import api
 from featurecache.cli import render
 from featurecache.cli.main import Output, command
 from featurecache.cli.options import (
@@ -49,9 +51,7 @@ def _exit_code(results: list[Any]) -> int:
 @command()
 def backbones() -> Output:
     """List the registered backbones: input size, feature dimension, preprocessing."""
-    from featurecache.config import REGISTRY
-
-    rows = [spec.describe() for spec in REGISTRY.values()]
+    rows = api.backbones()
     return Output(rows, lambda: render.backbones(rows))
 
 
@@ -60,9 +60,7 @@ def extract(
     selected: PipelineOptions, how: ExtractionOptions, batch_size: BatchOpt = None
 ) -> Output:
     """Run each backbone once over each data set and store the features in the cache."""
-    from featurecache.extraction import extract as run_extract
-
-    results = run_extract(selected.load(batch_size=batch_size), **how.settings())
+    results = api.extract(selected.load(batch_size=batch_size), **how.settings())
     payload = {"extract": [r.to_dict() for r in results]}
     return Output(payload, lambda: render.extracted(results), _exit_code(results))
 
@@ -70,9 +68,7 @@ def extract(
 @command("train-head")
 def train_head(selected: PipelineOptions, head: HeadOpt = None, output: OutputOpt = None) -> Output:
     """Train heads on cached features alone; write models, metrics.json and plots."""
-    from featurecache.heads.train import train_heads
-
-    results = train_heads(selected.load(heads=head, output=output))
+    results = api.train_head(selected.load(heads=head, output=output))
     return Output({"heads": [r.to_dict() for r in results]}, lambda: render.heads(results))
 
 
@@ -86,11 +82,9 @@ def run(
     as_json: bool = False,
 ) -> Output:
     """Check the heads, extract (or hit the cache), then train every head: the whole pipeline."""
-    from featurecache.workflow import run_pipeline
-
     pipeline = selected.load(heads=head, output=output, batch_size=batch_size)
     extracted = None if as_json else render.extracted  # printed before the heads train
-    result = run_pipeline(pipeline, on_extracted=extracted, **how.settings())
+    result = api.run(pipeline, on_extracted=extracted, **how.settings())
     payload = {"extract": [r.to_dict() for r in result.extract]}
     payload["heads"] = [h.to_dict() for h in result.heads]
     return Output(payload, lambda: render.heads(result.heads), _exit_code(result.extract))
@@ -109,10 +103,8 @@ def finetune(
     saves a checkpoint every epoch and resumes after an interruption. With --from-cache,
     trains the layers after the backbone's finetune_from from the cached activations.
     """
-    from featurecache.finetune.train import finetune as run_finetune
-
     pipeline = selected.load(heads=["dense"] if selected.data else None, output=output)
-    results = run_finetune(training.apply(pipeline), progress=show_progress(progress))
+    results = api.finetune(training.apply(pipeline), progress=show_progress(progress))
     return Output({"finetune": [r.to_dict() for r in results]}, lambda: render.finetuned(results))
 
 
@@ -128,11 +120,8 @@ def refresh(
 
     Safe to kill at any moment and to run twice at once (see README, "Running from cron").
     """
-    from featurecache.config import load_all
-    from featurecache.workflow import refresh as run_refresh
-
-    loaded = load_all(pipelines or [], data_root=data_root, cache=cache, output=output)
-    results = run_refresh(loaded, **how.settings())
+    loaded = api.load_pipelines(pipelines or [], data_root=data_root, cache=cache, output=output)
+    results = api.refresh(loaded, **how.settings())
     extracted = [e for r in results for e in r.extract]
     payload = {"refresh": [r.to_dict() for r in results]}
     return Output(payload, lambda: render.refreshed(results), _exit_code(extracted))
@@ -146,11 +135,7 @@ def gc(
     wait: WaitOpt = True,
 ) -> Output:
     """Remove cache entries nothing references and say how many bytes that frees."""
-    from featurecache.cache.admin import collect_garbage
-    from featurecache.config import cache_path, load_all
-
-    loaded = load_all(pipelines, cache=cache) if pipelines else []
-    result = collect_garbage(cache_path(cache), loaded, dry_run=dry_run, wait=wait)
+    result = api.gc(cache, pipelines or [], dry_run=dry_run, wait=wait)
     return Output(vars(result), lambda: render.collected(result))
 
 
@@ -168,9 +153,7 @@ def verify(
     With --repair, recompute the damaged rows from their source images and commit them as
     a new generation; rows whose image is gone are listed, never dropped in silence.
     """
-    from featurecache.workflow import verify as run_verify
-
-    outcome = run_verify(
+    outcome = api.verify(
         targets or [],
         cache=cache,
         data_root=data_root,
@@ -191,12 +174,9 @@ def predict(
     trust_pickle: TrustPickleOpt = False,
 ) -> Output:
     """Label images with a trained head: prints each image's label and probability."""
-    from featurecache.predict import predict as run_predict
-    from featurecache.predict import write_csv
-
-    results = run_predict(head, images, batch_size=batch_size or 32, trust_pickle=trust_pickle)
-    if csv is not None:
-        write_csv(results, csv)
+    results = api.predict(
+        head, images, batch_size=batch_size or 32, trust_pickle=trust_pickle, csv=csv
+    )
     code = EXIT_PARTIAL if any(p.error for p in results) else EXIT_OK
     return Output([vars(p) for p in results], lambda: render.predictions(results), code)
 
@@ -204,23 +184,13 @@ def predict(
 @command()
 def info(cache: CacheOpt = None) -> Output:
     """What the cache holds: data sets, backbones, images per split, size, provenance."""
-    from featurecache.cache.admin import describe_cache
-    from featurecache.config import cache_path
-
-    root = cache_path(cache)
-    groups = describe_cache(root)
-    payload = {"cache": str(root), "groups": groups}
-    return Output(payload, lambda: render.cache_info(root, groups))
+    payload = api.info(cache)
+    return Output(payload, lambda: render.cache_info(payload["cache"], payload["groups"]))
 
 
 @command()
 def report(targets: TargetsArg, report: ReportOpt = None, output: ReportRunsOpt = None) -> Output:
     """Markdown + HTML report of trained heads: top-1 with 95% bootstrap intervals, balanced
     accuracy, the write-ups' figures beside ours, confusion matrices, timings and provenance."""
-    from featurecache.report.collect import collect
-    from featurecache.report.write import to_json, write_report
-
-    collection = collect(targets, output=output)
-    paths = write_report(collection, report or collection.default_report(output))
-    payload = {**to_json(collection), "files": {k: str(v) for k, v in paths.items()}}
-    return Output(payload, lambda: render.report(collection, paths))
+    written = api.report(targets, report=report, output=output)
+    return Output(written.to_dict(), lambda: render.report(written.collection, written.files))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from featurecache import api
 from featurecache.cli.options import OutputOptions, with_options
 from featurecache.cli.render import emit
 from featurecache.errors import (
@@ -52,7 +52,12 @@ app = typer.Typer(
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Log progress details, and let TensorFlow's own logs through."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
     log_file: Annotated[
         Path | None,
@@ -78,7 +83,7 @@ def main(
         )
         file_handler.setLevel(logging.INFO)
         root.addHandler(file_handler)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out
+    api.set_verbose(verbose)  # TensorFlow's and absl's own lines: only with --verbose
 
 
 def guard(call: Callable[[], T]) -> T:

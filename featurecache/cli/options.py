@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from featurecache import api
+
 if TYPE_CHECKING:
-    from featurecache.config import Pipeline
+    from featurecache.api import Pipeline
 
 
 def _option(help: str, *decls: str, **kwargs: Any) -> Any:
@@ -281,10 +283,11 @@ class PipelineOptions:
         output: Path | None = None,
         batch_size: int | None = None,
     ) -> Pipeline:
-        """The pipeline these options name (:func:`featurecache.config.resolve_pipeline`)."""
-        from featurecache.config import resolve_pipeline
-
-        return resolve_pipeline(**asdict(self), heads=heads, output=output, batch_size=batch_size)
+        """The pipeline these options name (:func:`featurecache.api.load_pipeline`)."""
+        options = asdict(self)
+        return api.load_pipeline(
+            options.pop("pipeline"), **options, heads=heads, output=output, batch_size=batch_size
+        )
 
 
 @dataclass(frozen=True)
@@ -304,13 +307,12 @@ class ExtractionOptions:
     progress: ProgressOpt = None
 
     def settings(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`featurecache.extraction.extract` and the workflow."""
-        from featurecache.extraction import Cluster
-
+        """Keyword arguments of :func:`featurecache.api.extract`, ``run`` and ``refresh``."""
         return {
             "progress": show_progress(self.progress),
             "wait": self.wait,
-            "cluster": Cluster.from_options(self.scheduler, self.workers),
+            "scheduler": self.scheduler,
+            "workers": self.workers,
         }
 
 

@@ -179,7 +179,7 @@ def check_reachable(cache: Cache, cluster: Cluster) -> None:
 class ShardSpec:
     """Everything a worker needs to compute one shard (sent to it by pickle)."""
 
-    cache_url: str
+    cache_url: str  # the location holding the stage (the cache's workspace)
     stage_path: str
     dataset: DatasetConfig
     fingerprint: str
@@ -323,7 +323,7 @@ def _submit(
         for first in range(0, len(batches), per_shard):
             numbers = tuple(batches[first : first + per_shard])
             spec = ShardSpec(
-                cache_url=cache.url,
+                cache_url=job.stage.location.url(),  # the cache's workspace, beside it
                 stage_path=job.stage.path,
                 dataset=listing.config,
                 fingerprint=listing.fingerprint,

@@ -30,6 +30,7 @@ import numpy as np
 from featurecache.backbones import BuiltBackbone
 from featurecache.cache.recipe import engine_identity
 from featurecache.errors import DependencyError, EngineError
+from featurecache.quiet import quiet_import
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class Extractor:
 def onnx_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
-        import tf2onnx  # noqa: F401
+
+        with quiet_import():  # tf2onnx imports TensorFlow
+            import tf2onnx  # noqa: F401
     except ImportError:
         return False
     return True

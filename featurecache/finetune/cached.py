@@ -99,7 +99,7 @@ class CacheRun(Run):
                 key="finetune_from",
             )
         self.features = cache.read(listing.name, group, with_features=False)
-        stored = self.features.attrs.get("arrays", {})
+        stored = self.features.provenance.get("arrays", {})
         if "activations" not in stored:
             raise CacheError(
                 f"{listing.name}/{group} holds no activation maps; extract again with this "
@@ -109,7 +109,7 @@ class CacheRun(Run):
         self.views = [v for v in backbone.views if view_array(v) in stored]
         self.head_dir = layout.head_dir(listing.name, group, ft.head)
         self.out = layout.finetune_dir(listing.name, group, ft.head, "cache")
-        self.labels = self.features.labels
+        self.labels = self.features.y
         self.splits = np.asarray(self.features.split)
 
     def start(self) -> CacheRun:

@@ -116,7 +116,7 @@ class Run:
         self.head_dir = layout.head_dir(features.dataset, features.group, ft.head)
         self.out = layout.finetune_dir(features.dataset, features.group, ft.head)
         self.records, self.rows = cached_rows(features, listing)
-        self.labels = features.labels[self.rows]
+        self.labels = features.y[self.rows]
         self.splits = np.asarray(features.split[self.rows])
 
     def start(self) -> Run:
@@ -150,7 +150,7 @@ class Run:
         """Build the backbone (refusing other weights than the features'), then seed with
         ``[finetune] seed`` and build ``self.model`` around it and the head."""
         built = build_backbone(self.backbone)
-        if built.weights_sha256 != self.features.attrs["weights"].get("sha256"):
+        if built.weights_sha256 != self.features.provenance["weights"].get("sha256"):
             raise CacheError(
                 f"the {self.backbone.name} weights now loaded differ from those the features "
                 "were extracted with; extract again before fine-tuning"
@@ -289,7 +289,7 @@ class Run:
 
     def _info(self) -> dict[str, Any]:
         """``finetune.json``: what the model is, what it came from, how it was trained."""
-        ft, attrs = self.ft, self.features.attrs
+        ft, attrs = self.ft, self.features.provenance
         return {
             "kind": "finetuned",
             "model_file": "model.keras",
@@ -327,13 +327,13 @@ def _parity(
         If it exceeds the tolerance: the cache and the live model disagree.
     """
     picks = list(range(min(PARITY_IMAGES, len(records))))
-    size = features.attrs["input_size"]
+    size = features.provenance["input_size"]
     live = np.asarray(
         model.predict(read_pixels(listing, [records[i] for i in picks], size), verbose=0)
     )
-    cached = np.asarray(head.predict_proba(features.features[rows[picks]]))
+    cached = np.asarray(head.predict_proba(features.X[rows[picks]]))
     diff = float(np.abs(live - cached).max())
-    float16 = features.attrs.get("backbone", {}).get("dtype") == "float16"
+    float16 = features.provenance.get("backbone", {}).get("dtype") == "float16"
     tolerance = PARITY_TOLERANCE_FLOAT16 if float16 else PARITY_TOLERANCE
     if diff > tolerance:
         raise CacheError(

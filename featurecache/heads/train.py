@@ -194,7 +194,7 @@ def train_one(
     )
     return HeadResult(
         dataset=features.dataset,
-        backbone=features.attrs["backbone"]["name"],
+        backbone=features.provenance["backbone"]["name"],
         group=features.group,
         head=config.name,
         kind=kind,
@@ -298,7 +298,7 @@ def _head_info(
 ) -> dict[str, Any]:
     """What ``head.json`` records of the head, the features it was trained on and where
     they are (``cache``), and the pipeline that declared it."""
-    attrs = features.attrs
+    attrs = features.provenance
     return {
         "name": config.name,
         "kind": kind,
@@ -309,7 +309,7 @@ def _head_info(
         "weights": attrs["weights"],
         "recipe_hash": attrs["recipe_hash"],
         "content_hash": attrs.get("content_hash"),
-        "feature_dim": int(features.features.shape[1]),
+        "feature_dim": int(features.X.shape[1]),
         "taps": list(config.taps),
         "use_views": config.views,
         "views": ["identity", "flip"] if features.flipped is not None else ["identity"],
@@ -335,7 +335,7 @@ def _plots(
     from featurecache.heads.dense import DenseHead
     from featurecache.plots import confusion_matrix_png, curves_png
 
-    title = f"{features.dataset} / {features.attrs['backbone']['name']} / {config.name}"
+    title = f"{features.dataset} / {features.provenance['backbone']['name']} / {config.name}"
     for split, m in metrics.items():
         confusion_matrix_png(
             m["confusion_matrix"],

@@ -25,7 +25,7 @@ import pytest
 
 from featurecache.cache import Cache
 from featurecache.errors import EXIT_ERROR
-from tests.conftest import assert_same_numbers, invoke, make_image
+from tests.conftest import assert_same_numbers, invoke, make_image, workspace
 
 BATCH = 8
 
@@ -54,7 +54,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def staged(cache: Path) -> int:
-    [meta] = cache.glob(".staging/*/*/*/zarr.json")
+    [meta] = workspace(cache).glob("staging/*/*/*/zarr.json")
     return json.loads(meta.read_text())["attributes"]["progress"]["records_done"]
 
 
@@ -96,8 +96,8 @@ def check_resumed_equals_clean(folder: Path, cache: Path, tmp_path: Path, done_b
     a = Cache(cache).read("photos", resumed["group"])
     b = Cache(tmp_path / "clean").read("photos", reference["group"])
     assert list(a.keys) == list(b.keys) and len(a.keys) == reference["n_images"]
-    np.testing.assert_array_equal(a.labels, b.labels)
-    assert_same_numbers(a.features, b.features)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert_same_numbers(a.X, b.X)
 
 
 def test_disk_full_mid_refresh_keeps_the_generation_and_the_finished_batches(small_disk, tmp_path):

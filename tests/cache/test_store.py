@@ -11,6 +11,7 @@ from featurecache.cache import Cache, storable
 from featurecache.cache.storage import CURRENT
 from featurecache.cache.store import ArraySpec, chunk_rows
 from featurecache.errors import CacheError, LockedError
+from tests.conftest import workspace
 
 
 def write_gen(cache: Cache, n: int, dim: int = 8, batch: int = 7, group: str = "g"):
@@ -45,10 +46,10 @@ def test_round_trip_across_chunk_boundaries(tmp_path):
     cache = Cache(tmp_path / "c")
     features = write_gen(cache, 150, dim=4096, batch=37)  # 64 rows per chunk: three chunks
     fs = cache.read("ds", "g")
-    np.testing.assert_array_equal(fs.features, features)
-    assert fs.features.dtype == np.float32 and fs.labels.dtype == np.int32
+    np.testing.assert_array_equal(fs.X, features)
+    assert fs.X.dtype == np.float32 and fs.y.dtype == np.int32
     assert fs.keys[149] == "k149" and fs.sources[3] == "/img/é_3.jpg"
-    assert fs.class_names == ["a", "b", "c"] and fs.attrs["n_images"] == 150
+    assert fs.class_names == ["a", "b", "c"] and fs.provenance["n_images"] == 150
     x, y = fs.subset("test")
     assert len(x) == len(y) == 38
     assert fs.splits == ["train", "test"]
@@ -71,7 +72,7 @@ def test_commit_swaps_current_and_keeps_only_the_previous_generation(tmp_path):
     cache = Cache(tmp_path / "c")
     for n in (5, 6, 7):
         write_gen(cache, n)
-    assert cache.read("ds", "g").features.shape == (7, 8)
+    assert cache.read("ds", "g").X.shape == (7, 8)
     names = [p.rsplit("/", 1)[-1] for p in cache.generations("ds", "g")]
     assert names == ["gen-000002", "gen-000003"]
     assert cache.attrs("ds", "g")["generation"] == "gen-000003"
@@ -92,7 +93,7 @@ def test_an_uncommitted_generation_is_invisible_and_aborts_cleanly(tmp_path):
         sizes=[1] * 3,
         mtimes=[1] * 3,
     )
-    assert cache.read("ds", "g").features.shape == (5, 8)
+    assert cache.read("ds", "g").X.shape == (5, 8)
     writer.abort()
     assert not list((tmp_path / "c" / "ds" / "g").glob("*.partial"))
 
@@ -119,7 +120,7 @@ def test_compute_stage_resumes_from_its_recorded_batches(tmp_path):
     assert again.keys()[0:2] == ["a", "b"] and again.keys()[4] == ""
     other = cache.stage("ds", "g", "plan2", n_records=3, arrays=FEATURES_4, batch=2)
     assert other.missing() == [0, 1]  # a new plan drops stale stages
-    assert not (tmp_path / "c" / ".staging" / "ds" / "g" / "plan1").exists()
+    assert not (workspace(tmp_path / "c") / "staging" / "ds" / "g" / "plan1").exists()
 
 
 def test_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):

@@ -90,10 +90,10 @@ def test_verify_finds_and_repair_fixes_real_damage(clean, tmp_path, datasets_dir
 
     a, b = read_all(root), read_all(clean)
     assert list(a.keys) == list(b.keys) and list(a.sources) == list(b.sources)
-    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.y, b.y)
     # recomputed rows ran in batches of another composition: the refresh tolerance
-    scale = float(np.abs(b.features).max())
-    np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-5 * scale)
+    scale = float(np.abs(b.X).max())
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_repair_recomputes_exactly_the_damaged_rows(clean, tmp_path, datasets_dir):
@@ -140,14 +140,14 @@ def test_an_old_cache_without_checksums_reads_and_repair_rewrites_it(clean, tmp_
         shutil.move(root / "old-gen" / name, gen / name)
     shutil.rmtree(root / "old-gen")
 
-    np.testing.assert_array_equal(read_all(root).features, read_all(clean).features)
+    np.testing.assert_array_equal(read_all(root).X, read_all(clean).X)
     found = invoke("verify", "--cache", root)
     assert found.exit_code == EXIT_OK and "no checksums" in found.output, found.output
     fixed = invoke("verify", PIPELINE, "--data-root", datasets_dir, "--cache", root, "--repair")
     assert fixed.exit_code == EXIT_OK and "rewritten with checksums" in fixed.output
     meta = json.loads((generation(root) / "features" / "zarr.json").read_text())
     assert [c["name"] for c in meta["codecs"]][-1] == "crc32c"
-    np.testing.assert_array_equal(read_all(root).features, read_all(clean).features)
+    np.testing.assert_array_equal(read_all(root).X, read_all(clean).X)
 
 
 def test_rows_whose_image_is_gone_are_named_not_dropped_in_silence(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from featurecache.cache import Cache
-from tests.conftest import make_image
+from tests.conftest import make_image, workspace
 
 N_IMAGES, BATCH, SIZE = 240, 8, 128
 
@@ -60,7 +60,7 @@ def run_to_end(folder: Path, cache: Path) -> dict:
 
 
 def progress(cache: Path) -> int | None:
-    for meta in cache.glob(".staging/*/*/*/zarr.json"):
+    for meta in workspace(cache).glob("staging/*/*/*/zarr.json"):
         try:
             return json.loads(meta.read_text())["attributes"]["progress"]["records_done"]
         except (OSError, ValueError, KeyError):
@@ -119,9 +119,9 @@ def test_sigkill_at_several_moments_then_resume_equals_a_clean_run(folder, tmp_p
     b = Cache(clean).read("photos", reference["group"])
     assert last["group"] == reference["group"]
     assert list(a.keys) == list(b.keys) and len(set(a.sources)) == N_IMAGES
-    np.testing.assert_array_equal(a.labels, b.labels)
-    np.testing.assert_array_equal(a.features, b.features)  # bit-identical
-    assert not list(cache.glob(".staging/*/*/*"))
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.X, b.X)  # bit-identical
+    assert not list(workspace(cache).glob("staging/*/*/*"))
     assert not list(cache.glob("*/*/gen-*.partial"))
 
 
@@ -133,7 +133,7 @@ def test_killed_before_any_batch_leaves_the_old_generation_readable(folder, tmp_
         seen = kill_when(folder, cache, lambda c: progress(c) is not None)
         assert seen == 0
         fs = Cache(cache).read("photos", first["group"])
-        assert fs.features.shape[0] == N_IMAGES  # readers still see the committed generation
+        assert fs.X.shape[0] == N_IMAGES  # readers still see the committed generation
         again = run_to_end(folder, cache)
         assert again["n_images"] == N_IMAGES + 1 and again["n_extracted"] == 1
     finally:
@@ -188,5 +188,5 @@ def test_two_refreshes_at_once_never_corrupt_the_cache(folder, tmp_path, mode):
         next(o for (o, _), p in zip(outs, procs, strict=True) if p.returncode == 0)
     )["refresh"][0]
     fs = Cache(tmp_path / "cache").read("photos", result["extract"][0]["group"])
-    assert fs.features.shape == (N_IMAGES, 1280) and len(set(fs.sources)) == N_IMAGES
-    assert np.isfinite(fs.features).all()
+    assert fs.X.shape == (N_IMAGES, 1280) and len(set(fs.sources)) == N_IMAGES
+    assert np.isfinite(fs.X).all()

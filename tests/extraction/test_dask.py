@@ -21,7 +21,7 @@ import pytest
 from featurecache.cache import Cache
 from featurecache.config import load_pipeline
 from featurecache.extraction.dask import MAX_SHARD_BATCHES, Cluster, shard_batches
-from tests.conftest import assert_same_numbers, invoke, link_fingers
+from tests.conftest import assert_same_numbers, invoke, link_fingers, workspace
 
 pytestmark = pytest.mark.real_weights
 
@@ -69,8 +69,8 @@ def local_run(pipeline_file, tmp_path_factory):
 
 
 def same_features(a, b) -> None:
-    assert_same_numbers(a.features, b.features)  # bit for bit on TensorFlow
-    for name in ("keys", "sources", "split", "labels"):
+    assert_same_numbers(a.X, b.X)  # bit for bit on TensorFlow
+    for name in ("keys", "sources", "split", "y"):
         assert list(getattr(a, name)) == list(getattr(b, name)), name
 
 
@@ -98,14 +98,14 @@ def test_local_cluster_of_two_worker_processes_gives_the_local_features(
     assert extracted["skipped"] == local["skipped"]
     assert extracted["skipped"][0]["source"].endswith("broken.png")
     same_features(Cache(cache).read(extracted["dataset"], extracted["group"]), reference)
-    assert not list((cache / ".staging").rglob("zarr.json"))  # the stage is removed
+    assert not list((workspace(cache) / "staging").rglob("zarr.json"))  # the stage is removed
     # Nothing new: a cache hit, without starting any worker's backbone.
     again = invoke("extract", pipeline_file, "--cache", cache, "--workers", 2, "--json")
     assert json.loads(again.stdout)["extract"][0]["cache_hit"] is True
 
 
 def stage_batches(cache: Path) -> int:
-    for meta in cache.glob(".staging/*/*/*/zarr.json"):
+    for meta in workspace(cache).glob("staging/*/*/*/zarr.json"):
         try:
             return len(json.loads(meta.read_text())["attributes"]["progress"]["batches"])
         except (OSError, ValueError, KeyError):
@@ -205,7 +205,8 @@ def test_extract_on_workers_then_train_head_against_s3(local_run, pipeline_file,
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     group = f"features/fingers/{local['group']}"
     assert f"{group}/current" in keys and f"{group}/gen-000001/features/zarr.json" in keys
-    assert not [k for k in keys if "/.staging/" in k]  # the stage is removed after commit
+    # the stage (in the workspace .features.featurecache/, beside the cache) is removed
+    assert not [k for k in keys if "staging/" in k]
     current = s3.get_object(Bucket=BUCKET, Key=f"{group}/current")["Body"].read()
     assert current == b"gen-000001"
 
@@ -235,7 +236,7 @@ def test_memory_store_round_trip_and_gc(class_folder, tmp_path):
     extracted = json.loads(done.stdout)["extract"][0]
     assert extracted["n_extracted"] == 30
     cache = Cache(url)
-    assert cache.read(extracted["dataset"], extracted["group"]).features.shape[0] == 30
+    assert cache.read(extracted["dataset"], extracted["group"]).X.shape[0] == 30
     # A second generation; gc then removes the first (superseded) one.
     (class_folder / "red" / "red_00.png").unlink()
     assert invoke("extract", *common).exit_code == 0
@@ -243,7 +244,7 @@ def test_memory_store_round_trip_and_gc(class_folder, tmp_path):
     collected = invoke("gc", "--cache", url, "--json")
     assert collected.exit_code == 0, collected.output
     assert len(cache.generations(extracted["dataset"], extracted["group"])) == 1
-    assert cache.read(extracted["dataset"], extracted["group"]).features.shape[0] == 29
+    assert cache.read(extracted["dataset"], extracted["group"]).X.shape[0] == 29
 
 
 def test_cluster_options_fail_clearly(class_folder):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from featurecache.cache import Cache
 from featurecache.cli import app
-from tests.conftest import needs_onnx
+from tests.conftest import needs_onnx, workspace
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.real_weights, needs_onnx]
@@ -43,9 +43,9 @@ def test_both_engines_agree_on_real_images_and_use_separate_groups(datasets_dir,
     a = Cache(cache).read("catvnoncat", tf["group"])
     b = Cache(cache).read("catvnoncat", ort["group"])
     assert list(a.keys) == list(b.keys)
-    assert float(np.abs(a.features - b.features).max()) <= 1e-4
-    assert b.attrs["engine"] == "onnxruntime"
-    assert len(list((cache / ".engines").glob("mobilenet_v2-*.onnx"))) == 1
+    assert float(np.abs(a.X - b.X).max()) <= 1e-4
+    assert b.provenance["engine"] == "onnxruntime"
+    assert len(list((workspace(cache) / "engines").glob("mobilenet_v2-*.onnx"))) == 1
     assert extract(datasets_dir, cache, "onnxruntime")["cache_hit"]
 
 

@@ -55,7 +55,7 @@ def test_extract_writes_features_equal_to_the_backbone(pipeline):
         "test": 9,
     }
     fs = Cache(pipeline.cache).read("tiny", result.group)
-    assert fs.features.shape == (39, 1280) and fs.features.dtype == np.float32
+    assert fs.X.shape == (39, 1280) and fs.X.dtype == np.float32
     listing = list_dataset(pipeline.datasets[0])
     first = listing.records[0]
     row = list(fs.sources).index(first.source)
@@ -68,8 +68,8 @@ def test_extract_writes_features_equal_to_the_backbone(pipeline):
     built = build_backbone(pipeline.backbones[0])
     _, pixels = listing.read(first, SIZE)
     direct = built.model.predict_on_batch(built.preprocess(pixels[None].astype(np.float32)))
-    np.testing.assert_allclose(fs.features[row], np.asarray(direct)[0], atol=1e-5)
-    attrs = fs.attrs
+    np.testing.assert_allclose(fs.X[row], np.asarray(direct)[0], atol=1e-5)
+    attrs = fs.provenance
     assert attrs["weights"] == {"spec": "none", "file": None, "sha256": None, "random_seed": 0}
     assert attrs["preprocessing"] == "keras.applications.mobilenet_v2.preprocess_input"
     assert attrs["versions"]["keras"] and attrs["dataset"]["fingerprint"] == listing.fingerprint
@@ -199,9 +199,9 @@ def test_float16_storage_halves_the_features_and_reads_back_as_float32(pipeline)
     stored = zarr.open_group(cache.current("tiny", small.group), mode="r")["features"]
     assert stored.dtype == np.float16
     a, b = cache.read("tiny", full.group), cache.read("tiny", small.group)
-    assert b.features.dtype == np.float32
-    scale = float(np.abs(a.features).max())
-    np.testing.assert_allclose(b.features, a.features, rtol=1e-3, atol=1e-3 * scale)
+    assert b.X.dtype == np.float32
+    scale = float(np.abs(a.X).max())
+    np.testing.assert_allclose(b.X, a.X, rtol=1e-3, atol=1e-3 * scale)
     results = train_heads(replace(pipeline, backbones=(half,), heads=pipeline.heads[:1]))
     assert results[0].accuracy["train"] == 1.0
 
@@ -238,7 +238,7 @@ def test_several_backbones_decode_each_image_once_and_match_solo_runs(
         [solo] = extract(solo_pipeline)
         a = Cache(pipeline.cache).read("tiny", joint.group)
         b = Cache(solo_pipeline.cache).read("tiny", solo.group)
-        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.X, b.X)
 
 
 def test_a_changed_search_retrains_the_head(tmp_path):

@@ -78,8 +78,8 @@ def test_a_signal_stops_after_the_batch_in_hand_and_the_rerun_resumes(folder, tm
     a = Cache(cache).read("photos", resumed["group"])
     b = Cache(tmp_path / "clean").read("photos", clean["group"])
     assert list(a.keys) == list(b.keys)
-    np.testing.assert_array_equal(a.labels, b.labels)
-    assert_same_numbers(a.features, b.features)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert_same_numbers(a.X, b.X)
 
 
 def test_a_second_signal_stops_at_once(folder, tmp_path):  # noqa: F811

@@ -28,6 +28,7 @@ from tests.conftest import (
     make_image,
     needs_onnx,
     sigkill_when,
+    workspace,
 )
 
 TAPPED = dict(
@@ -149,7 +150,7 @@ def test_a_sigkilled_extraction_resumes_to_the_same_arrays(folder, tmp_path):
     args = [sys.executable, "-m", "featurecache", "-q", "extract", str(toml), "--json"]
 
     def twelve_images_staged() -> bool:
-        metas = (json_or_none(m) for m in (tmp_path / "c").glob(".staging/*/*/*/zarr.json"))
+        metas = (json_or_none(m) for m in workspace(tmp_path / "c").glob("staging/*/*/*/zarr.json"))
         progress = [m.get("attributes", {}).get("progress", {}) for m in metas if m]
         return any(p.get("records_done", 0) >= 12 for p in progress)
 

@@ -46,9 +46,9 @@ def configure(*, verbose: bool) -> None:
     """
     global _verbose
     _verbose = verbose
-    if verbose and os.environ.get("TF_CPP_MIN_LOG_LEVEL") == _OURS.get("TF_CPP_MIN_LOG_LEVEL"):
+    ours = _OURS.pop("TF_CPP_MIN_LOG_LEVEL", None) if verbose else None
+    if ours is not None and os.environ.get("TF_CPP_MIN_LOG_LEVEL") == ours:
         del os.environ["TF_CPP_MIN_LOG_LEVEL"]
-        _OURS.clear()
     logging.getLogger("absl").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 

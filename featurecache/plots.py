@@ -1,7 +1,8 @@
 """PNG plots written next to each head: confusion matrices and training curves.
 
-Matplotlib runs with its non-interactive Agg backend, so plotting works on a
-server or in cron with no display.
+Figures are drawn with Matplotlib's object-oriented API (``matplotlib.figure.Figure``,
+no ``pyplot``): it needs no display (a server, cron) and never changes the backend of the
+process, so a notebook that trains heads keeps showing its own plots inline.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
 
 def confusion_matrix_png(
@@ -24,19 +22,20 @@ def confusion_matrix_png(
     """Draw a confusion matrix (rows: true class, columns: predicted) to ``path``."""
     n = len(class_names)
     side = max(4.0, 0.6 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(class_names))
     display.plot(ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if n > 4 else "horizontal")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def curves_png(history: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
     """Accuracy and loss per epoch, train vs validation, side by side, to ``path``."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.plot(epochs, history[metric], label="train")
@@ -49,7 +48,6 @@ def curves_png(history: Mapping[str, Sequence[float]], path: Path, title: str) -
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -65,7 +63,8 @@ def accuracy_bars_png(
     ``references`` (``(label, accuracy)``, a published figure) is a dashed
     vertical line, so whether ours clears it is seen at a glance.
     """
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.8))
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.8))
+    ax = fig.subplots()
     y = np.arange(len(rows))
     acc = np.array([r[1] for r in rows])
     err = np.array([[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]])
@@ -74,7 +73,7 @@ def accuracy_bars_png(
     left = max(0.0, low - 0.1)
     for yi, a in zip(y, acc, strict=True):
         ax.text(left + 0.005, yi, f"{a:.3f}", va="center", color="white", fontsize=9)
-    colours = plt.cm.Dark2.colors  # type: ignore[attr-defined]
+    colours = matplotlib.colormaps["Dark2"].colors  # type: ignore[attr-defined]
     for i, (label, value) in enumerate(references):
         ax.axvline(value, color=colours[i % len(colours)], ls="--", lw=1.5, label=label)
     ax.set_yticks(y, [r[0] for r in rows])
@@ -86,5 +85,4 @@ def accuracy_bars_png(
     if references:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.12 - 0.5 / len(rows)))
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path

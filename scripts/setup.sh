@@ -2,7 +2,8 @@
 #
 # - Creates ./.venv with $PYTHON (default python3) if it is missing, and installs
 #   featurecache with TensorFlow for the CPU, JAX for the CPU (Keras's JAX backend),
-#   ONNX Runtime, Dask + s3fs, and the test tools.
+#   ONNX Runtime, Dask + s3fs, keras-hub (with --no-deps: its tensorflow-text requirement
+#   would add the full tensorflow wheel beside tensorflow-cpu) and the test tools.
 # - Keras's PyTorch backend: the registry's Linux `torch` wheel brings about 2.8 GB of
 #   CUDA libraries (measured 2026-11-24), too much for every install. A CPU build is
 #   installed when one is already importable or pip can find one without an index (a
@@ -16,8 +17,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[cpu,jax,onnx,dask,test]" \
-        > .venv/pip-install.log 2>&1; then
+if ! .venv/bin/python -m pip install --disable-pip-version-check \
+        -e ".[cpu,jax,onnx,dask,hub-deps,test]" > .venv/pip-install.log 2>&1 \
+    || ! .venv/bin/python -m pip install --disable-pip-version-check --no-deps \
+        "keras-hub>=0.21" >> .venv/pip-install.log 2>&1; then
     grep -v "is ignored: it is neither" .venv/pip-install.log >&2
     echo "setup: pip install failed (log: .venv/pip-install.log)" >&2
     exit 1
@@ -42,4 +45,3 @@ if [ -z "${KERAS_HOME:-}" ] && [ -d ../shared/keras/models ]; then
     export KERAS_HOME="$PWD/.keras-home"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -17,6 +17,7 @@ from featurecache.backbones.preprocessing import preprocess_fn
 from featurecache.backbones.taps import outputs_model
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.config.backbone import sha256_file
+from featurecache.config.hub import is_hub
 from featurecache.deps import import_keras
 from featurecache.errors import ConfigError
 
@@ -41,6 +42,7 @@ class BuiltBackbone:
     weights_file: str | None
     weights_sha256: str | None
     outputs_model: Any = None
+    pooled_as: str | None = None  # keras-hub backbones: how the family pools
 
     @property
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -53,7 +55,8 @@ class BuiltBackbone:
 
 
 def build_backbone(config: BackboneConfig) -> BuiltBackbone:
-    """Build the frozen ``include_top=False`` backbone with global pooling.
+    """Build the frozen ``include_top=False`` backbone with global pooling (a keras-hub
+    backbone, ``hub:<preset>``, through :mod:`featurecache.backbones.hub`).
 
     ImageNet weights come through Keras's own ``get_file`` (downloaded once into
     ``$KERAS_HOME/models``, default ``~/.keras/models``); the file Keras used is recorded
@@ -67,6 +70,11 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         support), the weights cannot be loaded, or a tap or ``finetune_from`` names no
         usable layer.
     """
+    if is_hub(config.name):
+        from featurecache.backbones.hub import build_hub
+
+        parts = build_hub(config)
+        return BuiltBackbone(config=config, outputs_model=parts["model"], **parts)
     keras = import_keras()
     spec = config.spec
     builder = getattr(keras.applications, spec.keras_name)

@@ -32,6 +32,7 @@ from typing import Any
 from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.config.backbone import sha256_file
+from featurecache.config.hub import preset_sha256
 from featurecache.deps import BACKENDS, backend, backend_version, package_version
 from featurecache.errors import EngineError
 from featurecache.images import RESIZE_METHOD
@@ -144,9 +145,13 @@ def model_id(backbone: BackboneConfig, weights_sha256: str | None) -> str:
 
 
 def group_name(backbone: BackboneConfig, recipe: str) -> str:
-    """``<backbone>-<size>px-<pooling>[-f16]-<first 10 hex digits of the recipe hash>``."""
+    """``<backbone>-<size>px-<pooling>[-f16]-<first 10 hex digits of the recipe hash>``;
+    a keras-hub backbone is ``hub-<preset name or folder name>``."""
     f16 = "-f16" if backbone.dtype == "float16" else ""
-    return f"{backbone.name}-{backbone.input_size}px-{backbone.pooling}{f16}-{recipe[:10]}"
+    name = backbone.name
+    if name.startswith("hub:"):
+        name = "hub-" + name[4:].rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}-{backbone.input_size}px-{backbone.pooling}{f16}-{recipe[:10]}"
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,20 @@ def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
         if sha is None:
             return match
         if (file, sha) not in checked:
-            checked[(file, sha)] = bool(file and Path(file).is_file() and sha256_file(file) == sha)
+            checked[(file, sha)] = _weights_sha256(file, backbone) == sha
         if checked[(file, sha)]:
             return match
         log.info(
             "group %s/%s: weights file %s changed or is gone", match.dataset, match.group, file
         )
+    return None
+
+
+def _weights_sha256(file: str | None, backbone: BackboneConfig) -> str | None:
+    """SHA-256 of the weights recorded at ``file`` now: a weights file, or a keras-hub
+    preset folder (:func:`featurecache.config.hub.preset_sha256`); None if gone."""
+    if file and Path(file).is_file():
+        return sha256_file(file)
+    if file and Path(file, "config.json").is_file():
+        return preset_sha256(file, with_weights=backbone.weights != "none")
     return None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from featurecache.config import constraints as rules
+from featurecache.config.hub import is_hub, preset_of
 from featurecache.config.registry import REGISTRY, BackboneSpec, get_spec
 from featurecache.errors import ConfigError
 
@@ -52,11 +53,14 @@ class BackboneConfig:
     weights : str
         ``"imagenet"`` (downloaded and cached by Keras itself), ``"none"`` (random
         initialisation seeded with :data:`RANDOM_WEIGHTS_SEED`: for tests only), or the
-        path of a Keras weights file (stored absolute).
+        path of a Keras weights file (stored absolute). A keras-hub backbone
+        (``hub:<preset>``, :mod:`featurecache.config.hub`) has ``"preset"`` (its own) or
+        ``"none"``.
     input_size : int
         Square input side in pixels, >= 32; default: the backbone's own.
-    pooling : {"avg", "max"}
-        Global pooling applied to the last feature map.
+    pooling : {"avg", "max", "auto"}
+        Global pooling applied to the last feature map; ``"auto"`` (keras-hub backbones'
+        default) is the family's own pooled output (CLS token, image embedding, average).
     args : mapping
         Extra ``keras.applications`` arguments such as ``alpha``, over the registry's
         defaults.
@@ -101,10 +105,14 @@ class BackboneConfig:
         spec = get_spec(self.name)
         size = spec.input_size if self.input_size is None else self.input_size
         rules.complete(self, name=spec.name, input_size=size)
+        if is_hub(spec.name):
+            _check_hub(self)
+        elif self.pooling == "auto":
+            rules.complete(self, pooling="avg")  # a CNN's own pooling: global average
         rules.check(self, rules.BACKBONE)
         rules.complete(
             self,
-            weights=_weights(self.weights),
+            weights=self.weights if is_hub(spec.name) else _weights(self.weights),
             args={**spec.default_args, **self.args},
             finetune_from=_cache_point(self.finetune_from, spec),
             taps=tuple(self.taps),
@@ -119,7 +127,7 @@ class BackboneConfig:
 
     @property
     def spec(self) -> BackboneSpec:
-        return REGISTRY[self.name]
+        return REGISTRY[self.name] if self.name in REGISTRY else get_spec(self.name)
 
     @property
     def feature_dim(self) -> int:
@@ -134,7 +142,10 @@ class BackboneConfig:
 
     @property
     def preprocessing(self) -> str:
-        """Dotted name of the ``preprocess_input`` applied to 0-255 RGB pixels."""
+        """Dotted name of the ``preprocess_input`` applied to 0-255 RGB pixels (for a
+        keras-hub backbone: the preset's image converter)."""
+        if is_hub(self.name):
+            return f"keras_hub.layers.ImageConverter.from_preset({preset_of(self.name)!r})"
         return f"keras.applications.{self.spec.module}.preprocess_input"
 
     @property
@@ -179,6 +190,35 @@ class BackboneConfig:
 
     def replace(self, **changes: Any) -> BackboneConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_hub(config: BackboneConfig) -> None:
+    """A keras-hub backbone's settings (:mod:`featurecache.config.hub`), normalised:
+    weights ``"preset"`` (its own) or ``"none"``, pooling ``"auto"`` or ``"max"``, engine
+    ``keras``; no taps, cached activations or extra arguments."""
+    weights = {"imagenet": "preset", "preset": "preset", "none": "none", "random": "none"}
+    if str(config.weights).lower() not in weights:
+        raise ConfigError(
+            f"{config.name} takes its weights from the preset: weights = 'preset' (the "
+            "default) or 'none', not a weights file",
+            key="weights",
+        )
+    if config.engine not in ("keras", "auto", "tensorflow"):
+        raise ConfigError(
+            f"{config.name} runs on the keras engine only (no ONNX export of keras-hub models yet)",
+            key="engine",
+        )
+    if config.taps or config.finetune_from or config.args:
+        raise ConfigError(
+            f"{config.name}: keras-hub backbones take no taps, finetune_from or args yet",
+            key="taps" if config.taps else "finetune_from" if config.finetune_from else "args",
+        )
+    rules.complete(
+        config,
+        weights=weights[str(config.weights).lower()],
+        pooling="auto" if config.pooling == "avg" else config.pooling,
+        engine="keras",
+    )
 
 
 def _cache_point(value: str | bool | None, spec: BackboneSpec) -> str | None:

@@ -22,7 +22,7 @@ from featurecache.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
 FORMATS = ("folder", "hdf5", "csv")
-POOLINGS = ("avg", "max")
+POOLINGS = ("avg", "max", "auto")  # auto: the family's own (keras-hub backbones)
 ENGINES = ("keras", "tensorflow", "onnxruntime", "auto")
 DTYPES = ("float32", "float16")
 FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from featurecache.config.hub import PREFIX, is_hub, preset_input_size, preset_of
 from featurecache.errors import UnknownBackboneError
 
 #: How a family's ``preprocess_input`` maps 0-255 RGB pixels (keras.applications
@@ -25,7 +26,7 @@ from featurecache.errors import UnknownBackboneError
 #: BGR and subtracts the ImageNet channel means; "torch" scales to [0, 1] and standardises
 #: with the ImageNet mean and std; "none" leaves the pixels as they are (the model
 #: rescales them inside).
-PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none", "hub")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,13 +112,25 @@ _ALIASES: dict[str, str] = {s.keras_name.lower(): s.name for s in REGISTRY.value
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The spec for ``name`` (snake_case or Keras class name, any case or separator).
+    """The spec for ``name`` (snake_case or Keras class name, any case or separator), or
+    for a keras-hub backbone ``hub:<preset>`` (:mod:`featurecache.config.hub`).
 
     Raises
     ------
     UnknownBackboneError
         If the name is not registered; the message lists some known names.
     """
+    if is_hub(name):
+        preset = preset_of(name)
+        return BackboneSpec(
+            name=f"{PREFIX}{preset}",
+            keras_name="keras_hub.models.Backbone",
+            module="keras_hub",
+            input_size=preset_input_size(preset),
+            feature_dim=0,  # known once built
+            last_block=(),
+            preprocess="hub",
+        )
     key = re.sub(r"[\s\-]+", "_", name.strip()).lower()
     for candidate in (key, _ALIASES.get(key), _ALIASES.get(key.replace("_", ""))):
         if candidate in REGISTRY:

@@ -175,7 +175,7 @@ def _provenance(job: ExtractJob, split_counts: dict[str, int]) -> dict[str, Any]
         "preprocessing": backbone.preprocessing,
         "pooling": backbone.pooling,
         "resize": recipe.RESIZE_METHOD,
-        "feature_dim": backbone.feature_dim,
+        "feature_dim": next(a.shape[0] for a in job.arrays if a.name == "features"),
         "arrays": {spec.name: spec.describe() for spec in job.arrays},
         "codec": CODEC_DESCRIPTION,
         "batch_size": job.batch_size,

@@ -320,6 +320,8 @@ def _open(
     recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
     weights = {"spec": backbone.weights, "file": built.weights_file}
     weights["sha256"] = built.weights_sha256
+    if built.pooled_as:
+        weights["pooled_as"] = built.pooled_as  # keras-hub: the family's own pooling
     return extractor, recipe_hash, array_specs(backbone, built.output_shapes), weights
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from featurecache.cache import Cache, recipe
 from featurecache.config import Pipeline
 from featurecache.datasets import list_dataset
-from featurecache.errors import CacheError
+from featurecache.errors import CacheError, ConfigError
 from featurecache.finetune.cached import CacheRun
 from featurecache.finetune.run import FinetuneResult, Run
 from featurecache.runs import RunLayout, output_errors
@@ -47,6 +47,12 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
         If the starting head is not a dense head, ``unfreeze`` matches no layer, or
         ``source = "cache"`` and the backbone has no ``finetune_from``.
     """
+    hub = [b.name for b in pipeline.backbones if b.spec.preprocess == "hub"]
+    if hub:
+        raise ConfigError(
+            f"fine-tuning keras-hub backbones ({', '.join(hub)}) is not supported yet; train "
+            "heads on their cached features with `featurecache train-head`"
+        )
     cache = Cache(pipeline.cache)
     layout = RunLayout.of(pipeline)
     results = []

@@ -1,0 +1,148 @@
+"""Building a keras-hub backbone (``hub:<preset>``) as a frozen feature extractor.
+
+``keras_hub.models.Backbone.from_preset`` builds the model and
+``keras_hub.layers.ImageConverter.from_preset`` its preprocessing, both from the
+preset (a local folder, or a name keras-hub downloads from Kaggle / Hugging Face at
+first use). The pooled features are taken as each family defines them (keras-hub's own
+task models do the same):
+
+- a backbone with ``get_vision_embeddings`` (CLIP, SigLIP): the image embedding
+  (CLIP: the projected CLS token, ``clip_backbone.py``; SigLIP: the attention-pooled
+  output, ``siglip_backbone.py``), not L2-normalised;
+- a token sequence ``(batch, tokens, dim)`` (DINOv2, ViT): the CLS token, ``[:, 0]``,
+  after the backbone's final layer norm (``ViTImageClassifier(pooling="token")``);
+- a feature map ``(batch, h, w, channels)`` (ResNet, EfficientNet...): global average
+  pooling (``ImageClassifier``'s ``GlobalAveragePooling2D``), or max with ``pooling="max"``.
+
+The preset's files (``config.json``, the image converter, the weights) are hashed into
+one SHA-256 (:func:`featurecache.config.hub.preset_sha256`), which the recipe uses as it
+uses a weights file's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.config.hub import preset_of, preset_sha256
+from featurecache.deps import import_keras
+from featurecache.errors import ConfigError, DependencyError
+from featurecache.quiet import quiet_import
+
+log = logging.getLogger(__name__)
+
+
+def import_keras_hub() -> Any:
+    """keras_hub, or a one-line install hint.
+
+    Raises
+    ------
+    DependencyError
+        If keras-hub is not installed.
+    """
+    import_keras()
+    try:
+        with quiet_import():
+            import keras_hub
+    except ImportError as exc:
+        raise DependencyError(
+            f"hub: backbones need keras-hub ({exc}): pip install 'featurecache[hub]'"
+        ) from exc
+    return keras_hub
+
+
+def preset_folder(keras_hub: Any, preset: str) -> Path:
+    """The local folder holding the preset's files (downloaded first if named)."""
+    from keras_hub.src.utils.preset_utils import get_file
+
+    return Path(os.path.dirname(get_file(preset, "config.json")))
+
+
+def _load(keras_hub: Any, preset: str, config: BackboneConfig) -> tuple[Any, Any]:
+    """The preset's backbone and image converter at ``config.input_size``."""
+    size = (config.input_size, config.input_size)
+    load_weights = config.weights != "none"
+    if not load_weights:
+        log.warning("backbone %s uses RANDOM weights (weights=none): for tests only", preset)
+        import_keras().utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+        kwargs: dict[str, Any] = {"load_weights": load_weights}
+        if tuple(converter.image_size or size) != size:
+            kwargs["image_shape"] = (*size, 3)  # e.g. DINOv2 interpolates its positions
+            converter.image_size = size
+        backbone = keras_hub.models.Backbone.from_preset(preset, **kwargs)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        raise ConfigError(f"keras-hub cannot build preset {preset!r}: {exc}") from exc
+    except Exception as exc:  # kagglehub / requests errors offline
+        raise ConfigError(
+            f"could not fetch keras-hub preset {preset!r}: {exc}. Offline? Use a local "
+            "preset folder (hub:/path/to/preset)"
+        ) from exc
+    return backbone, converter
+
+
+def pooled_model(backbone: Any, config: BackboneConfig) -> tuple[Any, str]:
+    """A Keras model: preprocessed images ``(batch, size, size, 3)`` float32 -> pooled
+    features ``(batch, feature_dim)``, and how it pools (``image_embedding``,
+    ``cls_token``, ``avg``, ``max``, ``pooled``).
+
+    Raises
+    ------
+    ConfigError
+        If ``pooling = "max"`` is asked of a model that does not output a feature map.
+    """
+    keras = import_keras()
+    images = keras.Input((config.input_size, config.input_size, 3), name="images")
+    if hasattr(backbone, "get_vision_embeddings"):
+        return keras.Model(images, backbone.get_vision_embeddings(images)), "image_embedding"
+    out = backbone({"images": images} if isinstance(backbone.input, dict) else images)
+    rank = len(out.shape)
+    if config.pooling == "max" and rank != 4:
+        raise ConfigError(f"{config.name}: pooling 'max' needs a CNN (a feature map)")
+    if rank == 4:
+        fmt = getattr(backbone, "data_format", None) or "channels_last"
+        pool = keras.layers.GlobalMaxPooling2D if config.pooling == "max" else None
+        layer = (pool or keras.layers.GlobalAveragePooling2D)(data_format=fmt)
+        return keras.Model(images, layer(out)), "max" if pool else "avg"
+    if rank == 3:
+        return keras.Model(images, out[:, 0, :]), "cls_token"
+    return keras.Model(images, out), "pooled"
+
+
+def build_hub(config: BackboneConfig) -> dict[str, Any]:
+    """The parts of a :class:`~featurecache.backbones.build.BuiltBackbone` for a
+    keras-hub backbone: ``model``, ``preprocess``, ``weights_file`` (the preset
+    folder), ``weights_sha256`` (:func:`preset_sha256`) and ``pooled_as``.
+
+    Raises
+    ------
+    DependencyError
+        If keras-hub is not installed.
+    ConfigError
+        If the preset cannot be fetched or built.
+    """
+    keras_hub = import_keras_hub()
+    preset = preset_of(config.name)
+    backbone, converter = _load(keras_hub, preset, config)
+    model, pooled_as = pooled_model(backbone, config)
+    model.trainable = False
+    folder = preset_folder(keras_hub, preset)
+
+    def preprocess(batch: Any) -> np.ndarray:
+        """0-255 RGB float32 ``(b, size, size, 3)`` -> the converter's output (its resize
+        is a no-op: the images are already at its ``image_size``)."""
+        return np.asarray(converter(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
+
+    return {
+        "model": model,
+        "preprocess": preprocess,
+        "weights_file": str(folder),
+        "weights_sha256": preset_sha256(folder, with_weights=config.weights != "none"),
+        "pooled_as": f"{type(backbone).__name__}: {pooled_as}",
+    }

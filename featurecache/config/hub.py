@@ -1,0 +1,92 @@
+"""keras-hub backbones, named ``hub:<preset>``: what the configuration knows of them.
+
+``<preset>`` is a keras-hub preset name (``hub:dinov2_small``, ``hub:clip_vit_base_patch16``,
+``hub:efficientnet_b0_ra_imagenet``: downloaded from Kaggle or Hugging Face by keras-hub
+at first use) or a local preset folder (what ``Backbone.save_to_preset`` writes). They are
+built by :mod:`featurecache.backbones.hub`; nothing here imports keras-hub or Keras.
+
+Differences from the registered ``keras.applications`` backbones:
+
+- **weights** are the preset's own (``"imagenet"``, the default, means them); ``"none"``
+  builds the preset's architecture with random weights (seeded), for tests;
+- **pooling** ``"auto"`` (the default) is the family's own pooled output: the CLS token
+  of a ViT-style model (DINOv2, ViT), the image embedding of CLIP / SigLIP, global
+  average pooling of a CNN's feature map; ``"max"`` is global max pooling (CNNs only);
+- **input size** defaults to the preset's image converter's ``image_size`` (read from a
+  local folder's ``image_converter.json``), else 224;
+- extraction runs on the ``keras`` engine only (no ONNX export), and there are no taps,
+  cached activations or fine-tuning (yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from featurecache.errors import ConfigError, UnknownBackboneError
+
+PREFIX = "hub:"
+DEFAULT_INPUT_SIZE = 224
+#: Files of a preset folder that say what the model is; ``metadata.json`` is left out (it
+#: holds the date the preset was saved).
+IDENTITY_FILES = ("config.json", "image_converter.json", "preprocessor.json")
+
+
+def is_hub(name: str) -> bool:
+    return name.strip().lower().startswith(PREFIX)
+
+
+def preset_of(name: str) -> str:
+    """The preset part of ``hub:<preset>``: a name, or an absolute folder path.
+
+    Raises
+    ------
+    UnknownBackboneError
+        If the preset is empty, or looks like a path and is not a preset folder.
+    """
+    preset = name.strip()[len(PREFIX) :].strip()
+    if not preset:
+        raise UnknownBackboneError(
+            "a keras-hub backbone needs a preset: hub:dinov2_small, or hub:<preset folder>"
+        )
+    if "/" in preset or preset.startswith((".", "~")):
+        folder = Path(preset).expanduser()
+        if not (folder / "config.json").is_file():
+            raise UnknownBackboneError(
+                f"{name!r}: {folder} is not a keras-hub preset folder (no config.json); "
+                "save one with backbone.save_to_preset(folder), or name a preset"
+            )
+        return str(folder.resolve())
+    return preset
+
+
+def preset_input_size(preset: str) -> int:
+    """The square side of the preset's image converter, if a local folder says it."""
+    path = Path(preset, "image_converter.json")
+    if not path.is_file():
+        return DEFAULT_INPUT_SIZE
+    try:
+        size = json.loads(path.read_text())["config"]["image_size"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: unreadable image converter ({exc})") from exc
+    if not size or len(set(size)) != 1:
+        return DEFAULT_INPUT_SIZE
+    return int(size[0])
+
+
+def preset_sha256(folder: str | Path, *, with_weights: bool) -> str:
+    """SHA-256 (hex) of a preset folder: over its identity files (:data:`IDENTITY_FILES`)
+    and, ``with_weights``, its ``*.weights.h5`` / ``*.weights.json`` files, as the name
+    and SHA-256 of each, sorted by name. The identity of a keras-hub backbone's weights,
+    as a weights file's SHA-256 is for the others."""
+    folder = Path(folder)
+    names = [n for n in IDENTITY_FILES if (folder / n).is_file()]
+    if with_weights:
+        names += [p.name for p in folder.iterdir() if ".weights." in p.name]
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        with open(folder / name, "rb") as fh:
+            file_digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        digest.update(f"{name}\0{file_digest}\n".encode())
+    return digest.hexdigest()

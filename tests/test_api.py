@@ -147,3 +147,22 @@ def test_the_package_exports_the_api_lazily():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_gc_removes_the_bookkeeping_older_versions_kept_inside_the_cache(cache, tmp_path):
+    import shutil
+
+    old = tmp_path / "old-cache"
+    shutil.copytree(cache, old, symlinks=True)
+    for name in (".staging/catvnoncat/g/plan", ".locks", ".engines"):
+        (old / name).mkdir(parents=True)
+    (old / ".locks" / "catvnoncat.lock").write_text("")
+    with pytest.warns(UserWarning, match="not recognized as a component"):
+        zarr.open_group(str(old), mode="r").tree()
+    done = invoke("gc", "--cache", old, "--json")
+    assert done.exit_code == 0, done.output
+    assert {".staging", ".locks", ".engines"} <= set(json.loads(done.stdout)["removed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zarr.open_group(str(old), mode="r").tree()
+    assert featurecache.open_cache(old).features("catvnoncat").X.shape == (259, 1280)

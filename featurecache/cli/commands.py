@@ -50,7 +50,10 @@ def _exit_code(results: list[Any]) -> int:
 
 @command()
 def backbones() -> Output:
-    """List the registered backbones: input size, feature dimension, preprocessing."""
+    """List the registered backbones: input size, feature dimension, preprocessing.
+
+    keras-hub presets are used as hub:<preset> (hub:dinov2_small, or a preset folder).
+    """
     rows = api.backbones()
     return Output(rows, lambda: render.backbones(rows))
 

@@ -113,7 +113,7 @@ def largest_differences(rows: list[dict], cache: Path) -> None:
 
     store = Cache(cache)
     [dataset] = store.datasets()
-    features = {r["backend"]: np.asarray(store.read(dataset, r["group"]).features) for r in rows}
+    features = {r["backend"]: np.asarray(store.read(dataset, r["group"]).X) for r in rows}
     reference = features.get("tensorflow")
     for r in rows:
         r["max_abs_diff_vs_tensorflow"] = (

@@ -93,7 +93,7 @@ def compare(pipeline, epochs: int, work: Path) -> dict:
     from featurecache.backbones.taps import tail_model
     from featurecache.config import Augmentation
     from featurecache.extraction import extract
-    from featurecache.finetune.train import finetune
+    from featurecache.finetuning.train import finetune
     from featurecache.heads.train import train_heads
 
     [extracted] = extract(pipeline)

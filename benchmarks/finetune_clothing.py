@@ -42,7 +42,7 @@ def main() -> None:
         return
     from featurecache.config import FinetuneConfig, load_pipeline
     from featurecache.extraction import extract
-    from featurecache.finetune.train import finetune
+    from featurecache.finetuning.train import finetune
     from featurecache.heads.train import train_heads
 
     work = args.work or Path(tempfile.mkdtemp(prefix="fc-bench-ft-"))

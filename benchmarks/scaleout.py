@@ -80,7 +80,7 @@ def main() -> None:
         start = time.perf_counter()
         result = extract(pipeline, cluster=cluster)[0]
         wall = time.perf_counter() - start
-        features = Cache(pipeline.cache).read(result.dataset, result.group).features
+        features = Cache(pipeline.cache).read(result.dataset, result.group).X
         reference = features if reference is None else reference
         n_batches = -(-result.n_extracted // 32)
         rows.append(

@@ -45,7 +45,7 @@ def main() -> None:
     found = recipe.find_group(cache, "clothing_small", pipeline.backbones[0])
     fs = cache.read("clothing_small", found.group)
     extraction_s = found.attrs["extraction_seconds"]
-    n, dim = fs.features.shape
+    n, dim = fs.X.shape
     rows = []
     for dtype in ("float32", "float16"):
         out = Cache(work / f"store-{dtype}")
@@ -55,10 +55,10 @@ def main() -> None:
         writer = out.generation_writer("d", "g", arrays=[spec], group_attrs={})
         for i in range(0, n, 32):
             sl = slice(i, i + 32)
-            k = len(fs.labels[sl])
+            k = len(fs.y[sl])
             writer.append(
-                {"features": fs.features[sl]},
-                labels=fs.labels[sl],
+                {"features": fs.X[sl]},
+                labels=fs.y[sl],
                 split=fs.split[sl],
                 keys=fs.keys[sl],
                 sources=fs.sources[sl],
@@ -88,7 +88,7 @@ def main() -> None:
                 "feature_bytes": nbytes,
                 "write_seconds": write_s,
                 "write_overhead_vs_extraction": write_s / extraction_s,
-                "max_abs_rounding": float(np.abs(stored.features - fs.features).max()),
+                "max_abs_rounding": float(np.abs(stored.X - fs.X).max()),
                 "test_accuracy": accuracy,
             }
         )

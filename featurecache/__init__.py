@@ -4,7 +4,9 @@ features in zarr, and train heads on them in seconds.
 The public API (:mod:`featurecache.api`) is importable from here: ``open_cache``,
 ``load_pipeline``, ``extract``, ``train_head``, ``finetune``, ``run``, ``refresh``,
 ``verify``, ``predict``... It is loaded on first use, so ``import featurecache`` is
-instant and imports neither TensorFlow nor zarr.
+instant and imports neither TensorFlow nor zarr. No subpackage shares a name with an
+API function (a submodule, once imported, would replace the package attribute):
+``tests/test_architecture.py`` checks it.
 """
 
 from typing import Any
@@ -15,7 +17,7 @@ _API = (
     "Cache",
     "FeatureSet",
     "Pipeline",
-    "backbones",
+    "list_backbones",
     "extract",
     "finetune",
     "gc",

@@ -36,10 +36,10 @@ if TYPE_CHECKING:
     from featurecache.cache import Cache
     from featurecache.cache.admin import GcResult
     from featurecache.extraction import ExtractResult
-    from featurecache.finetune.outputs import FinetuneResult
+    from featurecache.finetuning.outputs import FinetuneResult
     from featurecache.heads.train import HeadResult
-    from featurecache.predict import Prediction
-    from featurecache.report.collect import Collection
+    from featurecache.prediction import Prediction
+    from featurecache.reporting.collect import Collection
     from featurecache.workflow import RunResult, VerifyOutcome
 
 # The public names are listed once, in featurecache.__all__ (featurecache/__init__.py).
@@ -220,7 +220,7 @@ def finetune(
     ConfigError
         If the head is not a dense head or ``unfreeze`` matches no layer.
     """
-    from featurecache.finetune.train import finetune as run_finetune
+    from featurecache.finetuning.train import finetune as run_finetune
 
     chosen = _pipeline(pipeline)
     if overrides:
@@ -303,9 +303,9 @@ def predict(
 ) -> list[Prediction]:
     """Label ``images`` (files or folders) with the trained head in the folder ``head``:
     the backbone runs on each image, the head on its features. ``csv`` also writes the
-    predictions there. See :func:`featurecache.predict.predict`."""
-    from featurecache.predict import predict as run_predict
-    from featurecache.predict import write_csv
+    predictions there. See :func:`featurecache.prediction.predict`."""
+    from featurecache.prediction import predict as run_predict
+    from featurecache.prediction import write_csv
 
     results = run_predict(head, images, batch_size=batch_size, trust_pickle=trust_pickle)
     if csv is not None:
@@ -323,7 +323,7 @@ class ReportResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Every number of the report, and the files (``report --json``)."""
-        from featurecache.report.write import to_json
+        from featurecache.reporting.write import to_json
 
         return {**to_json(self.collection), "files": {k: str(v) for k, v in self.files.items()}}
 
@@ -344,15 +344,15 @@ def report(
     ConfigError
         If a target is neither a pipeline file nor a run folder with trained heads.
     """
-    from featurecache.report.collect import collect
-    from featurecache.report.write import write_report
+    from featurecache.reporting.collect import collect
+    from featurecache.reporting.write import write_report
 
     collection = collect(list(targets), output=output)
     files = write_report(collection, Path(report or collection.default_report(output)))
     return ReportResult(collection, files)
 
 
-def backbones() -> list[dict[str, Any]]:
+def list_backbones() -> list[dict[str, Any]]:
     """The registered backbones: name, input size, feature dimension, preprocessing."""
     from featurecache.config import REGISTRY
 

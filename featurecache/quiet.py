@@ -23,8 +23,10 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 #: Lines TensorFlow writes from C++ while it is imported (absl's ``I0000 00:00:...
 #: file.cc:153] ...`` prefix, the pre-initialisation warning, the CPU-instructions hint).
@@ -36,6 +38,7 @@ IMPORT_NOTICE = re.compile(
 _NATIVE_MODULES = ("tensorflow",)
 _verbose = False
 _OURS: dict[str, str] = {}  # environment variables featurecache set (not the user)
+_LOCK = threading.RLock()
 
 
 def configure(*, verbose: bool) -> None:
@@ -65,34 +68,43 @@ def quiet_import() -> Iterator[None]:
 
     Everything written to file descriptor 2 during the block is held in a temporary
     file and written back afterwards, except the lines :data:`IMPORT_NOTICE` matches; so
-    a real error message (or a traceback) still reaches stderr. Does nothing when
-    verbose, when TensorFlow is already imported, or when stderr has no file descriptor.
+    a real error message (or a traceback) still reaches stderr. Threads take turns (fd 2
+    is per process). Does nothing when verbose, when TensorFlow is already imported, or
+    when there is no fd 2 or no room for the temporary file. A crash inside the import
+    (a C-level abort) loses what was held: run with ``--verbose`` to see it.
     """
-    if _verbose or any(m in sys.modules for m in _NATIVE_MODULES):
-        yield
-        return
-    _quiet_environment()
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no fd 2 (an embedded interpreter)
-        yield
-        return
-    held = tempfile.TemporaryFile()
-    try:
-        os.dup2(held.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        held.seek(0)
-        kept = [
-            line
-            for line in held.read().decode("utf-8", "replace").splitlines(keepends=True)
-            if not IMPORT_NOTICE.match(line)
-        ]
-        held.close()
-        if kept:
-            sys.stderr.write("".join(kept))
+    with _LOCK:
+        if _verbose or any(m in sys.modules for m in _NATIVE_MODULES):
+            yield
+            return
+        _quiet_environment()
+        try:
             sys.stderr.flush()
+            held = tempfile.TemporaryFile()
+        except (OSError, ValueError, AttributeError):  # no stderr, or no room in TMPDIR
+            yield
+            return
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (an embedded interpreter)
+            held.close()
+            yield
+            return
+        try:
+            os.dup2(held.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)  # restore first: nothing below may leave fd 2 redirected
+            os.close(saved)
+            _replay(held)
+
+
+def _replay(held: Any) -> None:
+    """Write what ``held`` caught to stderr, less TensorFlow's import notices."""
+    with held:
+        held.seek(0)
+        text = held.read().decode("utf-8", "replace")
+    kept = [line for line in text.splitlines(keepends=True) if not IMPORT_NOTICE.match(line)]
+    if kept:
+        sys.stderr.write("".join(kept))
+        sys.stderr.flush()

@@ -43,6 +43,16 @@ def test_features_labels_and_splits_in_two_lines(cache):
     assert "209" in repr(fs) and "1280" in repr(fs)
 
 
+def test_a_backbone_name_is_matched_exactly_before_as_a_prefix():
+    from featurecache.cache.features import choose_group
+
+    groups = {"resnet50-224px-avg-aa": "resnet50", "resnet50_v2-224px-avg-bb": "resnet50_v2"}
+    assert choose_group("d", "resnet50", groups) == "resnet50-224px-avg-aa"
+    assert choose_group("d", "resnet50_v2", groups) == "resnet50_v2-224px-avg-bb"
+    with pytest.raises(CacheError, match="several backbones"):
+        choose_group("d", "resnet", groups)
+
+
 def test_missing_names_say_what_is_there(cache):
     opened = featurecache.open_cache(cache)
     with pytest.raises(CacheError, match="it has: catvnoncat"):
@@ -142,6 +152,10 @@ def test_the_package_exports_the_api_lazily():
         "import sys, featurecache\n"
         "assert 'featurecache.api' not in sys.modules and 'zarr' not in sys.modules\n"
         "from featurecache import open_cache, extract, train_head, finetune, FeatureSet\n"
+        "import featurecache.finetuning, featurecache.prediction, featurecache.reporting\n"
+        "import featurecache.backbones, featurecache.extraction\n"
+        "assert all(callable(getattr(featurecache, n)) for n in ('finetune', 'predict', 'report',"
+        " 'extract', 'list_backbones'))\n"
         "print(sorted(n for n in featurecache.__all__ if not hasattr(featurecache, n)))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -37,9 +37,9 @@ LAYERS = {
     "featurecache.cache.admin": 3,
     "featurecache.extraction": 3,
     "featurecache.heads.train": 3,
-    "featurecache.finetune": 3,
-    "featurecache.report": 3,
-    "featurecache.predict": 3,
+    "featurecache.finetuning": 3,
+    "featurecache.reporting": 3,
+    "featurecache.prediction": 3,
     "featurecache.workflow": 4,
     "featurecache.api": 5,
     "featurecache.cli": 6,
@@ -177,3 +177,16 @@ def test_the_command_line_calls_the_public_api_only():
         if target not in allowed and package(target) != "featurecache.cli"
     ]
     assert not wrong, wrong
+
+
+def test_no_submodule_shadows_a_public_api_name():
+    """Importing ``featurecache.x`` sets the package attribute ``x`` to the module, which
+    would hide an API function of the same name (``featurecache.finetune(...)``)."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    api = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_API"
+    )
+    children = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
+    assert not children & set(api), children & set(api)

@@ -51,7 +51,9 @@ def import_keras_hub() -> Any:
             import keras_hub
     except ImportError as exc:
         raise DependencyError(
-            f"hub: backbones need keras-hub ({exc}): pip install 'featurecache[hub]'"
+            f"hub: backbones need keras-hub ({exc}): pip install 'featurecache[hub]' (or, "
+            "beside tensorflow-cpu: pip install 'featurecache[hub-deps]' && pip install "
+            "--no-deps keras-hub)"
         ) from exc
     return keras_hub
 
@@ -127,7 +129,7 @@ def build_hub(config: BackboneConfig) -> dict[str, Any]:
     ConfigError
         If the preset cannot be fetched or built.
     """
-    keras_hub = import_keras_hub()
+    keras, keras_hub = import_keras(), import_keras_hub()
     preset = preset_of(config.name)
     backbone, converter = _load(keras_hub, preset, config)
     model, pooled_as = pooled_model(backbone, config)
@@ -137,7 +139,8 @@ def build_hub(config: BackboneConfig) -> dict[str, Any]:
     def preprocess(batch: Any) -> np.ndarray:
         """0-255 RGB float32 ``(b, size, size, 3)`` -> the converter's output (its resize
         is a no-op: the images are already at its ``image_size``)."""
-        return np.asarray(converter(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
+        converted = converter(np.asarray(batch, dtype=np.float32))
+        return np.asarray(keras.ops.convert_to_numpy(converted), dtype=np.float32)
 
     return {
         "model": model,

@@ -189,8 +189,9 @@ def choose_group(dataset: str, backbone: str | None, groups: dict[str, str]) -> 
         found = list(groups)
     elif backbone in groups:
         found = [backbone]
-    else:
-        found = [g for g, name in groups.items() if name == backbone or g.startswith(backbone)]
+    else:  # an exact backbone name first: "resnet50" is also a prefix of "resnet50_v2-..."
+        found = [g for g, name in groups.items() if name == backbone]
+        found = found or [g for g in groups if g.startswith(backbone)]
     if len(found) == 1:
         return found[0]
     if not groups:

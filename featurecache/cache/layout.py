@@ -70,10 +70,7 @@ class Cache:
         self.root: Path | str = Path(self.location.root) if self.location.local else root
         self.url = self.location.url()
 
-    @property
-    def workspace(self) -> Location:
-        """Where staging areas live: beside the cache, outside its zarr hierarchy."""
-        return self.location.workspace()
+    workspace = property(lambda self: self.location.workspace(), doc="Staging: beside the cache.")
 
     def _path(self, *parts: str) -> str:
         return self.location.join(*parts)
@@ -277,13 +274,16 @@ class Cache:
         ]
 
     def staged_datasets(self) -> list[str]:
-        return self.workspace.subdirs(self.workspace.join(STAGING))
+        try:  # s3://bucket alone has no workspace, so nothing staged
+            return self.workspace.subdirs(self.workspace.join(STAGING))
+        except CacheError:
+            return []
 
     def staging_path(self, dataset: str) -> str:
         return self.workspace.join(STAGING, dataset)
 
     def legacy_bookkeeping(self) -> list[str]:
-        """Bookkeeping folders that versions before 0.2 kept inside the cache root."""
+        """Bookkeeping folders earlier versions kept inside the cache root."""
         entries = set(self.location.entries(self.location.root))
         return [self._path(name) for name in LEGACY_BOOKKEEPING if name in entries]
 

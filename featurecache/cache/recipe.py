@@ -32,7 +32,7 @@ from typing import Any
 from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.config.backbone import sha256_file
-from featurecache.config.hub import preset_sha256
+from featurecache.config.hub import is_hub, preset_sha256
 from featurecache.deps import BACKENDS, backend, backend_version, package_version
 from featurecache.errors import EngineError
 from featurecache.images import RESIZE_METHOD
@@ -106,7 +106,12 @@ def request(backbone: BackboneConfig, on: str | None = None) -> dict[str, Any]:
         "recipe_version": RECIPE_VERSION,
         "backbone": described,
         "resize": RESIZE_METHOD,
-        "versions": {"keras": package_version("keras"), name: backend_version(name)},
+        "versions": {
+            "keras": package_version("keras"),
+            name: backend_version(name),
+            # a hub: preset name maps to pinned files per keras-hub release
+            **({"keras_hub": package_version("keras-hub")} if is_hub(backbone.name) else {}),
+        },
     }
 
 

@@ -48,7 +48,7 @@ from featurecache.errors import (
 
 CURRENT = "current"
 WORKSPACE_SUFFIX = ".featurecache"
-#: Where featurecache versions before 0.2 kept their bookkeeping: inside the cache root
+#: Where earlier featurecache versions kept their bookkeeping: inside the cache root
 #: (zarr warns about these folders); ``featurecache gc`` removes them.
 LEGACY_BOOKKEEPING = (".staging", ".locks", ".engines")
 

@@ -54,7 +54,7 @@ def backbones() -> Output:
 
     keras-hub presets are used as hub:<preset> (hub:dinov2_small, or a preset folder).
     """
-    rows = api.backbones()
+    rows = api.list_backbones()
     return Output(rows, lambda: render.backbones(rows))
 
 

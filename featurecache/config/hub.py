@@ -50,7 +50,7 @@ def preset_of(name: str) -> str:
         raise UnknownBackboneError(
             "a keras-hub backbone needs a preset: hub:dinov2_small, or hub:<preset folder>"
         )
-    if "/" in preset or preset.startswith((".", "~")):
+    if "://" not in preset and ("/" in preset or preset.startswith((".", "~"))):
         folder = Path(preset).expanduser()
         if not (folder / "config.json").is_file():
             raise UnknownBackboneError(

@@ -16,7 +16,7 @@ from featurecache.errors import CacheError, DatasetError
 from featurecache.extraction import extract
 from featurecache.heads.train import train_heads
 from featurecache.images import content_key
-from featurecache.predict import predict
+from featurecache.prediction import predict
 
 SIZE = 64
 

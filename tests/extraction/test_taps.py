@@ -19,8 +19,8 @@ from featurecache.config import Augmentation, BackboneConfig, DatasetConfig, Pip
 from featurecache.deps import import_keras
 from featurecache.errors import ConfigError
 from featurecache.extraction import extract
-from featurecache.finetune.cached import train_model
-from featurecache.finetune.model import build_model
+from featurecache.finetuning.cached import train_model
+from featurecache.finetuning.model import build_model
 from tests.conftest import (
     CLASSES,
     assert_same_numbers,

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from featurecache.deps import import_keras
-from featurecache.finetune.activations import activation_batches
+from featurecache.finetuning.activations import activation_batches
 from tests.conftest import CLASSES, finetune_epochs_done, invoke, make_image, run_json, sigkill_when
 
 PIPELINE = """
@@ -157,7 +157,7 @@ def test_head_inputs_leave_the_pixels_alone_so_both_views_are_right():
     computed from pixels the identity view already preprocessed."""
     from featurecache.backbones import build_backbone
     from featurecache.config import BackboneConfig
-    from featurecache.predict import head_inputs
+    from featurecache.prediction import head_inputs
 
     config = BackboneConfig(name="mobilenet_v2", weights="none", input_size=64)
     built = build_backbone(config.replace(views=("identity", "flip")))

@@ -75,7 +75,7 @@ def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datas
 
 def test_a_parity_failure_stops_with_a_clear_message(trained, monkeypatch):
     work, common = trained
-    monkeypatch.setattr("featurecache.finetune.run.PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr("featurecache.finetuning.run.PARITY_TOLERANCE", -1.0)
     result = invoke(
         "finetune", REPO / "pipelines" / "catvnoncat.toml", *common, "--epochs", 1, "--max-steps", 1
     )
@@ -162,7 +162,7 @@ def test_sigterm_stops_finetuning_after_a_step_and_the_rerun_resumes(trained):
 
 
 def test_unfreeze_opens_only_the_last_block_and_keeps_batchnorm_frozen():
-    from featurecache.finetune.model import unfreeze
+    from featurecache.finetuning.model import unfreeze
 
     built = build_backbone(BackboneConfig(name="mobilenet_v2", weights="none", input_size=96))
     opened = unfreeze(built)
@@ -192,7 +192,7 @@ def test_the_gpu_branch_trains_in_mixed_precision_and_restores_the_policy(traine
     so what runs is the same Keras code as on a GPU, in float16 with loss scaling."""
     work, common = trained
     keras = import_keras()
-    monkeypatch.setattr("featurecache.finetune.run.gpu_available", lambda: True)
+    monkeypatch.setattr("featurecache.finetuning.run.gpu_available", lambda: True)
     doc = finetune_steps(common, 1)
     assert doc["device"] == "GPU"
     assert keras.mixed_precision.global_policy().name == "float32"

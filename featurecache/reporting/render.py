@@ -1,5 +1,5 @@
 """The text of ``featurecache report``, as Markdown (written out by
-:mod:`featurecache.report.write`).
+:mod:`featurecache.reporting.write`).
 
 Accuracies are top-1 fractions printed with 3 decimals; intervals are the 95%
 percentile-bootstrap intervals stored in ``metrics.json``
@@ -17,7 +17,7 @@ from typing import Any
 
 from featurecache.cache import recipe
 from featurecache.config import Reference
-from featurecache.report.collect import Block, Collection
+from featurecache.reporting.collect import Block, Collection
 from featurecache.runs import HeadRecord
 
 SPLIT_ORDER = ("train", "validation", "test")

@@ -7,7 +7,7 @@ once per image and stored its activation map (``activations``, and
 (:func:`featurecache.backbones.taps.tail_model`) and the dense head, so an epoch costs
 the tail's forward and backward passes, not the whole backbone's plus decoding.
 
-Batches are streamed from zarr (:mod:`featurecache.finetune.activations`), so memory
+Batches are streamed from zarr (:mod:`featurecache.finetuning.activations`), so memory
 stays flat however many images the data set has.
 """
 
@@ -27,10 +27,10 @@ from featurecache.config import Augmentation, BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing
 from featurecache.deps import gpu_available, import_keras
 from featurecache.errors import CacheError, ConfigError
-from featurecache.finetune import model as models
-from featurecache.finetune.activations import activation_batches, predict_cached, view_array
-from featurecache.finetune.data import read_pixels
-from featurecache.finetune.run import PARITY_IMAGES, FinetuneResult, Run, load_dense_head
+from featurecache.finetuning import model as models
+from featurecache.finetuning.activations import activation_batches, predict_cached, view_array
+from featurecache.finetuning.data import read_pixels
+from featurecache.finetuning.run import PARITY_IMAGES, FinetuneResult, Run, load_dense_head
 from featurecache.metrics import evaluate
 from featurecache.runs import RunLayout
 
@@ -74,7 +74,7 @@ def trainable_layers(built: BuiltBackbone) -> list[str]:
 class CacheRun(Run):
     """One data set x backbone fine-tuned from its cached activation maps.
 
-    The stage's steps are :class:`~featurecache.finetune.run.Run`'s (start, train with
+    The stage's steps are :class:`~featurecache.finetuning.run.Run`'s (start, train with
     early stopping and per-epoch checkpoints, finish); what differs is the model trained
     (:func:`train_model`), the batches (:func:`activation_batches`), the parity check
     (the assembled model on raw pixels against the tail on cached activations) and the

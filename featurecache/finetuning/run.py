@@ -2,7 +2,7 @@
 decoded images (:class:`Run`), and what every run shares: the starting dense head, the
 parity check, the history and the result (:class:`FinetuneResult`).
 
-The stage and its steps are described in :mod:`featurecache.finetune.train`.
+The stage and its steps are described in :mod:`featurecache.finetuning.train`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from featurecache.config import BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing, Record
 from featurecache.deps import gpu_available, import_keras
 from featurecache.errors import CacheError, ConfigError
-from featurecache.finetune import model as models
-from featurecache.finetune.activations import damage_named
-from featurecache.finetune.data import cached_rows, image_batches, predict_images, read_pixels
-from featurecache.finetune.outputs import write_outputs
+from featurecache.finetuning import model as models
+from featurecache.finetuning.activations import damage_named
+from featurecache.finetuning.data import cached_rows, image_batches, predict_images, read_pixels
+from featurecache.finetuning.outputs import write_outputs
 from featurecache.heads.files import load_model
 from featurecache.metrics import evaluate
 from featurecache.runs import HeadRecord, RunLayout

@@ -2,7 +2,7 @@
 
 The Markdown links its figures (copied next to it into ``<name>_files/``), so it reads
 well on GitHub; the HTML embeds them (base64), so it is one file to mail or open
-offline. Both come from the same text (:func:`featurecache.report.render.render`): the
+offline. Both come from the same text (:func:`featurecache.reporting.render.render`): the
 HTML is the Markdown converted by Python-Markdown. ``<name>.json`` holds every number
 shown, as read from each head's ``metrics.json``.
 """
@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from featurecache.report.collect import Collection
-from featurecache.report.render import render
+from featurecache.reporting.collect import Collection
+from featurecache.reporting.render import render
 from featurecache.runs import output_errors
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 For each data set x backbone of a pipeline, starting from the dense head that
 ``train-head`` wrote (``[finetune] head``, default ``dense``):
 
-1. build raw images -> backbone -> head (:func:`featurecache.finetune.model.build_model`);
+1. build raw images -> backbone -> head (:func:`featurecache.finetuning.model.build_model`);
 2. **parity check**: on a few training images, the rebuilt model's output must
    equal the head's output on the cached features (max absolute difference
    <= 1e-4); otherwise the cache and the live model disagree (preprocessing,
@@ -16,11 +16,11 @@ For each data set x backbone of a pipeline, starting from the dense head that
    so fine-tuning never hands back a model worse on validation than it was given;
 4. write ``model.keras`` (raw pixels in, probabilities out; ``featurecache
    predict`` takes its folder), ``history.json`` and the records and plots of
-   :mod:`featurecache.finetune.outputs`.
+   :mod:`featurecache.finetuning.outputs`.
 
 With ``[finetune] source = "cache"`` (``--from-cache``) the same steps train the layers
 after the backbone's ``finetune_from`` and the head from the cached activation maps
-(:mod:`featurecache.finetune.cached`): the parity check then compares the assembled
+(:mod:`featurecache.finetuning.cached`): the parity check then compares the assembled
 model on raw pixels with the tail on the cached activations, before and after training.
 """
 
@@ -30,8 +30,8 @@ from featurecache.cache import Cache, recipe
 from featurecache.config import Pipeline
 from featurecache.datasets import list_dataset
 from featurecache.errors import CacheError, ConfigError
-from featurecache.finetune.cached import CacheRun
-from featurecache.finetune.run import FinetuneResult, Run
+from featurecache.finetuning.cached import CacheRun
+from featurecache.finetuning.run import FinetuneResult, Run
 from featurecache.runs import RunLayout, output_errors
 
 

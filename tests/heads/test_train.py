@@ -22,13 +22,13 @@ class FitReturnsNothing(ClassifierMixin, BaseEstimator):
 def test_a_classifier_whose_fit_returns_nothing_is_still_trained(tmp_path):
     n = 12
     features = FeatureSet(
-        features=np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32),
-        labels=np.arange(n, dtype=np.int32) % 2,
+        X=np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32),
+        y=np.arange(n, dtype=np.int32) % 2,
         split=np.asarray(["train"] * 8 + ["test"] * 4, dtype=object),
         keys=np.asarray([f"k{i}" for i in range(n)], dtype=object),
         sources=np.asarray([f"s{i}" for i in range(n)], dtype=object),
         class_names=["a", "b"],
-        attrs={
+        provenance={
             "backbone": {"name": "mobilenet_v2"},
             "weights": {},
             "recipe_hash": "r",

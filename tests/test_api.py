@@ -97,6 +97,13 @@ def test_plain_zarr_and_xarray_see_a_clean_hierarchy(cache, tmp_path):
     assert list(ds.split.values[:3]) == list(fs.split[:3])
 
 
+def python_prints(code: str) -> str:
+    """What ``code`` prints in a new Python process (which must exit 0)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_reading_features_does_not_import_tensorflow(cache):
     code = (
         "import sys, featurecache\n"
@@ -105,9 +112,7 @@ def test_reading_features_does_not_import_tensorflow(cache):
         "heavy = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]\n"
         "print(fs.X.shape, heavy)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "(259, 1280) []"
+    assert python_prints(code) == "(259, 1280) []"
 
 
 def test_stages_return_what_the_command_prints_with_json(catvnoncat_run, tmp_path):
@@ -158,9 +163,7 @@ def test_the_package_exports_the_api_lazily():
         " 'extract', 'list_backbones'))\n"
         "print(sorted(n for n in featurecache.__all__ if not hasattr(featurecache, n)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert python_prints(code) == "[]"
 
 
 def test_gc_removes_the_bookkeeping_older_versions_kept_inside_the_cache(cache, tmp_path):

@@ -15,7 +15,7 @@ task models do the same):
   pooling (``ImageClassifier``'s ``GlobalAveragePooling2D``), or max with ``pooling="max"``.
 
 The preset's files (``config.json``, the image converter, the weights) are hashed into
-one SHA-256 (:func:`featurecache.config.hub.preset_sha256`), which the recipe uses as it
+one SHA-256 (:func:`featurecache.config.backbone.preset_sha256`), which the recipe uses as it
 uses a weights file's.
 """
 
@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
-from featurecache.config.hub import preset_of, preset_sha256
+from featurecache.config.backbone import preset_sha256
+from featurecache.config.hub import preset_of
 from featurecache.deps import import_keras
 from featurecache.errors import ConfigError, DependencyError
 from featurecache.quiet import quiet_import
@@ -58,7 +59,7 @@ def import_keras_hub() -> Any:
     return keras_hub
 
 
-def preset_folder(keras_hub: Any, preset: str) -> Path:
+def preset_folder(preset: str) -> Path:
     """The local folder holding the preset's files (downloaded first if named)."""
     from keras_hub.src.utils.preset_utils import get_file
 
@@ -134,7 +135,7 @@ def build_hub(config: BackboneConfig) -> dict[str, Any]:
     backbone, converter = _load(keras_hub, preset, config)
     model, pooled_as = pooled_model(backbone, config)
     model.trainable = False
-    folder = preset_folder(keras_hub, preset)
+    folder = preset_folder(preset)
 
     def preprocess(batch: Any) -> np.ndarray:
         """0-255 RGB float32 ``(b, size, size, 3)`` -> the converter's output (its resize

@@ -31,8 +31,8 @@ from typing import Any
 
 from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
-from featurecache.config.backbone import sha256_file
-from featurecache.config.hub import is_hub, preset_sha256
+from featurecache.config.backbone import preset_sha256, sha256_file
+from featurecache.config.hub import is_hub
 from featurecache.deps import BACKENDS, backend, backend_version, package_version
 from featurecache.errors import EngineError
 from featurecache.images import RESIZE_METHOD
@@ -208,7 +208,7 @@ def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
 
 def _weights_sha256(file: str | None, backbone: BackboneConfig) -> str | None:
     """SHA-256 of the weights recorded at ``file`` now: a weights file, or a keras-hub
-    preset folder (:func:`featurecache.config.hub.preset_sha256`); None if gone."""
+    preset folder (:func:`featurecache.config.backbone.preset_sha256`); None if gone."""
     if file and Path(file).is_file():
         return sha256_file(file)
     if file and Path(file, "config.json").is_file():

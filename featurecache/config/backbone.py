@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from featurecache.config import constraints as rules
-from featurecache.config.hub import is_hub, preset_of
+from featurecache.config.hub import IDENTITY_FILES, is_hub, preset_of
 from featurecache.config.registry import REGISTRY, BackboneSpec, get_spec
 from featurecache.errors import ConfigError
 
@@ -23,6 +23,22 @@ def sha256_file(path: str | Path) -> str:
     identity of the weights that made a set of features."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def preset_sha256(folder: str | Path, *, with_weights: bool) -> str:
+    """SHA-256 (hex) of a keras-hub preset folder: over its identity files
+    (:data:`featurecache.config.hub.IDENTITY_FILES`) and, ``with_weights``, its
+    ``*.weights.h5`` / ``*.weights.json`` files, as the name and :func:`sha256_file` of
+    each, sorted by name. The identity of a ``hub:`` backbone's weights, as a weights
+    file's SHA-256 is for the others."""
+    folder = Path(folder)
+    names = [n for n in IDENTITY_FILES if (folder / n).is_file()]
+    if with_weights:
+        names += [p.name for p in folder.iterdir() if ".weights." in p.name]
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(f"{name}\0{sha256_file(folder / name)}\n".encode())
+    return digest.hexdigest()
 
 
 def _weights(value: str) -> str:

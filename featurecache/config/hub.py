@@ -20,7 +20,6 @@ Differences from the registered ``keras.applications`` backbones:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -73,20 +72,3 @@ def preset_input_size(preset: str) -> int:
     if not size or len(set(size)) != 1:
         return DEFAULT_INPUT_SIZE
     return int(size[0])
-
-
-def preset_sha256(folder: str | Path, *, with_weights: bool) -> str:
-    """SHA-256 (hex) of a preset folder: over its identity files (:data:`IDENTITY_FILES`)
-    and, ``with_weights``, its ``*.weights.h5`` / ``*.weights.json`` files, as the name
-    and SHA-256 of each, sorted by name. The identity of a keras-hub backbone's weights,
-    as a weights file's SHA-256 is for the others."""
-    folder = Path(folder)
-    names = [n for n in IDENTITY_FILES if (folder / n).is_file()]
-    if with_weights:
-        names += [p.name for p in folder.iterdir() if ".weights." in p.name]
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        with open(folder / name, "rb") as fh:
-            file_digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        digest.update(f"{name}\0{file_digest}\n".encode())
-    return digest.hexdigest()

@@ -14,7 +14,7 @@ import pytest
 
 from featurecache.cache import Cache
 from featurecache.config import BackboneConfig
-from featurecache.config.hub import preset_sha256
+from featurecache.config.backbone import preset_sha256
 from featurecache.errors import ConfigError, UnknownBackboneError
 from tests.backbones.hub_presets import IMAGE_SIZE, save_tiny_presets
 from tests.conftest import CLASSES, invoke, make_image

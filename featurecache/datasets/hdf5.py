@@ -1,6 +1,14 @@
-"""HDF5 data sets: one file per split, images and labels as arrays (read row by row)."""
+"""HDF5 data sets: one file per split, images and labels as arrays.
+
+Rows are read in slabs aligned with the file's chunks (:class:`RowReader`): a
+gzip-compressed, chunked array (what h5py writes whenever compression is on, with
+chunks it picks itself) costs one decompression per chunk, not one per row.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -8,12 +16,62 @@ from featurecache.config import DatasetConfig, Hdf5Source
 from featurecache.datasets.records import Record, file_stat
 from featurecache.errors import DatasetError
 
+#: Largest slab a :class:`RowReader` holds in memory (bytes); a chunk taller than this
+#: is read in slabs of fewer rows, which HDF5's own chunk cache (:data:`CHUNK_CACHE`)
+#: then serves without decompressing the chunk again.
+SLAB_BYTES = 64 * 2**20
+#: HDF5's chunk cache per open file (``h5py.File(rdcc_nbytes=...)``; h5py's default is 1 MiB).
+CHUNK_CACHE = 64 * 2**20
+#: Slabs kept per array: decoding threads work on neighbouring rows, at most two slabs apart.
+SLABS_KEPT = 2
 
-def hdf5_records(config: DatasetConfig) -> tuple[list[Record], list[str], dict[str, object]]:
-    """The records of an HDF5 data set, its class names, and its open image arrays by file.
+
+class RowReader:
+    """One HDF5 image array, read row by row through slabs aligned with its chunks.
+
+    ``reader[i]`` is row ``i`` (an ndarray, the array's dtype). The slab holding it,
+    ``chunks[0]`` rows starting at a multiple of ``chunks[0]`` (capped at
+    :data:`SLAB_BYTES`), is read in one call and kept while its rows are used (the last
+    :data:`SLABS_KEPT` slabs), so each compressed chunk is decompressed once per pass,
+    not once per row. A contiguous array is read one row per call. Thread-safe: h5py
+    serialises its calls anyway, and the lock also guards the slab cache.
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.file = dataset.file
+        row_bytes = max(1, int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize)
+        chunk_rows = dataset.chunks[0] if dataset.chunks else 1
+        self.slab = max(1, min(chunk_rows, SLAB_BYTES // row_bytes))
+        self._slabs: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.dataset.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if self.slab == 1:
+            with self._lock:
+                return self.dataset[index]
+        start = index - index % self.slab
+        with self._lock:
+            rows = self._slabs.get(start)
+            if rows is None:
+                rows = self.dataset[start : start + self.slab]
+                self._slabs[start] = rows
+                while len(self._slabs) > SLABS_KEPT:
+                    self._slabs.popitem(last=False)
+            else:
+                self._slabs.move_to_end(start)
+        return rows[index - start].copy()
+
+
+def hdf5_records(config: DatasetConfig) -> tuple[list[Record], list[str], dict[str, RowReader]]:
+    """The records of an HDF5 data set, its class names, and its image arrays by file.
 
     ``source`` of a record is ``file.h5[index]``. The arrays stay open for reading rows
-    (:meth:`featurecache.datasets.Listing.close` closes them).
+    through a :class:`RowReader` each (:meth:`featurecache.datasets.Listing.close`
+    closes them).
 
     Raises
     ------
@@ -24,7 +82,7 @@ def hdf5_records(config: DatasetConfig) -> tuple[list[Record], list[str], dict[s
     import h5py
 
     records: list[Record] = []
-    arrays: dict[str, object] = {}
+    arrays: dict[str, RowReader] = {}
     class_names: list[str] | None = None
     for split, source in config.hdf5.items():
         if not source.path.is_file():
@@ -32,7 +90,7 @@ def hdf5_records(config: DatasetConfig) -> tuple[list[Record], list[str], dict[s
                 f"data set {config.name!r}: HDF5 file {str(source.path)!r} does not exist"
             )
         try:
-            handle = h5py.File(source.path, "r")
+            handle = h5py.File(source.path, "r", rdcc_nbytes=CHUNK_CACHE)
         except OSError as exc:
             raise DatasetError(f"{source.path}: not a readable HDF5 file: {exc}") from exc
         source = _resolve_hdf5_keys(handle, source)
@@ -47,7 +105,7 @@ def hdf5_records(config: DatasetConfig) -> tuple[list[Record], list[str], dict[s
             raise DatasetError(f"{source.path}: class names {names} differ from {class_names}")
         if class_names is None or len(names) > len(class_names):
             class_names = names
-        arrays[str(source.path)] = images
+        arrays[str(source.path)] = RowReader(images)
         size, mtime_ns = file_stat(source.path)
         records.extend(
             Record(

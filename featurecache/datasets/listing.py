@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 
 from featurecache.config import DatasetConfig
 from featurecache.datasets.files import keep_classes, list_csv, list_folder
-from featurecache.datasets.hdf5 import hdf5_records
+from featurecache.datasets.hdf5 import RowReader, hdf5_records
 from featurecache.datasets.records import Record
 from featurecache.datasets.splits import assign_splits
 from featurecache.errors import DatasetError, ImageDecodeError
@@ -42,8 +41,7 @@ class Listing:
     records: list[Record]
     fingerprint: str
     config: DatasetConfig
-    _arrays: dict[str, object] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _arrays: dict[str, RowReader] = field(default_factory=dict, repr=False)
 
     def split_counts(self) -> dict[str, int]:
         return dict(Counter(r.split for r in self.records))
@@ -84,18 +82,15 @@ class Listing:
         """The record's raw content: an HDF5 row, or a file's bytes."""
         if self.config.format == "hdf5":
             path, index = record.source.rsplit("[", 1)
-            with self._lock:  # h5py serialises access anyway; keep it explicit
-                return self._arrays[path][int(index.rstrip("]"))]  # type: ignore[index]
+            return self._arrays[path][int(index.rstrip("]"))]
         try:
             return Path(record.source).read_bytes()
         except OSError as exc:
             raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
 
     def close(self) -> None:
-        for handle in {id(h): h for h in self._arrays.values()}.values():
-            parent = getattr(handle, "file", None)
-            if parent is not None:
-                parent.close()
+        for handle in {id(r.file): r.file for r in self._arrays.values()}.values():
+            handle.close()
         self._arrays.clear()
 
 
@@ -108,7 +103,7 @@ def list_dataset(config: DatasetConfig) -> Listing:
         If the path does not exist, an HDF5 key is missing, a class folder is
         empty, or there are fewer than two classes; the message says how to fix it.
     """
-    arrays: dict[str, object] = {}
+    arrays: dict[str, RowReader] = {}
     if config.format == "hdf5":
         records, class_names, arrays = hdf5_records(config)
     else:

@@ -3,6 +3,11 @@
 KERAS_HOME must be set before Keras is first imported (Keras reads it at import
 time), so it is set here at collection: a writable copy of ../shared/keras, whose
 models/ holds the real ImageNet weight files under the names Keras looks for.
+
+FEATURECACHE_ENGINE is set to ``keras`` for the whole run (subprocesses included): most
+tests compare cached features bit for bit with the Keras model's own outputs, and the
+default engine, ``auto``, may pick ONNX Runtime by timing. The default itself is tested
+where it is named (tests/extraction/test_engines.py), with the variable removed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if "KERAS_HOME" not in os.environ and (SHARED / "keras" / "models").is_dir():
     shutil.copytree(SHARED / "keras" / "models", _home / "models")
     os.environ["KERAS_HOME"] = str(_home)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["FEATURECACHE_ENGINE"] = "keras"
 
 needs_shared = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"{DATASETS} is not present")
 

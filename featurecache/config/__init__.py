@@ -9,7 +9,7 @@
 - :mod:`~featurecache.config.options`: the same from ``--data`` / ``--backbone`` options.
 """
 
-from featurecache.config.backbone import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.config.backbone import ENGINE_ENV, RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.config.dataset import DatasetConfig, Hdf5Source, SplitRatios
 from featurecache.config.load import DATA_ROOT_ENV, discover, load_all, load_pipeline
 from featurecache.config.model import (
@@ -34,6 +34,7 @@ __all__ = [
     "CACHE_ENV",
     "DATA_ROOT_ENV",
     "DEFAULT_OUTPUT",
+    "ENGINE_ENV",
     "RANDOM_WEIGHTS_SEED",
     "REGISTRY",
     "Augmentation",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,18 @@ from featurecache.config import constraints as rules
 from featurecache.config.hub import IDENTITY_FILES, is_hub, preset_of
 from featurecache.config.registry import REGISTRY, BackboneSpec, get_spec
 from featurecache.errors import ConfigError
+
+#: Environment variable naming the engine of every backbone whose configuration names
+#: none (a pipeline file's ``engine``, ``--engine`` and ``engine=`` win over it).
+ENGINE_ENV = "FEATURECACHE_ENGINE"
+
+
+def default_engine() -> str:
+    """``$FEATURECACHE_ENGINE``, else ``"auto"``: ONNX Runtime where it is installed and
+    faster on this machine, else the Keras model (see
+    :mod:`featurecache.extraction.engines`)."""
+    return os.environ.get(ENGINE_ENV) or "auto"
+
 
 #: Seed of ``weights = "none"`` (random initialisation), so random backbones are reproducible.
 RANDOM_WEIGHTS_SEED = 0
@@ -80,10 +93,13 @@ class BackboneConfig:
     args : mapping
         Extra ``keras.applications`` arguments such as ``alpha``, over the registry's
         defaults.
-    engine : {"keras", "tensorflow", "onnxruntime", "auto"}
+    engine : {"auto", "keras", "tensorflow", "onnxruntime"}
         What runs the frozen backbone (see :mod:`featurecache.extraction.engines`):
-        ``keras`` runs the Keras model on the current Keras backend (``KERAS_BACKEND``);
-        ``tensorflow`` is its older name, for the TensorFlow backend only.
+        ``auto`` (the default, or ``$FEATURECACHE_ENGINE``: :func:`default_engine`) times
+        ONNX Runtime against the Keras model on a few batches when ONNX Runtime is
+        installed, keeps the faster and records which; ``keras`` runs the Keras model on
+        the current Keras backend (``KERAS_BACKEND``); ``tensorflow`` is its older name,
+        for the TensorFlow backend only.
     dtype : {"float32", "float16"}
         Storage type of the cached features (float16 halves the cache; features are
         read back as float32; ``benchmarks/storage.py`` measures the accuracy effect).
@@ -110,7 +126,7 @@ class BackboneConfig:
     input_size: int | None = None
     pooling: str = "avg"
     args: Mapping[str, Any] = field(default_factory=dict)
-    engine: str = "keras"
+    engine: str = field(default_factory=default_engine)
     dtype: str = "float32"
     finetune_from: str | None = None
     taps: tuple[str, ...] = ()

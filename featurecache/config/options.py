@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from featurecache.config.backbone import BackboneConfig
+from featurecache.config.backbone import BackboneConfig, default_engine
 from featurecache.config.constraints import SPLITS
 from featurecache.config.dataset import DatasetConfig, Hdf5Source
 from featurecache.config.load import load_pipeline
@@ -58,7 +58,7 @@ def pipeline_from_options(
     weights: str = "imagenet",
     pooling: str = "avg",
     input_size: int | None = None,
-    engine: str = "keras",
+    engine: str | None = None,
     dtype: str = "float32",
     cache: str | Path | None = None,
     output: str | Path | None = None,
@@ -85,7 +85,7 @@ def pipeline_from_options(
             weights=weights,
             pooling=pooling,
             input_size=input_size,
-            engine=engine,
+            engine=engine or default_engine(),
             dtype=dtype,
         )
         for b in (backbones or ["mobilenet_v2"])

@@ -109,6 +109,7 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
         size = built.config.input_size
         model = built.outputs_model
         model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
+        fold_normalization(model)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         start = time.perf_counter()
         model.export(str(tmp), format="onnx", verbose=False)
@@ -124,8 +125,8 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
     if len(inputs) != 1:
-        # Seen with EfficientNet: tf2onnx turns the Normalization layer's statistics
-        # into extra graph inputs, so the export cannot run on images alone.
+        # tf2onnx turns tensors captured by the model (not variables, not constants)
+        # into graph inputs; fold_normalization handles the case known so far.
         raise EngineError(
             f"engine 'onnxruntime' cannot run {built.config.name}: its ONNX export expects "
             f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not just the "
@@ -139,6 +140,35 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
             f"outputs, not {n_outputs}; delete {path} and run again"
         )
     return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, np.float32)})
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
+def fold_normalization(model) -> int:
+    """Make every ``keras.layers.Normalization`` in ``model`` hold its mean and variance
+    as numpy constants; returns how many it changed.
+
+    The layer keeps them as eager tensors computed from its weights (``finalize_state``
+    / ``build`` in ``keras/src/layers/preprocessing/normalization.py``). tf2onnx exports
+    such captured tensors as extra graph inputs (EfficientNet's ``normalization/Sub/y``
+    and ``Sqrt/x``), so the ONNX model cannot run on images alone; numpy arrays are
+    traced as constants instead. The values are the same, so the Keras model's outputs
+    do not change.
+    """
+    import keras
+
+    folded = 0
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
+            layer.mean = np.asarray(layer.mean)
+            layer.variance = np.asarray(layer.variance)
+            folded += 1
+    return folded
 
 
 def open_extractor(
@@ -178,7 +208,7 @@ def select(
     if engine != "auto":
         return engine, keras_runner(built)
     if not onnx_available():
-        log.warning("engine auto: onnxruntime is not installed, using tensorflow")
+        log.info("engine auto: onnxruntime is not installed, using tensorflow")
         return "tensorflow", keras_runner(built)
     size = built.config.input_size
     batch = built.preprocess(

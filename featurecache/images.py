@@ -158,7 +158,8 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
             if image.format == "JPEG":
                 image.draft("RGB", (size, size))  # no-op unless >= 2x the target
             image.load()
-            image = ImageOps.exif_transpose(image)
+            # in place: no copy of the whole image when there is nothing to turn
+            ImageOps.exif_transpose(image, in_place=True)
             return resize(to_rgb(image), size)
     except ImageDecodeError:
         raise

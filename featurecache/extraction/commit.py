@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,6 +104,7 @@ def _result(job: ExtractJob, n_images: int, content: str, split_counts: dict) ->
         skipped=job.stage.skipped,
         content_hash=content,
         engine=job.engine,
+        profile={k: round(v, 3) for k, v in asdict(job.profile).items()} if job.profile else {},
     )
 
 

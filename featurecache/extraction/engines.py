@@ -5,14 +5,17 @@ PyTorch), and is recorded under the backend's name (``tensorflow``, the engine's
 before backends were configurable, still asks for it on TensorFlow). ``onnxruntime``
 runs the ONNX export of the very same Keras model (Keras's own
 ``model.export(format="onnx")``, through tf2onnx, so on the TensorFlow backend only),
-cached on disk by model identity so it is exported once; on a CPU it is often several
-times faster (MobileNetV2: about 3x on the team's 2-core machine,
+cached on disk by model identity so it is exported once (EfficientNet's Normalization
+statistics folded into constants first: :func:`fold_normalization`); on a CPU it is often
+several times faster (MobileNetV2: 2-4x on the team's 2-core machine,
 ``benchmarks/engines.py``), and its features agree with TensorFlow's to about 1e-5.
-``auto`` times a few batches on each and keeps the faster, and says which (on another
-backend it is ``keras``).
+``auto``, the default (:func:`featurecache.config.backbone.default_engine`), times a few
+batches on each and keeps the faster, and says which (on another backend, or without
+ONNX Runtime, it is ``keras``).
 
 The engine is part of the extraction recipe: features from different engines go to
-different cache groups. ``pip install 'featurecache[onnx]'`` installs ONNX Runtime.
+different cache groups. ``featurecache[cpu]`` and ``featurecache[onnx]`` install ONNX
+Runtime.
 """
 
 from __future__ import annotations
@@ -47,17 +50,29 @@ class Extractor:
     engine: str
     runner: Runner
 
-    def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 RGB ``(size, size, 3)`` -> the backbone's input for the image, float32
+        ``(size, size, 3)`` (``preprocess_input`` works pixel by pixel, so one image at a
+        time gives the same numbers as a batch). Runs on the decoding threads."""
+        return np.asarray(self.built.preprocess(pixels[None].astype(np.float32)), np.float32)[0]
+
+    def outputs(
+        self, pixels: np.ndarray, prepared: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """uint8 RGB ``(batch, size, size, 3)`` -> every stored array of the batch, float32,
         by name (``BackboneConfig.stored``): ``features`` ``(batch, feature_dim)``, the
         pooled taps, the activation map, and each again for the flipped view
         (``<name>.flip``), which is computed as a batch of its own, so the identity view's
-        numbers do not depend on whether flips are stored."""
+        numbers do not depend on whether flips are stored. ``prepared``: the same images
+        through :meth:`prepare` already, used for the identity view."""
         config = self.built.config
         arrays: dict[str, np.ndarray] = {}
         for view in config.views:
-            images = pixels if view == "identity" else pixels[:, :, ::-1, :]
-            batch = self.built.preprocess(np.asarray(images, dtype=np.float32))
+            if view == "identity" and prepared is not None:
+                batch = prepared
+            else:
+                images = pixels if view == "identity" else pixels[:, :, ::-1, :]
+                batch = self.built.preprocess(np.asarray(images, dtype=np.float32))
             values = self.runner(batch)
             for name, value in zip(config.outputs, values, strict=True):
                 key = name if view == "identity" else f"{name}.{view}"
@@ -122,6 +137,9 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    # Idle intra-op threads sleep instead of spinning, so decoding threads get the cores
+    # between batches (ONNX Runtime's threading docs: session.intra_op.allow_spinning).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -175,8 +193,13 @@ def open_extractor(
     built: BuiltBackbone, requested: str, folder: Path, model_id: str, batch_size: int = 32
 ) -> Extractor:
     """The :class:`Extractor` of ``built`` on the engine ``requested`` (``auto`` resolved by
-    :func:`select`); ONNX exports are kept in ``folder``, named by ``model_id``."""
+    :func:`select`); ONNX exports are kept in ``folder``, named by ``model_id``. The engine
+    has run one batch already (Keras traces its function, ONNX Runtime allocates), so a
+    run's images/s measure the steady state."""
     engine, runner = select(built, requested, folder, model_id, batch_size)
+    if requested != "auto":  # auto has run batches already; the first call sets up
+        size = built.config.input_size
+        runner(built.preprocess(np.zeros((batch_size, size, size, 3), np.float32)))
     return Extractor(built=built, engine=engine, runner=runner)
 
 

@@ -45,7 +45,8 @@ class ExtractResult:
     been computed by an interrupted run); ``n_reused`` were taken from the cache;
     ``n_new``, ``n_changed`` and ``n_removed`` compare the data set with the previous
     generation; ``seconds`` is wall time, ``images_per_second`` the backbone's rate over
-    the computed images.
+    the computed images; ``profile`` says where the compute pass's wall time went
+    (:class:`Profile`, seconds; in-process extraction only).
     """
 
     dataset: str
@@ -67,6 +68,7 @@ class ExtractResult:
     content_hash: str = ""
     engine: str = ""
     execution: str = "local"
+    profile: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +98,7 @@ class ExtractJob:
     extractor: Extractor | None = None
     n_computed: int = 0
     compute_seconds: float = 0.0
+    profile: Profile | None = None
 
     @property
     def batch_size(self) -> int:
@@ -129,6 +132,23 @@ class BatchOutput:
 
 
 @dataclass
+class Profile:
+    """Where a compute pass's wall time went, in seconds: ``waiting`` for decoded images
+    (the backbone idle), ``backbone`` (preprocessing and inference, every backbone of the
+    pass) and ``writing`` (making batches durable, or handing them on)."""
+
+    waiting: float = 0.0
+    backbone: float = 0.0
+    writing: float = 0.0
+
+    def describe(self) -> str:
+        return (
+            f"backbone {self.backbone:.1f} s, waiting for decoded images {self.waiting:.1f} s, "
+            f"writing {self.writing:.1f} s"
+        )
+
+
+@dataclass
 class BatchWork:
     """Batches for one backbone in :func:`compute_batches`: their numbers and the record
     indices (ascending) of each. ``owner`` is whatever the callback needs back."""
@@ -147,10 +167,10 @@ def compute_batch(extractor: Extractor, listing: Listing, items: Sequence[Decode
     Only the decodable images go through the backbone, together, as one batch.
     """
     size = extractor.built.config.input_size
-    keys = [key or "" for _, key, _, _ in items]
+    keys = [key or "" for _, key, _, _, _ in items]
     skipped = [
         {"source": storable(listing.records[index].source), "reason": str(error)}
-        for index, _, _, error in items
+        for index, _, _, error, _ in items
         if error is not None
     ]
     for item in skipped:
@@ -160,9 +180,12 @@ def compute_batch(extractor: Extractor, listing: Listing, items: Sequence[Decode
         name: np.zeros((len(items), *shapes[_output(name)]), np.float32)
         for name in extractor.built.config.stored()
     }
-    good = [i for i, (_, _, _, error) in enumerate(items) if error is None]
+    good = [i for i, item in enumerate(items) if item[3] is None]
     if good:
-        computed = extractor.outputs(np.stack([items[i][2][size] for i in good]))
+        computed = extractor.outputs(
+            np.stack([items[i][2][size] for i in good]),
+            np.stack([items[i][4][id(extractor)] for i in good]),
+        )
         for name, values in computed.items():
             arrays[name][good] = values
     return BatchOutput(arrays, keys, skipped)
@@ -201,8 +224,9 @@ def compute_batches(
     *,
     progress: bool = False,
     label: str = "",
-) -> None:
+) -> Profile:
     """Compute every batch of ``work``; ``on_batch(work, number, output)`` after each.
+    Returns where the time went.
 
     Each image is read once and decoded once per input size that some backbone needs;
     each backbone runs exactly its planned batches, so its features do not depend on
@@ -221,11 +245,24 @@ def compute_batches(
     order = sorted(need)
     sizes = {i: sorted({w.extractor.built.config.input_size for w in need[i]}) for i in order}
     bar = tqdm(total=len(order), unit="img", dynamic_ncols=True, disable=not progress, desc=label)
+    profile = Profile()
+
+    def prepare(index: int, pixels: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Each backbone's input for image ``index``, by ``id`` of its extractor."""
+        extractors = {id(w.extractor): w.extractor for w in need[index]}
+        return {k: e.prepare(pixels[e.built.config.input_size]) for k, e in extractors.items()}
+
+    batches = decoded_batches(listing, order, sizes, batch_size, prepare=prepare)
     with bar:
-        for decoded in decoded_batches(listing, order, sizes, batch_size):
+        while True:
+            start = time.perf_counter()
+            decoded = next(batches, None)
+            profile.waiting += time.perf_counter() - start
+            if decoded is None:
+                return profile
             for image in decoded:
                 for item in need[image[0]]:
-                    _add(listing, item, image, on_batch)
+                    _add(listing, item, image, on_batch, profile)
             bar.update(len(decoded))
 
 
@@ -234,6 +271,7 @@ def _add(
     item: BatchWork,
     image: Decoded,
     on_batch: Callable[[BatchWork, int, BatchOutput], None],
+    profile: Profile,
 ) -> None:
     item._buffer.append(image)
     rows = item.rows[item._next]
@@ -241,8 +279,12 @@ def _add(
         return
     if [index for index, *_ in item._buffer] != rows:
         raise RuntimeError("internal error: a decoded batch is not the planned batch")
+    start = time.perf_counter()
     output = compute_batch(item.extractor, listing, item._buffer)
+    middle = time.perf_counter()
     on_batch(item, item.batches[item._next], output)
+    profile.backbone += middle - start
+    profile.writing += time.perf_counter() - middle
     item._buffer = []
     item._next += 1
 

@@ -1,19 +1,25 @@
 """Computing the missing batches in this process: decoding threads feed the backbone.
 
-Each batch is made durable in its job's staging area (written, then recorded) before
-the next, so a killed run resumes at the last finished batch with the same batches,
-and its features are bit-identical to an uninterrupted run's. SIGTERM or SIGINT stops
-the run after the batch in hand is durable (:mod:`featurecache.stopping`).
+Each batch is made durable in its job's staging area (written, then recorded) on a
+writer thread while the backbone runs the next one; the batch after that waits until it
+is, so at most one finished batch is not yet durable. A killed run resumes at the last
+durable batch with the same batches, and its features are bit-identical to an
+uninterrupted run's. SIGTERM or SIGINT stops the run once the batch in hand is durable
+(:mod:`featurecache.stopping`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from featurecache.datasets import Listing
 from featurecache.extraction.job import BatchOutput, BatchWork, ExtractJob, compute_batches
 from featurecache.stopping import graceful_stop
+
+log = logging.getLogger(__name__)
 
 
 def run_local(
@@ -21,7 +27,8 @@ def run_local(
 ) -> None:
     """Compute every job's missing batches, decoding each image once per input size.
 
-    Fills in each job's ``n_computed`` and ``compute_seconds`` (wall time of the pass).
+    Fills in each job's ``n_computed``, ``compute_seconds`` (wall time of the pass) and
+    ``profile`` (of the pass).
 
     Raises
     ------
@@ -39,18 +46,33 @@ def run_local(
     def done() -> str:
         return f"{sum(job.stage.records_done for job in jobs)} of {total} images"
 
-    with graceful_stop() as stop:
+    pending: list[Future[None]] = []
+
+    def durable(job: ExtractJob, number: int, output: BatchOutput) -> None:
+        job.stage.write(number, output.arrays, output.keys)
+        job.stage.record([number], output.skipped)
+        job.n_computed += output.n_computed
+
+    def wait() -> None:
+        while pending:
+            pending.pop().result()  # raises the writer's error (a full disk) here
+
+    with graceful_stop() as stop, ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
 
         def record(work: BatchWork, number: int, output: BatchOutput) -> None:
-            job: ExtractJob = work.owner
-            job.stage.write(number, output.arrays, output.keys)
-            job.stage.record([number], output.skipped)
-            job.n_computed += output.n_computed
-            stop.check(done)
+            wait()
+            pending.append(writer.submit(durable, work.owner, number, output))
+            if stop.signal_name is not None:
+                wait()
+                stop.check(done)
 
         stop.check(done)
-        compute_batches(
+        profile = compute_batches(
             listing, work, batch_size, record, progress=progress, label=f"{listing.name} x {names}"
         )
+        wait()
+    seconds = time.perf_counter() - start
+    log.info("%s x %s: %s in %.1f s: %s", listing.name, names, done(), seconds, profile.describe())
     for item in work:
-        item.owner.compute_seconds = time.perf_counter() - start
+        item.owner.compute_seconds = seconds
+        item.owner.profile = profile

@@ -73,6 +73,10 @@ def test_extract_writes_features_equal_to_the_backbone(pipeline):
     assert attrs["weights"] == {"spec": "none", "file": None, "sha256": None, "random_seed": 0}
     assert attrs["preprocessing"] == "keras.applications.mobilenet_v2.preprocess_input"
     assert attrs["versions"]["keras"] and attrs["dataset"]["fingerprint"] == listing.fingerprint
+    # where the compute pass's time went: the backbone ran, the rest is waiting
+    assert set(result.profile) == {"waiting", "backbone", "writing"}
+    assert result.profile["backbone"] > 0 and min(result.profile.values()) >= 0
+    assert sum(result.profile.values()) <= result.seconds
 
 
 def test_second_extract_is_a_cache_hit_without_building(pipeline, monkeypatch):

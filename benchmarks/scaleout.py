@@ -49,13 +49,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=960)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--engine", default="tensorflow", help="tensorflow or onnxruntime")
     args = parser.parse_args()
-    from distributed import LocalCluster
 
     from featurecache.cache import Cache
     from featurecache.config import BackboneConfig, DatasetConfig, Pipeline
     from featurecache.extraction import extract
-    from featurecache.extraction.dask import Cluster, shard_batches
+    from featurecache.extraction.cluster import Cluster, connect
+    from featurecache.extraction.dask import shard_batches
 
     work = Path(tempfile.mkdtemp(prefix="fc-bench-scaleout-"))
     data = subset(args.images, work / "fingers")
@@ -67,7 +68,7 @@ def main() -> None:
         return Pipeline(
             name=name,
             datasets=(DatasetConfig(name=name, format="folder", path=folder),),
-            backbones=(BackboneConfig(name="mobilenet_v2"),),
+            backbones=(BackboneConfig(name="mobilenet_v2", engine=args.engine),),
             heads=(),
             cache=cache,
             output=work / "runs",
@@ -102,10 +103,9 @@ def main() -> None:
         # backbone inside the measured time. Warm: the same workers again (they keep
         # the built backbone), into a new cache: the steady state of a long run.
         measure(f"dask {workers}w, new cluster", workers, Cluster(workers=workers))
-        with LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as local:
-            address = Cluster(scheduler=local.scheduler_address)
+        # The LocalCluster featurecache starts itself (connect), reached by its address.
+        with connect(Cluster(workers=workers)) as client:
+            address = Cluster(scheduler=client.scheduler.address)
             # untimed: every worker imports TensorFlow and builds the backbone
             extract(pipeline_for("warmup", warmup_data, work / f"w{workers}"), cluster=address)
             measure(f"dask {workers}w, warm workers", workers, address)
@@ -126,7 +126,7 @@ def main() -> None:
         "scaleout",
         {
             "benchmark": "scaleout",
-            "backbone": "mobilenet_v2 (imagenet, 224 px), tensorflow engine, batch 32",
+            "backbone": f"mobilenet_v2 (imagenet, 224 px), {args.engine} engine, batch 32",
             "data": f"fingers train, first {args.images // 6} per class",
             "cpu_count": os.cpu_count(),
             "rows": rows,

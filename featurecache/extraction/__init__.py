@@ -11,7 +11,7 @@
 - :mod:`~featurecache.extraction.commit`: the new generation, published atomically.
 """
 
-from featurecache.extraction.dask import Cluster
+from featurecache.extraction.cluster import Cluster
 from featurecache.extraction.extract import extract, extract_dataset
 from featurecache.extraction.job import ExtractResult
 

@@ -32,9 +32,8 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,16 @@ from featurecache.cache import Cache, recipe
 from featurecache.cache.staging import write_stage_batch
 from featurecache.config import BackboneConfig, DatasetConfig
 from featurecache.datasets import Listing, list_dataset
-from featurecache.errors import ClusterError, DatasetError, DependencyError, EngineError
+from featurecache.errors import ClusterError, DatasetError, EngineError
+from featurecache.extraction.cluster import LazyClient
 from featurecache.extraction.engines import Extractor, open_extractor
-from featurecache.extraction.job import BatchOutput, BatchWork, ExtractJob, compute_batches
+from featurecache.extraction.job import (
+    BatchOutput,
+    BatchWork,
+    ExtractJob,
+    Profile,
+    compute_batches,
+)
 from featurecache.stopping import graceful_stop
 
 log = logging.getLogger(__name__)
@@ -58,121 +64,11 @@ MAX_SHARD_BATCHES = 8
 SHARDS_PER_WORKER = 4
 
 
-@dataclass(frozen=True)
-class Cluster:
-    """Where extraction runs: ``scheduler`` (``tcp://host:8786``) for an existing Dask
-    cluster, or ``workers`` worker processes of a new ``LocalCluster``.
-
-    ``retries`` is how many more times Dask runs a shard whose task raised.
-
-    Raises
-    ------
-    ClusterError
-        If both or neither of ``scheduler`` and ``workers`` are given, or ``workers`` < 1.
-    """
-
-    scheduler: str | None = None
-    workers: int | None = None
-    retries: int = 2
-
-    def __post_init__(self) -> None:
-        if (self.scheduler is None) == (self.workers is None):
-            raise ClusterError(
-                "give either --scheduler (an existing Dask cluster) or --workers (a new local one)"
-            )
-        if self.workers is not None and self.workers < 1:
-            raise ClusterError("--workers must be at least 1")
-
-    @classmethod
-    def from_options(cls, scheduler: str | None, workers: int | None) -> Cluster | None:
-        """The cluster ``--scheduler`` / ``--workers`` ask for; ``None`` to run locally."""
-        if scheduler is None and workers is None:
-            return None
-        return cls(scheduler=scheduler, workers=workers)
-
-    def describe(self) -> str:
-        if self.scheduler:
-            return f"dask ({self.scheduler})"
-        return f"dask (LocalCluster, {self.workers} workers)"
-
-
 def shard_batches(n_batches: int, n_workers: int) -> int:
     """Batches per shard: at most :data:`MAX_SHARD_BATCHES`, and small enough that each
     worker gets :data:`SHARDS_PER_WORKER` shards when there are that many batches."""
     wanted = math.ceil(n_batches / (SHARDS_PER_WORKER * max(1, n_workers)))
     return max(1, min(MAX_SHARD_BATCHES, wanted))
-
-
-@contextmanager
-def connect(cluster: Cluster) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``cluster``; a ``LocalCluster`` is closed afterwards.
-
-    Raises
-    ------
-    DependencyError
-        If ``distributed`` is not installed (``pip install 'featurecache[dask]'``).
-    ClusterError
-        If the scheduler cannot be reached.
-    """
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise DependencyError(
-            "--scheduler/--workers need Dask: pip install 'featurecache[dask]'"
-        ) from exc
-    if cluster.scheduler:
-        try:
-            client = Client(cluster.scheduler, timeout="10s")
-        except OSError as exc:
-            raise ClusterError(
-                f"cannot reach the Dask scheduler at {cluster.scheduler}: {exc}"
-            ) from exc
-        with client:
-            yield client
-        return
-    # One task per worker process at a time: the backbone uses every core it is given.
-    local = LocalCluster(
-        n_workers=cluster.workers, threads_per_worker=1, processes=True, dashboard_address=None
-    )
-    with local, Client(local) as client:
-        client.wait_for_workers(cluster.workers)
-        yield client
-
-
-class LazyClient:
-    """Connects to ``cluster`` on first use (a cache hit starts no cluster); closed with
-    ``stack``."""
-
-    def __init__(self, cluster: Cluster, stack: ExitStack) -> None:
-        self.cluster = cluster
-        self._stack = stack
-        self._client: Any = None
-
-    def get(self) -> Any:
-        if self._client is None:
-            self._client = self._stack.enter_context(connect(self.cluster))
-        return self._client
-
-
-def check_reachable(cache: Cache, cluster: Cluster) -> None:
-    """Refuse a cache the workers cannot write to; warn where it is up to the user.
-
-    Raises
-    ------
-    ClusterError
-        For a ``memory://`` cache: it lives in this process only.
-    """
-    if not cache.location.local and cache.url.startswith("memory://"):
-        raise ClusterError(
-            f"the cache {cache.url} lives in this process's memory, which Dask workers "
-            "cannot reach; use a folder (shared by the workers) or an s3:// URL"
-        )
-    if cluster.scheduler and cache.location.local:
-        log.warning(
-            "the cache %s is a local folder: every Dask worker must see it at the same path "
-            "(a shared file system), and the data set too",
-            cache.url,
-        )
 
 
 @dataclass(frozen=True)
@@ -205,6 +101,7 @@ class ShardResult:
     n_computed: int = 0
     seconds: float = 0.0
     worker: str = ""
+    profile: dict[str, float] = field(default_factory=dict)
 
 
 #: Per worker process: listings and extractors, reused by later shards.
@@ -267,8 +164,9 @@ def compute_shard(spec: ShardSpec) -> ShardResult:
         result.n_computed += output.n_computed
 
     work = BatchWork(_extractor(spec), list(spec.batches), [list(r) for r in spec.indices])
-    compute_batches(_listing(spec), [work], spec.batch_size, write)
+    profile = compute_batches(_listing(spec), [work], spec.batch_size, write)
     result.seconds = time.perf_counter() - start
+    result.profile = asdict(profile)
     return result
 
 
@@ -375,12 +273,13 @@ def _collect(
                     log.warning("skipped %s", item["reason"])
                 job.n_computed += result.n_computed
                 log.info(
-                    "shard of batches %d-%d: %d images in %.1f s on %s",
+                    "shard of batches %d-%d: %d images in %.2f s on %s: %s",
                     result.batches[0],
                     result.batches[-1],
                     result.n_computed,
                     result.seconds,
                     result.worker,
+                    Profile(**result.profile).describe(),
                 )
                 future.release()  # the result is recorded: a dead worker cannot lose it
                 done += 1

@@ -29,6 +29,7 @@ from typing import Any
 from featurecache.cache import Cache
 from featurecache.config import BackboneConfig, Pipeline
 from featurecache.datasets import Listing, list_dataset
+from featurecache.extraction import cluster as clusters
 from featurecache.extraction import dask
 from featurecache.extraction.commit import commit
 from featurecache.extraction.job import ExtractJob, ExtractResult, prepare
@@ -40,7 +41,7 @@ def extract(
     *,
     progress: bool = False,
     wait: bool = True,
-    cluster: dask.Cluster | None = None,
+    cluster: clusters.Cluster | None = None,
 ) -> list[ExtractResult]:
     """Extract every data set x backbone of ``pipeline`` into its cache.
 
@@ -65,9 +66,9 @@ def extract(
     with ExitStack() as stack:
         client = None
         if cluster is not None:
-            dask.check_reachable(cache, cluster)
+            clusters.check_reachable(cache, cluster)
             # Connected (a LocalCluster started) only when something must be computed.
-            client = dask.LazyClient(cluster, stack)
+            client = clusters.LazyClient(cluster, stack)
         for dataset in pipeline.datasets:
             listing = list_dataset(dataset)
             try:

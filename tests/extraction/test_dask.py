@@ -20,7 +20,8 @@ import pytest
 
 from featurecache.cache import Cache
 from featurecache.config import load_pipeline
-from featurecache.extraction.dask import MAX_SHARD_BATCHES, Cluster, shard_batches
+from featurecache.extraction.cluster import Cluster
+from featurecache.extraction.dask import MAX_SHARD_BATCHES, shard_batches
 from tests.conftest import assert_same_numbers, invoke, link_fingers, workspace
 
 pytestmark = pytest.mark.real_weights

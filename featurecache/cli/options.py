@@ -76,10 +76,11 @@ SizeOpt = Annotated[
 EngineOpt = Annotated[
     str | None,
     _option(
-        "What runs the backbone: keras (default: the Keras model on KERAS_BACKEND), "
-        "onnxruntime (TensorFlow backend; pip install 'featurecache[onnx]'), or auto "
-        "(on TensorFlow: times both, keeps the faster; elsewhere: keras). Overrides the "
-        "pipeline file's."
+        "What runs the backbone: auto (the default, or $FEATURECACHE_ENGINE: on "
+        "TensorFlow with ONNX Runtime installed, times both and keeps the faster; "
+        "elsewhere keras), keras (the Keras model on KERAS_BACKEND) or onnxruntime "
+        "(TensorFlow backend; pip install 'featurecache[onnx]'). Overrides the pipeline "
+        "file's."
     ),
 ]
 DtypeOpt = Annotated[

@@ -18,6 +18,142 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def extraction_section(ext: dict) -> list[str]:
+    rows = [r for r in ext["rows"] if "engines" in r]
+    lines = [
+        "## (a) Extraction against the Keras guide's pipeline and the pipelined limit",
+        "",
+        f"`benchmarks/extraction.py` on {ext['date']}: MobileNetV2 with ImageNet weights, "
+        "224 px, batch 32, every figure of a data set from the same run. *Decode*: "
+        "featurecache's input side alone (read, hash, decode, resize, `preprocess_input`), one "
+        "thread per core. *Backbone*: the engine alone on preprocessed batches (mean of a "
+        "measurement just before and just after its extraction). *Limit*: "
+        "`1 / (1/backbone + 1/decode)`, the best a pipeline can do when decoding and inference "
+        "share the same cores. *Extraction*: `extract` into a fresh cache, images over the "
+        "compute phase; the last three columns are its own profile (seconds the backbone ran, "
+        "waited for decoded images, waited for the previous batch's write). photos_hires: "
+        "the 16 camera JPEGs (8-24 MP), each copied with a distinct JPEG comment so that no "
+        "two files share a content key.",
+        "",
+        "| data set | images | engine | decode img/s | backbone img/s | limit img/s "
+        "| extraction img/s | of limit | backbone s | waiting s | writing s |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        for engine, e in r["engines"].items():
+            p = e["profile"]
+            lines.append(
+                f"| {r['dataset']} | {r['n_images']:,} | {engine} | "
+                f"{r['decode_images_per_s']:.1f} | {e['backbone_images_per_s']:.1f} | "
+                f"{e['limit_images_per_s']:.1f} | {e['extraction_images_per_s']:.1f} | "
+                f"{e['of_limit']:.2f} | {p['backbone']:.1f} | {p['waiting']:.1f} | "
+                f"{p['writing']:.2f} |"
+            )
+    lines += [
+        "",
+        "Against what the Keras guide has users write "
+        "([transfer learning](https://keras.io/guides/transfer_learning/), "
+        "[image data loading](https://keras.io/api/data_loading/image/)): "
+        "`keras.utils.image_dataset_from_directory` (tf.data, parallel decoding, bilinear "
+        "resize without antialiasing) with `preprocess_input` mapped over it and "
+        "`.prefetch(AUTOTUNE)`, then `model.predict` of the same backbone, timed from the "
+        "listing call to the last prediction. *Default*: `extract` with no engine named "
+        "(`auto`), with the engine it chose.",
+        "",
+        "| data set | Keras guide img/s | default engine | default img/s | default / guide "
+        "| tensorflow img/s | tensorflow / guide |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if "peer_images_per_s" not in r:
+            continue
+        tf = r["engines"].get("tensorflow", {}).get("extraction_images_per_s", float("nan"))
+        lines.append(
+            f"| {r['dataset']} | {r['peer_images_per_s']:.1f} | {r['default']['engine']} | "
+            f"{r['default']['images_per_s']:.1f} | {r['default_vs_peer']:.2f}x | {tf:.1f} | "
+            f"{r.get('tensorflow_vs_peer', float('nan')):.2f}x |"
+        )
+    bounds = [
+        f"{r['dataset']} {e['limit_images_per_s'] / r['peer_images_per_s']:.2f}x "
+        f"({e['backbone_images_per_s'] / r['peer_images_per_s']:.2f}x)"
+        for r in rows
+        if "peer_images_per_s" in r and (e := r["engines"].get("onnxruntime"))
+    ]
+    if bounds:
+        lines += [
+            "",
+            "How far ahead of the guide the default can be is bounded by ONNX Runtime's limit "
+            "on this machine; limit / guide (and ONNX Runtime's backbone alone / guide, the "
+            "bound even if decoding were free): " + ", ".join(bounds) + ". The guide's own "
+            "pipeline decodes with TensorFlow's JPEG decoder and resizes without antialiasing, "
+            "which costs less CPU per image than Pillow's antialiased resize, so on small "
+            "photos it comes within a few percent of featurecache's TensorFlow limit, or above it.",
+        ]
+    for r in ext["rows"]:
+        if "gzip_vs_contiguous" in r:
+            rates = r["rates"]
+            lines += [
+                "",
+                f"HDF5 (the CIFAR-10 subset as uint8 arrays, ONNX Runtime): contiguous file "
+                f"{rates['contiguous']:.1f} images/s, gzip-compressed with h5py's own chunks "
+                f"{rates['gzip']:.1f} images/s: **{r['gzip_vs_contiguous']:.2f}x**. Rows are "
+                "read in slabs aligned with the file's chunks, each slab kept while its rows "
+                "are used. Before, each row was its own read: with these chunks one row "
+                "touches 48 chunks of 32 KB, more than h5py's 1 MiB chunk cache holds, so "
+                "every row decompressed all 48 again.",
+            ]
+    for r in rows:
+        if r.get("ablation"):
+            lines += [
+                "",
+                f"What the pipeline's settings are worth ({r['dataset']}, ONNX Runtime "
+                "extraction, images/s; featurecache uses one decoding thread per core and "
+                "ONNX Runtime's idle threads not spinning):",
+                "",
+                "| decoding threads | ONNX Runtime spinning | extraction img/s |",
+                "| ---: | --- | ---: |",
+            ]
+            lines += [
+                f"| {a['decode_threads']} | {'yes' if a['spinning'] else 'no'} | "
+                f"{a['images_per_s']:.1f} |"
+                for a in r["ablation"]
+            ]
+    return lines + [""]
+
+
+def scaleout_section(so: dict) -> list[str]:
+    base = so["rows"][0]["compute_images_per_s"]
+    lines = [
+        "## Scale-out: a Dask LocalCluster against the same process",
+        "",
+        f"`benchmarks/scaleout.py` on {so['date']}: {so['data']}, {so['backbone']}. *New "
+        "cluster* counts starting the workers (each imports TensorFlow and builds the "
+        "backbone); *warm workers* reuse workers that already did (a long run's steady "
+        "state). Compute: images over the first shard submitted to the last recorded.",
+        "",
+        "| setting | images | wall s | compute img/s | vs local | batches / shard "
+        "| identical to local |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in so["rows"]:
+        lines.append(
+            f"| {r['setting']} | {r['images']} | {r['wall_seconds']:.1f} | "
+            f"{r['compute_images_per_s']:.1f} | {r['compute_images_per_s'] / base:.2f} | "
+            f"{r['shard_batches'] or '-'} | {'yes' if r['identical_to_local'] else 'NO'} |"
+        )
+    return lines + [
+        "",
+        "A warm worker's loss was mostly Dask's own worker environment: the nanny starts "
+        "workers with `MALLOC_TRIM_THRESHOLD_=65536`, which also turns off glibc's adaptive "
+        "mmap threshold, so every image and batch buffer is mapped and faulted in afresh. "
+        "Measured the same day with all else equal: a warm worker at 0.88x the local rate "
+        "with it; the local process given the same variable fell to the worker's speed "
+        "(the worker then 0.96x of it). featurecache's LocalCluster unsets it; for workers "
+        "you start yourself, see README, Scale-out.",
+        "",
+    ]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -30,38 +166,7 @@ def main() -> None:
         "",
     ]
     if ext := load("extraction"):
-        lines += [
-            "## (a) Extraction vs the backbone alone",
-            "",
-            f"`benchmarks/extraction.py` on {ext['date']}: clothing_small, "
-            f"{ext['n_images']:,} real JPEG photos (about 400x533), MobileNetV2 with "
-            "ImageNet weights at 224 px, batch 32. *Backbone alone*: pre-decoded, "
-            "preprocessed tensors (mean of a measurement just before and just after the "
-            "extraction). *Extraction*: the compute phase into a fresh cache (decoding "
-            "and resizing on a thread pool overlapped with inference, each batch written "
-            "durably to staging). *End to end* adds building the backbone and the commit.",
-            "",
-            "| engine | backbone alone, images/s | extraction, images/s | ratio | "
-            "end to end, images/s |",
-            "| --- | ---: | ---: | ---: | ---: |",
-        ]
-        for r in ext["rows"]:
-            lines.append(
-                f"| {r['engine']} | {r['raw_images_per_s']:.1f} | "
-                f"{r['extraction_images_per_s']:.1f} | {r['ratio']:.2f} | "
-                f"{r.get('end_to_end_images_per_s', float('nan')):.1f} |"
-            )
-        decode = ext["decode_images_per_s_one_thread"]
-        lines += [
-            "",
-            f"Decoding and resizing alone run at {decode:.0f} images/s on one "
-            "thread, so for each engine the share of one core's time spent decoding at "
-            "the backbone's speed is: "
-            + ", ".join(f"{r['engine']} {r['raw_images_per_s'] / decode:.0%}" for r in ext["rows"])
-            + ". On 2 cores decoding takes CPU from the backbone; with ONNX Runtime, "
-            "whose backbone is faster, that share is larger.",
-            "",
-        ]
+        lines += extraction_section(ext)
     if eng := load("engines"):
         lines += [
             "## (b) ONNX Runtime vs TensorFlow",
@@ -183,6 +288,8 @@ def main() -> None:
         ]
     if fc := load("finetune_cache"):
         lines += _finetune_cache(fc)
+    if so := load("scaleout"):
+        lines += scaleout_section(so)
     if kb := load("backends"):
         lines += _backends(kb)
     DOC.parent.mkdir(exist_ok=True)

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,11 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
         fold_normalization(model)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         start = time.perf_counter()
-        model.export(str(tmp), format="onnx", verbose=False)
+        with warnings.catch_warnings():
+            # Keras's tf2onnx patch probes np.object, which numpy 2 answers with a
+            # FutureWarning: noise in every first export, nothing the user can act on
+            warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+            model.export(str(tmp), format="onnx", verbose=False)
         os.replace(tmp, path)
         log.info(
             "exported %s to ONNX in %.1f s: %s",

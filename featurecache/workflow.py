@@ -151,10 +151,11 @@ def verify(
     outcome = VerifyOutcome([], [])
     for root, declared in by_cache.items():
         wanted = {
-            (d.name, recipe.request_hash(b))
+            (d.name, h)
             for p in declared
             for d in p.datasets
             for b in p.backbones
+            for h in recipe.wanted_hashes(b)
         }
         accept = (lambda d, h: True) if root in caches else (lambda d, h, w=wanted: (d, h) in w)
         checked = verify_cache(root, accept=accept, progress=progress)

@@ -119,16 +119,34 @@ def request_hash(backbone: BackboneConfig, on: str | None = None) -> str:
     return _hash(request(backbone, on))
 
 
-def request_hashes(backbone: BackboneConfig) -> set[str]:
-    """:func:`request_hash` of ``backbone`` on every supported backend that can run it
-    (``onnxruntime`` only on TensorFlow): the groups the backbone may have made."""
+#: What engine ``auto`` accepts an existing group of: any, so that caches made with the
+#: default of earlier releases (``keras``) or with a named engine are still found.
+AUTO_ACCEPTS = ("auto", "keras", "onnxruntime")
+
+
+def accepted(backbone: BackboneConfig) -> list[BackboneConfig]:
+    """``backbone``, and for engine ``auto`` the same backbone on each engine of
+    :data:`AUTO_ACCEPTS` (``auto`` is resolved once per group, and keeps what it finds)."""
+    if backbone.engine != "auto":
+        return [backbone]
+    return [backbone.replace(engine=engine) for engine in AUTO_ACCEPTS]
+
+
+def wanted_hashes(backbone: BackboneConfig, on: str | None = None) -> set[str]:
+    """Request hashes of the groups ``backbone`` accepts on Keras backend ``on``."""
     hashes = set()
-    for name in BACKENDS:
+    for candidate in accepted(backbone):
         try:
-            hashes.add(request_hash(backbone, name))
+            hashes.add(request_hash(candidate, on))
         except EngineError:
             continue
     return hashes
+
+
+def request_hashes(backbone: BackboneConfig) -> set[str]:
+    """:func:`wanted_hashes` of ``backbone`` on every supported backend that can run it
+    (``onnxruntime`` only on TensorFlow): the groups the backbone may have made."""
+    return set().union(*(wanted_hashes(backbone, name) for name in BACKENDS))
 
 
 def recipe_hash(backbone: BackboneConfig, weights_sha256: str | None, engine: str) -> str:
@@ -183,11 +201,11 @@ def find_any_group(cache: Cache, backbone: BackboneConfig) -> CachedGroup | None
 
 
 def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
-    wanted = request_hash(backbone)
+    wanted = wanted_hashes(backbone)
     matches = [
         CachedGroup(ds, group, attrs)
         for ds, group, attrs in cache.groups()
-        if accept(ds) and attrs.get("request_hash") == wanted
+        if accept(ds) and attrs.get("request_hash") in wanted
     ]
     matches.sort(key=lambda g: g.attrs.get("created", ""), reverse=True)
     checked: dict[tuple[str, str], bool] = {}

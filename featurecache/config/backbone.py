@@ -235,7 +235,9 @@ def _check_hub(config: BackboneConfig) -> None:
             "default) or 'none', not a weights file",
             key="weights",
         )
-    if config.engine not in ("keras", "auto", "tensorflow"):
+    # $FEATURECACHE_ENGINE is the machine's default for every backbone: not for these
+    from_environment = config.engine == os.environ.get(ENGINE_ENV)
+    if config.engine not in ("keras", "auto", "tensorflow") and not from_environment:
         raise ConfigError(
             f"{config.name} runs on the keras engine only (no ONNX export of keras-hub models yet)",
             key="engine",

@@ -103,6 +103,29 @@ def keras_runner(built: BuiltBackbone) -> Runner:
     return run
 
 
+def _export(built: BuiltBackbone, path: Path) -> None:
+    """Export ``built``'s outputs model to ONNX at ``path`` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = built.config.input_size
+    model = built.outputs_model
+    model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
+    fold_normalization(model)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Keras's tf2onnx patch probes np.object, which numpy 2 answers with a
+        # FutureWarning: noise in every first export, nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+        model.export(str(tmp), format="onnx", verbose=False)
+    os.replace(tmp, path)
+    log.info(
+        "exported %s to ONNX in %.1f s: %s",
+        built.config.name,
+        time.perf_counter() - start,
+        path,
+    )
+
+
 def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     """The ONNX Runtime session of ``built``'s export, made once into ``folder``.
 
@@ -120,26 +143,9 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     import onnxruntime as ort
 
     path = folder / f"{built.config.name}-{model_id[:16]}.onnx"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        size = built.config.input_size
-        model = built.outputs_model
-        model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
-        fold_normalization(model)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            # Keras's tf2onnx patch probes np.object, which numpy 2 answers with a
-            # FutureWarning: noise in every first export, nothing the user can act on
-            warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
-            model.export(str(tmp), format="onnx", verbose=False)
-        os.replace(tmp, path)
-        log.info(
-            "exported %s to ONNX in %.1f s: %s",
-            built.config.name,
-            time.perf_counter() - start,
-            path,
-        )
+    fresh = not path.is_file()
+    if fresh:
+        _export(built, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     # Idle intra-op threads sleep instead of spinning, so decoding threads get the cores
@@ -147,6 +153,15 @@ def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
+    if len(inputs) != 1 and not fresh:
+        # an export made before featurecache folded these constants: make it again
+        log.info(
+            "%s: exported by an older featurecache with %d inputs; exporting again",
+            path,
+            len(inputs),
+        )
+        path.unlink()
+        return onnx_runner(built, folder, model_id)
     if len(inputs) != 1:
         # tf2onnx turns tensors captured by the model (not variables, not constants)
         # into graph inputs; fold_normalization handles the case known so far.
@@ -220,8 +235,11 @@ def select(
 
     ``keras`` (and ``tensorflow``) run the Keras model and are recorded under the
     backend's name. ``auto`` runs ``trials`` batches of random pixels through each
-    available engine (after one warm-up batch) and keeps the faster; without
-    onnxruntime, or on another backend than TensorFlow, it keeps Keras.
+    available engine (after one warm-up batch) and keeps the faster, and writes its
+    choice beside the export (``<model>.auto``) so that the next run of the same model
+    in this cache (a resumed one) makes the same choice without timing; without
+    onnxruntime, on another backend than TensorFlow, or when the ONNX export or its
+    session fails for any reason, it keeps Keras.
 
     Raises
     ------
@@ -235,6 +253,14 @@ def select(
         return engine, onnx_runner(built, folder, model_id)
     if engine != "auto":
         return engine, keras_runner(built)
+    return _auto(built, folder, model_id, batch_size, trials)
+
+
+def _auto(
+    built: BuiltBackbone, folder: Path, model_id: str, batch_size: int, trials: int
+) -> tuple[str, Runner]:
+    """``auto`` for ``built``: the choice made before in ``folder``, else the faster
+    engine on ``trials`` batches (see :func:`select`)."""
     if not onnx_available():
         log.info("engine auto: onnxruntime is not installed, using tensorflow")
         return "tensorflow", keras_runner(built)
@@ -244,11 +270,16 @@ def select(
     )
     timings = {}
     candidates = {"tensorflow": keras_runner(built)}
+    choice = folder / f"{built.config.name}-{model_id[:16]}.auto"
     try:
         candidates["onnxruntime"] = onnx_runner(built, folder, model_id)
-    except EngineError as exc:
+    except Exception as exc:  # noqa: BLE001  any export or session failure: Keras runs it
         log.warning("engine auto: %s; using tensorflow", exc)
         return "tensorflow", candidates["tensorflow"]
+    if choice.is_file() and (kept := choice.read_text().strip()) in candidates:
+        # chosen before for this model in this cache: a resumed run stays on it
+        log.info("engine auto for %s: %s (chosen before)", built.config.name, kept)
+        return kept, candidates[kept]
     for name, run in candidates.items():
         run(batch)
         start = time.perf_counter()
@@ -256,6 +287,9 @@ def select(
             run(batch)
         timings[name] = trials * batch_size / (time.perf_counter() - start)
     best = max(timings, key=timings.get)
+    tmp = choice.with_name(f".{choice.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(best + "\n")
+    os.replace(tmp, choice)
     log.info(
         "engine auto for %s: %s (%s)",
         built.config.name,

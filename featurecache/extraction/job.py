@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,45 +34,9 @@ from featurecache.datasets import Listing
 from featurecache.extraction.decoding import Decoded, decoded_batches
 from featurecache.extraction.engines import Extractor, open_extractor
 from featurecache.extraction.plan import Plan, make_plan, plan_id
+from featurecache.extraction.result import ExtractResult, Profile
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractResult:
-    """What one (data set, backbone) extraction did; ``--json`` prints these.
-
-    ``n_extracted`` images went through the backbone in this run (``n_resumed`` more had
-    been computed by an interrupted run); ``n_reused`` were taken from the cache;
-    ``n_new``, ``n_changed`` and ``n_removed`` compare the data set with the previous
-    generation; ``seconds`` is wall time, ``images_per_second`` the backbone's rate over
-    the computed images; ``profile`` says where the compute pass's wall time went
-    (:class:`Profile`, seconds; in-process extraction only).
-    """
-
-    dataset: str
-    backbone: str
-    group: str
-    cache_hit: bool
-    n_images: int
-    n_extracted: int
-    weights: str
-    seconds: float
-    n_reused: int = 0
-    n_resumed: int = 0
-    n_new: int = 0
-    n_changed: int = 0
-    n_removed: int = 0
-    images_per_second: float | None = None
-    split_counts: dict[str, int] = field(default_factory=dict)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    content_hash: str = ""
-    engine: str = ""
-    execution: str = "local"
-    profile: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -129,23 +94,6 @@ class BatchOutput:
     @property
     def n_computed(self) -> int:
         return sum(1 for k in self.keys if k)
-
-
-@dataclass
-class Profile:
-    """Where a compute pass's wall time went, in seconds: ``waiting`` for decoded images
-    (the backbone idle), ``backbone`` (preprocessing and inference, every backbone of the
-    pass) and ``writing`` (making batches durable, or handing them on)."""
-
-    waiting: float = 0.0
-    backbone: float = 0.0
-    writing: float = 0.0
-
-    def describe(self) -> str:
-        return (
-            f"backbone {self.backbone:.1f} s, waiting for decoded images {self.waiting:.1f} s, "
-            f"writing {self.writing:.1f} s"
-        )
 
 
 @dataclass
@@ -253,7 +201,7 @@ def compute_batches(
         return {k: e.prepare(pixels[e.built.config.input_size]) for k, e in extractors.items()}
 
     batches = decoded_batches(listing, order, sizes, batch_size, prepare=prepare)
-    with bar:
+    with bar, closing(batches):  # on an error or a stop, no decoding goes on behind it
         while True:
             start = time.perf_counter()
             decoded = next(batches, None)
@@ -311,7 +259,7 @@ def prepare(
     elif found and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
         if not rewrite and here not in damaged:
             return _cache_hit(listing, backbone, found, time.perf_counter() - start)
-    known = found or recipes.find_any_group(cache, backbone)
+    known, backbone = _known(cache, backbone, found)
     recipe_hash = known.attrs["recipe_hash"] if known else None
     plan = make_plan(cache, listing, found, recipe_hash, damaged)
     extractor = None
@@ -348,6 +296,19 @@ def prepare(
         arrays=arrays,
         extractor=extractor,
     )
+
+
+def _known(
+    cache: Cache, backbone: BackboneConfig, found: recipes.CachedGroup | None
+) -> tuple[recipes.CachedGroup | None, BackboneConfig]:
+    """A group ``backbone`` made (``found``, else in another data set), and the backbone
+    with engine ``auto`` pinned to the engine that group was asked for: auto keeps the
+    group it finds, whatever engine made it (``keras``, the default of earlier releases,
+    included), so the recipe, the group and a resumed stage stay the same."""
+    known = found or recipes.find_any_group(cache, backbone)
+    if known and backbone.engine == "auto":
+        backbone = backbone.replace(engine=known.attrs["backbone"].get("engine", "keras"))
+    return known, backbone
 
 
 def _open(

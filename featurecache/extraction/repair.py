@@ -171,7 +171,7 @@ def _repair_dataset(
 ) -> None:
     """Extract ``dataset`` again with each backbone one of whose groups needs it; rows
     listed in ``damaged`` are computed again, every other row is copied."""
-    wanted = {recipe.request_hash(b): b for b in pipeline.backbones}
+    wanted = {h: b for b in pipeline.backbones for h in recipe.wanted_hashes(b)}
     mine = {
         key: check
         for key, check in todo.items()

@@ -121,7 +121,8 @@ def _add_pipeline_notes(out: Collection, pipeline: Pipeline) -> None:
 def _same_backbone(record: HeadRecord, wanted: dict) -> bool:
     """The head was trained on the pipeline's backbone, under the current Keras backend
     (a report shows one backend's heads; engine ``tensorflow`` is the name engine
-    ``keras`` had before backends were configurable)."""
+    ``keras`` had before backends were configurable; ``auto`` accepts any engine, as it
+    does for the cache's groups)."""
     recorded = record.info.get("backbone")
     if recorded is None:
         return False
@@ -129,6 +130,8 @@ def _same_backbone(record: HeadRecord, wanted: dict) -> bool:
         return False
 
     def engine(d: dict) -> dict:
+        if wanted.get("engine") == "auto":
+            return {**d, "engine": "auto"}
         return {**d, "engine": "keras" if d.get("engine") == "tensorflow" else d.get("engine")}
 
     return engine(recorded) == engine(wanted)

@@ -120,3 +120,23 @@ def test_efficientnet_runs_on_onnxruntime_with_tensorflows_features(name, tmp_pa
     np.testing.assert_array_equal(again, tf)
     name, _ = engines.select(built, "auto", tmp_path, recipe.model_id(config, None), 2, trials=1)
     assert name in ("tensorflow", "onnxruntime")
+
+
+def test_auto_keeps_its_choice_for_a_resumed_run(tmp_path):
+    """auto writes its choice beside the export; the next run of the same model reads it
+    instead of timing again (a stopped first run resumes in the same group)."""
+    from featurecache.backbones import build_backbone
+    from featurecache.cache import recipe
+    from featurecache.config import BackboneConfig
+    from featurecache.extraction import engines
+
+    config = BackboneConfig(name="mobilenet_v2", weights="none", input_size=32, engine="auto")
+    built = build_backbone(config)
+    model_id = recipe.model_id(config, None)
+    first, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
+    [choice] = tmp_path.glob("*.auto")
+    assert choice.read_text().strip() == first
+    other = {"tensorflow": "onnxruntime", "onnxruntime": "tensorflow"}[first]
+    choice.write_text(other + "\n")
+    again, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
+    assert again == other

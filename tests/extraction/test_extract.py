@@ -17,6 +17,7 @@ from featurecache.extraction import extract
 from featurecache.heads.train import train_heads
 from featurecache.images import content_key
 from featurecache.prediction import predict
+from tests.conftest import CLASSES, make_image
 
 SIZE = 64
 
@@ -84,6 +85,30 @@ def test_second_extract_is_a_cache_hit_without_building(pipeline, monkeypatch):
     forbid_backbone(monkeypatch)
     [again] = extract(pipeline)
     assert again.cache_hit and again.n_extracted == 0 and again.group == first.group
+
+
+def test_auto_keeps_the_group_of_the_keras_engine_and_gc_keeps_it(
+    pipeline, split_folder, monkeypatch
+):
+    """Caches made with the default of earlier releases (engine keras) are still found by
+    the default engine auto: a cache hit, no backbone built, gc keeps the group, heads
+    train from it; a changed data set extends that same group's recipe."""
+    from featurecache.cache.admin import collect_garbage
+    from featurecache.config import ENGINE_ENV
+
+    first = extract(pipeline)[0]  # engine keras (tests/conftest.py)
+    monkeypatch.delenv(ENGINE_ENV)
+    auto = replace(pipeline, backbones=(replace(pipeline.backbones[0], engine="auto"),))
+    assert auto.backbones[0].engine == "auto"
+    with monkeypatch.context() as m:
+        forbid_backbone(m)
+        [again] = extract(auto)
+        assert again.cache_hit and again.group == first.group
+        assert collect_garbage(pipeline.cache, [auto], dry_run=True).removed == []
+        assert train_heads(auto)
+    make_image(split_folder / "train" / "red" / "red_new.png", CLASSES["red"])
+    [grown] = extract(auto)
+    assert (grown.n_extracted, grown.n_reused, grown.group) == (1, 39, first.group)
 
 
 def test_other_pooling_or_size_goes_to_another_group(pipeline):

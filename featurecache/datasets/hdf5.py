@@ -46,9 +46,6 @@ class RowReader:
         self._slabs: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return self.dataset.shape[0]
-
     def __getitem__(self, index: int) -> np.ndarray:
         if self.slab == 1:
             with self._lock:

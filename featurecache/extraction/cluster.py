@@ -87,7 +87,7 @@ def connect(cluster: Cluster) -> Iterator[Any]:
     # One task per worker process at a time: the backbone uses every core it is given.
     # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
     # glibc's adaptive mmap threshold: every image and batch buffer is then mapped and
-    # faulted in afresh, and a warm worker extracted at 0.88x this process's rate (0.96x
+    # faulted in afresh, and a warm worker extracted at 0.88x this process's rate (0.99x
     # without it; benchmarks/scaleout.py). A None value unsets it (distributed's nanny.py).
     import dask
 

@@ -187,9 +187,9 @@ def _layers(model):
             yield from _layers(layer)
 
 
-def fold_normalization(model) -> int:
+def fold_normalization(model) -> None:
     """Make every ``keras.layers.Normalization`` in ``model`` hold its mean and variance
-    as numpy constants; returns how many it changed.
+    as numpy constants.
 
     The layer keeps them as eager tensors computed from its weights (``finalize_state``
     / ``build`` in ``keras/src/layers/preprocessing/normalization.py``). tf2onnx exports
@@ -200,13 +200,10 @@ def fold_normalization(model) -> int:
     """
     import keras
 
-    folded = 0
     for layer in _layers(model):
         if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
             layer.mean = np.asarray(layer.mean)
             layer.variance = np.asarray(layer.variance)
-            folded += 1
-    return folded
 
 
 def open_extractor(
@@ -217,9 +214,8 @@ def open_extractor(
     has run one batch already (Keras traces its function, ONNX Runtime allocates), so a
     run's images/s measure the steady state."""
     engine, runner = select(built, requested, folder, model_id, batch_size)
-    if requested != "auto":  # auto has run batches already; the first call sets up
-        size = built.config.input_size
-        runner(built.preprocess(np.zeros((batch_size, size, size, 3), np.float32)))
+    size = built.config.input_size
+    runner(built.preprocess(np.zeros((batch_size, size, size, 3), np.float32)))
     return Extractor(built=built, engine=engine, runner=runner)
 
 
@@ -264,22 +260,26 @@ def _auto(
     if not onnx_available():
         log.info("engine auto: onnxruntime is not installed, using tensorflow")
         return "tensorflow", keras_runner(built)
-    size = built.config.input_size
-    batch = built.preprocess(
-        np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
-    )
-    timings = {}
     candidates = {"tensorflow": keras_runner(built)}
     choice = folder / f"{built.config.name}-{model_id[:16]}.auto"
+    # chosen before for this model in this cache: a resumed run stays on it
+    kept = choice.read_text().strip() if choice.is_file() else None
+    if kept == "tensorflow":  # no ONNX session to build
+        log.info("engine auto for %s: %s (chosen before)", built.config.name, kept)
+        return kept, candidates[kept]
     try:
         candidates["onnxruntime"] = onnx_runner(built, folder, model_id)
     except Exception as exc:  # noqa: BLE001  any export or session failure: Keras runs it
         log.warning("engine auto: %s; using tensorflow", exc)
         return "tensorflow", candidates["tensorflow"]
-    if choice.is_file() and (kept := choice.read_text().strip()) in candidates:
-        # chosen before for this model in this cache: a resumed run stays on it
+    if kept == "onnxruntime":
         log.info("engine auto for %s: %s (chosen before)", built.config.name, kept)
         return kept, candidates[kept]
+    size = built.config.input_size
+    batch = built.preprocess(
+        np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
+    )
+    timings = {}
     for name, run in candidates.items():
         run(batch)
         start = time.perf_counter()

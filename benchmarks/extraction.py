@@ -114,12 +114,12 @@ def decode_rate(listing, extractor) -> float:
 
     order = list(range(len(listing.records)))
 
-    def prepare(index, pixels):
-        return extractor.prepare(pixels[SIZE])
+    def preprocess(index, pixels):
+        return {0: extractor.preprocess(pixels[SIZE])}
 
     start = time.perf_counter()
     sizes = dict.fromkeys(order, [SIZE])
-    for _ in decoded_batches(listing, order, sizes, 32, os.cpu_count(), prepare=prepare):
+    for _ in decoded_batches(listing, order, sizes, 32, os.cpu_count(), preprocess=preprocess):
         pass
     return len(order) / (time.perf_counter() - start)
 

@@ -203,3 +203,17 @@ def array_to_rgb(pixels: np.ndarray, size: int, *, source: str = "<array>") -> n
         array = np.clip(array, 0, 255).astype(np.uint8)
     image = Image.fromarray(array)
     return resize(to_rgb(image), size)
+
+
+def decode(data: bytes | np.ndarray, size: int, *, source: str) -> np.ndarray:
+    """An encoded file's bytes (:func:`decode_bytes`) or an array row
+    (:func:`array_to_rgb`) -> RGB pixels of shape ``(size, size, 3)``, dtype uint8.
+
+    Raises
+    ------
+    ImageDecodeError
+        If it is not an image that can be decoded; the message names ``source``.
+    """
+    if isinstance(data, np.ndarray):
+        return array_to_rgb(data, size, source=source)
+    return decode_bytes(data, size, source=source)

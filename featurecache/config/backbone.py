@@ -195,6 +195,12 @@ class BackboneConfig:
             for name in self.outputs
         )
 
+    @staticmethod
+    def output_of(stored: str) -> str:
+        """The output a stored array holds: ``features.flip`` -> ``features`` (the inverse
+        of :meth:`stored`'s naming)."""
+        return stored.removesuffix(".flip")
+
     def describe(self) -> dict[str, Any]:
         """The configuration as a JSON-serialisable dict (the provenance; hashed into the
         request hash, so its keys and values must not change for the same request: the

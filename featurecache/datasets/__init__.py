@@ -10,12 +10,13 @@
 
 from featurecache.datasets.files import SPLIT_ALIASES, image_files, image_suffixes
 from featurecache.datasets.listing import Listing, list_dataset
-from featurecache.datasets.records import Record
+from featurecache.datasets.records import RawImage, Record
 from featurecache.datasets.splits import stratified_split
 
 __all__ = [
     "SPLIT_ALIASES",
     "Listing",
+    "RawImage",
     "Record",
     "image_files",
     "image_suffixes",

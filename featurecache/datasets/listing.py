@@ -21,10 +21,10 @@ import numpy as np
 from featurecache.config import DatasetConfig
 from featurecache.datasets.files import keep_classes, list_csv, list_folder
 from featurecache.datasets.hdf5 import RowReader, hdf5_records
-from featurecache.datasets.records import Record
+from featurecache.datasets.records import RawImage, Record
 from featurecache.datasets.splits import assign_splits
 from featurecache.errors import DatasetError, ImageDecodeError
-from featurecache.images import array_to_rgb, content_key, decode_bytes
+from featurecache.images import content_key, decode
 
 
 @dataclass
@@ -67,9 +67,27 @@ class Listing:
     def read_sizes(self, record: Record, sizes: Sequence[int]) -> tuple[str, dict[int, np.ndarray]]:
         """Like :meth:`read` for several sizes: the file is read and hashed once, then
         decoded once per size (so each size's pixels equal a single-size read's)."""
-        raw = self._load(record)
-        decode = array_to_rgb if isinstance(raw, np.ndarray) else decode_bytes
-        return content_key(raw), {s: decode(raw, s, source=record.source) for s in sizes}
+        raw = self._raw(record)
+        return raw.key, {s: decode(raw.data, s, source=raw.source) for s in sizes}
+
+    def load(self, index: int) -> RawImage:
+        """Record ``index``'s content and key, undecoded: what extraction's decoding
+        threads read (:class:`featurecache.extraction.decoding.ImageSource`).
+
+        Raises
+        ------
+        ImageDecodeError
+            If the file cannot be read; the message names it.
+        """
+        return self._raw(self.records[index])
+
+    def source_of(self, index: int) -> str:
+        """Where record ``index`` comes from: a path, or ``file.h5[index]``."""
+        return self.records[index].source
+
+    def _raw(self, record: Record) -> RawImage:
+        data = self._load(record)
+        return RawImage(content_key(data), data, record.source)
 
     def content_key(self, record: Record) -> str | None:
         """The record's content key without decoding; ``None`` if it cannot be read."""

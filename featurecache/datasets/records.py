@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Record:
@@ -33,3 +35,18 @@ def file_stat(path: Path) -> tuple[int, int]:
     except OSError:
         return -1, -1
     return stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """One image as a data source hands it over, before decoding.
+
+    ``key`` is the content key of ``data`` (:func:`featurecache.images.content_key`:
+    BLAKE2b-128 of the bytes, hex); ``data`` is the encoded file's bytes, or an HDF5 row
+    as an ndarray of shape ``(h, w, 3)`` or ``(h, w)``; ``source`` names where it came from
+    (a path, ``file.h5[index]``), for messages.
+    """
+
+    key: str
+    data: bytes | np.ndarray
+    source: str

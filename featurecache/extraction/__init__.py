@@ -1,18 +1,21 @@
 """Extraction: data set x backbone -> bottleneck features in the cache, once per image.
 
 - :mod:`~featurecache.extraction.extract`: the stage (:func:`extract`);
-- :mod:`~featurecache.extraction.plan`: what the cache already has, what to compute;
-- :mod:`~featurecache.extraction.job`: one backbone's job and the one batch loop;
-- :mod:`~featurecache.extraction.decoding`: the decoding thread pool;
-- :mod:`~featurecache.extraction.engines`: Keras (on its backend) or ONNX Runtime
-  runs the backbone;
-- :mod:`~featurecache.extraction.local` / :mod:`~featurecache.extraction.dask`: where the
-  batches run;
-- :mod:`~featurecache.extraction.commit`: the new generation, published atomically.
+- planning: :mod:`~featurecache.extraction.plan` (row by row: what the cache already
+  has, what to compute) and :mod:`~featurecache.extraction.job` (per backbone: a cache
+  hit, or a job with its staging area and its engine opened);
+- the batch loop: :mod:`~featurecache.extraction.loop` (reader -> engine -> writer) over
+  :mod:`~featurecache.extraction.decoding` (the reader: decoding threads over an
+  ``ImageSource``) and :mod:`~featurecache.extraction.engines` (Keras on its backend, or
+  ONNX Runtime);
+- runners, each passing the loop its writer: :mod:`~featurecache.extraction.local` (this
+  process) and :mod:`~featurecache.extraction.dask` (shards on a Dask cluster);
+- :mod:`~featurecache.extraction.commit`: the new generation, published atomically;
+  :mod:`~featurecache.extraction.repair`: ``verify --repair``.
 """
 
 from featurecache.extraction.cluster import Cluster
 from featurecache.extraction.extract import extract, extract_dataset
-from featurecache.extraction.job import ExtractResult
+from featurecache.extraction.result import ExtractResult
 
 __all__ = ["Cluster", "ExtractResult", "extract", "extract_dataset"]

@@ -20,7 +20,8 @@ import numpy as np
 from featurecache.cache import Cache, recipe, storable
 from featurecache.cache.store import CODEC_DESCRIPTION, GenerationWriter, read_rows
 from featurecache.errors import DatasetError
-from featurecache.extraction.job import ExtractJob, ExtractResult
+from featurecache.extraction.job import ExtractJob
+from featurecache.extraction.result import ExtractResult
 
 log = logging.getLogger(__name__)
 

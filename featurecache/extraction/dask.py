@@ -47,13 +47,9 @@ from featurecache.datasets import Listing, list_dataset
 from featurecache.errors import ClusterError, DatasetError, EngineError
 from featurecache.extraction.cluster import LazyClient
 from featurecache.extraction.engines import Extractor, open_extractor
-from featurecache.extraction.job import (
-    BatchOutput,
-    BatchWork,
-    ExtractJob,
-    Profile,
-    compute_batches,
-)
+from featurecache.extraction.job import ExtractJob
+from featurecache.extraction.loop import BatchOutput, BatchWork, run_batches
+from featurecache.extraction.result import Profile
 from featurecache.stopping import graceful_stop
 
 log = logging.getLogger(__name__)
@@ -151,20 +147,29 @@ def _worker_name() -> str:
         return os.uname().nodename
 
 
+class ShardWriter:
+    """Writes each batch of a shard into its own chunk of the stage, from the worker, and
+    counts what it wrote in ``result`` (the client records the shard when it returns)."""
+
+    def __init__(self, spec: ShardSpec, result: ShardResult) -> None:
+        self.spec = spec
+        self.result = result
+
+    def write(self, work: BatchWork, number: int, output: BatchOutput) -> None:
+        spec = self.spec
+        write_stage_batch(
+            spec.cache_url, spec.stage_path, number, spec.batch_size, output.arrays, output.keys
+        )
+        self.result.skipped.extend(output.skipped)
+        self.result.n_computed += output.n_computed
+
+
 def compute_shard(spec: ShardSpec) -> ShardResult:
     """Run on a worker: compute the shard's batches and write each into its stage chunk."""
     start = time.perf_counter()
     result = ShardResult(batches=spec.batches, worker=_worker_name())
-
-    def write(_: BatchWork, number: int, output: BatchOutput) -> None:
-        write_stage_batch(
-            spec.cache_url, spec.stage_path, number, spec.batch_size, output.arrays, output.keys
-        )
-        result.skipped.extend(output.skipped)
-        result.n_computed += output.n_computed
-
-    work = BatchWork(_extractor(spec), list(spec.batches), [list(r) for r in spec.indices])
-    profile = compute_batches(_listing(spec), [work], spec.batch_size, write)
+    work = BatchWork(_extractor(spec), spec.batches, spec.indices)
+    profile = run_batches(_listing(spec), [work], spec.batch_size, ShardWriter(spec, result))
     result.seconds = time.perf_counter() - start
     result.profile = asdict(profile)
     return result
@@ -192,7 +197,7 @@ def run_on_cluster(
     Stopped
         On SIGTERM or SIGINT, when the next shard has finished (the others are cancelled).
     """
-    if not any(job.stage.missing() for job in jobs):
+    if not any(job.missing() for job in jobs):
         return
     if isinstance(client, LazyClient):
         client = client.get()
@@ -216,7 +221,7 @@ def _submit(
     token = uuid.uuid4().hex[:8]
     submitted: dict[Any, tuple[ExtractJob, ShardSpec]] = {}
     for job in jobs:
-        batches = job.stage.missing()
+        batches = job.missing()
         per_shard = shard_batches(len(batches), n_workers)
         for first in range(0, len(batches), per_shard):
             numbers = tuple(batches[first : first + per_shard])

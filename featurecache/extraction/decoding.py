@@ -1,4 +1,11 @@
-"""Reading, decoding and preprocessing images on a thread pool, ahead of the backbone."""
+"""The reader of the batch loop: images read, decoded and preprocessed on a thread pool,
+ahead of the backbone.
+
+Where the images come from is an :class:`ImageSource`: anything that hands over one
+image's bytes and content key by record index. A :class:`~featurecache.datasets.Listing`
+is one (folders, CSV, HDF5); a data source whose unit of work is a shard of many images
+plugs in here by serving that shard's members the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,14 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from featurecache.datasets import Listing
+from featurecache.datasets import RawImage
 from featurecache.errors import ImageDecodeError
+from featurecache.images import decode
 
 #: Decoding threads; None: one per CPU core (at most 8). On a CPU-only machine decoding
 #: and inference share the cores; a thread per core lets decoding take every core while
@@ -22,42 +31,71 @@ DECODE_WORKERS: int | None = None
 PREFETCH_BATCHES = 2
 
 
-#: ``(record index, content key, {input size: pixels}, error, prepared)``: one decoded
-#: image, or the error that stopped it (key, pixels and prepared ``None``); ``prepared``
-#: is what the ``prepare`` callable of :func:`decoded_batches` made of the pixels.
-Decoded = tuple[int, str | None, dict[int, np.ndarray] | None, ImageDecodeError | None, Any]
-#: ``prepare(record index, {input size: pixels})``, run on the decoding thread.
-Prepare = Callable[[int, dict[int, np.ndarray]], Any]
+class ImageSource(Protocol):
+    """Where a pass reads its images, by record index (called from several threads)."""
+
+    def load(self, index: int) -> RawImage:
+        """The image's undecoded content and content key; raises
+        :class:`~featurecache.errors.ImageDecodeError` if it cannot be read."""
+        ...
+
+    def source_of(self, index: int) -> str:
+        """Where image ``index`` comes from (a path, ``file.h5[index]``), for skip records."""
+        ...
 
 
-def _read(listing: Listing, index: int, sizes: Sequence[int], prepare: Prepare | None) -> Decoded:
+#: ``preprocess(record index, {input size: pixels})`` -> each backbone's input, by the
+#: slot of its :class:`~featurecache.extraction.loop.BatchWork`; runs on the decoding thread.
+Preprocess = Callable[[int, Mapping[int, np.ndarray]], dict[int, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One image of a pass, decoded, or the error that stopped it.
+
+    ``pixels`` maps each input size some backbone needs to RGB uint8 ``(size, size, 3)``;
+    ``inputs`` maps a backbone's slot to its preprocessed float32 ``(size, size, 3)``
+    input. Both are empty, and ``key`` is None, when ``error`` is set.
+    """
+
+    index: int
+    key: str | None = None
+    pixels: Mapping[int, np.ndarray] = field(default_factory=dict)
+    inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
+    error: ImageDecodeError | None = None
+
+
+def _read(
+    source: ImageSource, index: int, sizes: Sequence[int], preprocess: Preprocess | None
+) -> DecodedImage:
     try:
-        key, pixels = listing.read_sizes(listing.records[index], sizes)
+        raw = source.load(index)
+        pixels = {size: decode(raw.data, size, source=raw.source) for size in sizes}
     except ImageDecodeError as exc:
-        return index, None, None, exc, None
-    return index, key, pixels, None, prepare(index, pixels) if prepare else None
+        return DecodedImage(index, error=exc)
+    inputs = preprocess(index, pixels) if preprocess else {}
+    return DecodedImage(index, raw.key, pixels, inputs)
 
 
 def decoded_batches(
-    listing: Listing,
+    source: ImageSource,
     order: Sequence[int],
     sizes: Mapping[int, Sequence[int]],
     batch_size: int,
     workers: int | None = None,
-    prepare: Prepare | None = None,
-) -> Iterator[list[Decoded]]:
-    """Yield batches of ``(record index, key, {size: pixels}, error, prepared)`` in ``order``.
+    preprocess: Preprocess | None = None,
+) -> Iterator[list[DecodedImage]]:
+    """Yield the images of ``order`` (record indices) in that order, ``batch_size`` at a time.
 
     Each image is read once and decoded once per input size in ``sizes[index]``, then
-    handed to ``prepare`` (the backbones' preprocessing), all in a thread pool (Pillow and
-    numpy release the GIL in their loops) at most :data:`PREFETCH_BATCHES` batches ahead,
-    so memory stays bounded whatever the data set's size and the thread running the
-    backbone does nothing but run it. ``pixels[size]`` is ``(size, size, 3)`` uint8; on
-    failure ``error`` is set instead.
+    handed to ``preprocess`` (the backbones' ``preprocess_input``), all in a thread pool
+    (Pillow and numpy release the GIL in their loops) at most :data:`PREFETCH_BATCHES`
+    batches ahead, so memory stays bounded whatever the data set's size and the thread
+    running the backbone does nothing but run it. Close the generator to stop decoding.
     """
     workers = workers or DECODE_WORKERS or max(1, min(8, os.cpu_count() or 1))
     pending = iter(order)
-    window: deque[Future[Decoded]] = deque()
+    window: deque[Future[DecodedImage]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
 
         def fill() -> None:
@@ -65,7 +103,7 @@ def decoded_batches(
                 index = next(pending, None)
                 if index is None:
                     return
-                window.append(pool.submit(_read, listing, index, sizes[index], prepare))
+                window.append(pool.submit(_read, source, index, sizes[index], preprocess))
 
         fill()
         while window:

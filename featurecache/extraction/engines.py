@@ -51,26 +51,27 @@ class Extractor:
     engine: str
     runner: Runner
 
-    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 RGB ``(size, size, 3)`` -> the backbone's input for the image, float32
         ``(size, size, 3)`` (``preprocess_input`` works pixel by pixel, so one image at a
         time gives the same numbers as a batch). Runs on the decoding threads."""
         return np.asarray(self.built.preprocess(pixels[None].astype(np.float32)), np.float32)[0]
 
     def outputs(
-        self, pixels: np.ndarray, prepared: np.ndarray | None = None
+        self, pixels: np.ndarray, inputs: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """uint8 RGB ``(batch, size, size, 3)`` -> every stored array of the batch, float32,
         by name (``BackboneConfig.stored``): ``features`` ``(batch, feature_dim)``, the
         pooled taps, the activation map, and each again for the flipped view
         (``<name>.flip``), which is computed as a batch of its own, so the identity view's
-        numbers do not depend on whether flips are stored. ``prepared``: the same images
-        through :meth:`prepare` already, used for the identity view."""
+        numbers do not depend on whether flips are stored. ``inputs``: the same images
+        through :meth:`preprocess` already, float32 ``(batch, size, size, 3)``, used for
+        the identity view."""
         config = self.built.config
         arrays: dict[str, np.ndarray] = {}
         for view in config.views:
-            if view == "identity" and prepared is not None:
-                batch = prepared
+            if view == "identity" and inputs is not None:
+                batch = inputs
             else:
                 images = pixels if view == "identity" else pixels[:, :, ::-1, :]
                 batch = self.built.preprocess(np.asarray(images, dtype=np.float32))

@@ -8,8 +8,8 @@ Incremental and crash-safe, for cron (``featurecache refresh``) as much as for p
    it, as git's index does; the rest are hashed (BLAKE2b of their bytes) and found by
    content key in this group or in any other data set's group with the same recipe.
    Only what is still missing is computed.
-2. **Compute** the missing images in fixed batches (:func:`~featurecache.extraction.job.
-   compute_batches`: a thread pool decodes ahead while the backbone runs), in this
+2. **Compute** the missing images in fixed batches (:func:`~featurecache.extraction.loop.
+   run_batches`: a thread pool decodes ahead while the backbone runs), in this
    process (:mod:`~featurecache.extraction.local`) or on a Dask cluster
    (:mod:`~featurecache.extraction.dask`), each batch made durable in a staging group.
    A killed run resumes from the last finished batch, with the same batches, so the
@@ -32,8 +32,9 @@ from featurecache.datasets import Listing, list_dataset
 from featurecache.extraction import cluster as clusters
 from featurecache.extraction import dask
 from featurecache.extraction.commit import commit
-from featurecache.extraction.job import ExtractJob, ExtractResult, prepare
+from featurecache.extraction.job import ExtractJob, plan_backbone
 from featurecache.extraction.local import run_local
+from featurecache.extraction.result import ExtractResult
 
 
 def extract(
@@ -109,12 +110,12 @@ def extract_dataset(
     would compute alone, so its features do not depend on which other backbones ran
     beside it. With a Dask ``client``, the missing batches run on its workers instead,
     each backbone separately. ``damaged`` and ``rewrite`` are for ``verify --repair``
-    (see :func:`~featurecache.extraction.job.prepare`).
+    (see :func:`~featurecache.extraction.job.plan_backbone`).
     """
     cache.ensure()
     with cache.lock(listing.name, wait=wait):
         prepared = [
-            prepare(cache, listing, b, batch_size, damaged=damaged, rewrite=rewrite)
+            plan_backbone(cache, listing, b, batch_size, damaged=damaged, rewrite=rewrite)
             for b in backbones
         ]
         jobs = [p for p in prepared if isinstance(p, ExtractJob)]

@@ -1,37 +1,30 @@
-"""One backbone's extraction over one data set, and the one loop that computes batches.
+"""Planning one backbone's extraction over one data set: what is known, what to compute,
+and the engine that will compute it.
 
-:func:`prepare` plans a backbone: a cache hit (an :class:`ExtractResult` at once), or
-an :class:`ExtractJob` with its staging area and, when images must go through the
-backbone, its :class:`~featurecache.extraction.engines.Extractor`.
-
-:func:`compute_batches` is the batch loop, the same in this process
-(:mod:`featurecache.extraction.local`) and on a Dask worker
-(:mod:`featurecache.extraction.dask`): it decodes the images of the given batches once
-per input size, runs each backbone on exactly its planned batches and hands every
-finished batch to a callback that makes it durable. A stage is reader -> model ->
-writer, as in clip-retrieval's ``runner.py``.
+:func:`plan_backbone` finds the backbone's cache group and the rows the cache already
+holds (:func:`~featurecache.extraction.plan.make_plan`, row by row), and returns either a
+cache hit (an :class:`ExtractResult` at once) or an :class:`ExtractJob`: the plan, its
+staging area and, when images must go through the backbone, the backbone built on its
+engine (:class:`~featurecache.extraction.engines.Extractor`). Running the job's batches is
+the loop's business (:mod:`featurecache.extraction.loop`), committing them
+:mod:`featurecache.extraction.commit`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from contextlib import closing
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
 from featurecache.backbones import build_backbone
-from featurecache.cache import Cache, storable
+from featurecache.cache import Cache
 from featurecache.cache import recipe as recipes
 from featurecache.cache.staging import ComputeStage
 from featurecache.cache.store import ArraySpec
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.datasets import Listing
-from featurecache.extraction.decoding import Decoded, decoded_batches
 from featurecache.extraction.engines import Extractor, open_extractor
 from featurecache.extraction.plan import Plan, make_plan, plan_id
 from featurecache.extraction.result import ExtractResult, Profile
@@ -73,75 +66,21 @@ class ExtractJob:
         """Record indices of batch number ``batch``."""
         return self.plan.compute[batch * self.batch_size : (batch + 1) * self.batch_size]
 
-    def work(self) -> BatchWork:
-        """The batches still missing from the stage, for :func:`compute_batches`."""
-        batches = self.stage.missing()
-        if batches and self.extractor is None:
+    def missing(self) -> list[int]:
+        """Numbers of the batches still missing from the stage, in order."""
+        return self.stage.missing()
+
+    def built_extractor(self) -> Extractor:
+        """The backbone on its engine, for computing the missing batches.
+
+        Raises
+        ------
+        RuntimeError
+            If no backbone was built (an internal error: the plan had nothing to compute).
+        """
+        if self.extractor is None:
             raise RuntimeError("internal error: images to compute but no backbone built")
-        return BatchWork(self.extractor, batches, [self.rows(b) for b in batches], owner=self)
-
-
-@dataclass
-class BatchOutput:
-    """One computed batch: ``arrays``, every stored array by name, ``(n, *shape)``
-    float32 (``features`` ``(n, feature_dim)`` first; zero rows where an image was
-    skipped), ``keys`` (``""`` where skipped) and the skip records."""
-
-    arrays: dict[str, np.ndarray]
-    keys: list[str]
-    skipped: list[dict[str, str]]
-
-    @property
-    def n_computed(self) -> int:
-        return sum(1 for k in self.keys if k)
-
-
-@dataclass
-class BatchWork:
-    """Batches for one backbone in :func:`compute_batches`: their numbers and the record
-    indices (ascending) of each. ``owner`` is whatever the callback needs back."""
-
-    extractor: Extractor | None
-    batches: list[int]
-    rows: list[list[int]]
-    owner: Any = None
-    _next: int = 0
-    _buffer: list[Decoded] = field(default_factory=list)
-
-
-def compute_batch(extractor: Extractor, listing: Listing, items: Sequence[Decoded]) -> BatchOutput:
-    """Run the backbone on one batch of decoded images; the undecodable are skipped.
-
-    Only the decodable images go through the backbone, together, as one batch.
-    """
-    size = extractor.built.config.input_size
-    keys = [key or "" for _, key, _, _, _ in items]
-    skipped = [
-        {"source": storable(listing.records[index].source), "reason": str(error)}
-        for index, _, _, error, _ in items
-        if error is not None
-    ]
-    for item in skipped:
-        log.warning("skipped %s", item["reason"])
-    shapes = extractor.built.output_shapes
-    arrays = {
-        name: np.zeros((len(items), *shapes[_output(name)]), np.float32)
-        for name in extractor.built.config.stored()
-    }
-    good = [i for i, item in enumerate(items) if item[3] is None]
-    if good:
-        computed = extractor.outputs(
-            np.stack([items[i][2][size] for i in good]),
-            np.stack([items[i][4][id(extractor)] for i in good]),
-        )
-        for name, values in computed.items():
-            arrays[name][good] = values
-    return BatchOutput(arrays, keys, skipped)
-
-
-def _output(stored: str) -> str:
-    """The output a stored array holds: ``features.flip`` -> ``features``."""
-    return stored.removesuffix(".flip")
+        return self.extractor
 
 
 def array_specs(backbone: BackboneConfig, shapes: dict[str, tuple[int, ...]]) -> list[ArraySpec]:
@@ -150,8 +89,8 @@ def array_specs(backbone: BackboneConfig, shapes: dict[str, tuple[int, ...]]) ->
     return [
         ArraySpec(
             name,
-            shapes[_output(name)],
-            "float16" if _output(name) == "activations" else backbone.dtype,
+            shapes[backbone.output_of(name)],
+            "float16" if backbone.output_of(name) == "activations" else backbone.dtype,
         )
         for name in backbone.stored()
     ]
@@ -164,80 +103,7 @@ def _stage_specs(arrays: list[ArraySpec]) -> list[ArraySpec]:
     ]
 
 
-def compute_batches(
-    listing: Listing,
-    work: Sequence[BatchWork],
-    batch_size: int,
-    on_batch: Callable[[BatchWork, int, BatchOutput], None],
-    *,
-    progress: bool = False,
-    label: str = "",
-) -> Profile:
-    """Compute every batch of ``work``; ``on_batch(work, number, output)`` after each.
-    Returns where the time went.
-
-    Each image is read once and decoded once per input size that some backbone needs;
-    each backbone runs exactly its planned batches, so its features do not depend on
-    which other backbones ran beside it.
-
-    Raises
-    ------
-    RuntimeError
-        If decoding returned the images out of order (an internal error).
-    """
-    need: dict[int, list[BatchWork]] = {}
-    for item in work:
-        for rows in item.rows:
-            for index in rows:
-                need.setdefault(index, []).append(item)
-    order = sorted(need)
-    sizes = {i: sorted({w.extractor.built.config.input_size for w in need[i]}) for i in order}
-    bar = tqdm(total=len(order), unit="img", dynamic_ncols=True, disable=not progress, desc=label)
-    profile = Profile()
-
-    def prepare(index: int, pixels: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """Each backbone's input for image ``index``, by ``id`` of its extractor."""
-        extractors = {id(w.extractor): w.extractor for w in need[index]}
-        return {k: e.prepare(pixels[e.built.config.input_size]) for k, e in extractors.items()}
-
-    batches = decoded_batches(listing, order, sizes, batch_size, prepare=prepare)
-    with bar, closing(batches):  # on an error or a stop, no decoding goes on behind it
-        while True:
-            start = time.perf_counter()
-            decoded = next(batches, None)
-            profile.waiting += time.perf_counter() - start
-            if decoded is None:
-                return profile
-            for image in decoded:
-                for item in need[image[0]]:
-                    _add(listing, item, image, on_batch, profile)
-            bar.update(len(decoded))
-
-
-def _add(
-    listing: Listing,
-    item: BatchWork,
-    image: Decoded,
-    on_batch: Callable[[BatchWork, int, BatchOutput], None],
-    profile: Profile,
-) -> None:
-    item._buffer.append(image)
-    rows = item.rows[item._next]
-    if len(item._buffer) < len(rows):
-        return
-    if [index for index, *_ in item._buffer] != rows:
-        raise RuntimeError("internal error: a decoded batch is not the planned batch")
-    start = time.perf_counter()
-    output = compute_batch(item.extractor, listing, item._buffer)
-    middle = time.perf_counter()
-    on_batch(item, item.batches[item._next], output)
-    profile.backbone += middle - start
-    profile.writing += time.perf_counter() - middle
-    item._buffer = []
-    item._next += 1
-
-
-def prepare(
+def plan_backbone(
     cache: Cache,
     listing: Listing,
     backbone: BackboneConfig,

@@ -29,7 +29,7 @@ from featurecache.config import Pipeline
 from featurecache.datasets import list_dataset
 from featurecache.errors import FeaturecacheError
 from featurecache.extraction.extract import extract_dataset
-from featurecache.extraction.job import ExtractResult
+from featurecache.extraction.result import ExtractResult
 
 log = logging.getLogger(__name__)
 

@@ -239,25 +239,31 @@ def test_several_backbones_decode_each_image_once_and_match_solo_runs(
     pipeline, monkeypatch, tmp_path
 ):
     from featurecache.datasets import Listing
+    from featurecache.extraction import decoding
 
     backbones = (
         BackboneConfig(name="mobilenet_v2", weights="none", input_size=SIZE),
         BackboneConfig(name="mobilenet", weights="none", input_size=SIZE, args={"alpha": 0.25}),
         BackboneConfig(name="mobilenet_v2", weights="none", input_size=96),
     )
-    reads = []
-    original = Listing.read_sizes
+    reads, decodes = [], []
+    original_load, original_decode = Listing.load, decoding.decode
 
-    def counting(self, record, sizes):
-        reads.append((record.source, tuple(sizes)))
-        return original(self, record, sizes)
+    def counting_load(self, index):
+        reads.append(index)
+        return original_load(self, index)
 
-    monkeypatch.setattr(Listing, "read_sizes", counting)
+    def counting_decode(data, size, *, source):
+        decodes.append((source, size))
+        return original_decode(data, size, source=source)
+
+    monkeypatch.setattr(Listing, "load", counting_load)
+    monkeypatch.setattr(decoding, "decode", counting_decode)
     together = extract(replace(pipeline, backbones=backbones))
     assert [r.n_extracted for r in together] == [39, 39, 39]
     assert len(reads) == 39  # one read per image for all three backbones
-    assert all(sizes == (SIZE, 96) for _, sizes in reads)  # one decode per input size
-    monkeypatch.setattr(Listing, "read_sizes", original)
+    assert sorted(size for _, size in decodes) == [SIZE] * 39 + [96] * 39  # once per size
+    monkeypatch.undo()
     for backbone, joint in zip(backbones, together, strict=True):
         solo_pipeline = replace(
             pipeline,

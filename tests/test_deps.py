@@ -13,7 +13,7 @@ import pytest
 from featurecache import deps
 from featurecache.cache import recipe
 from featurecache.config import BackboneConfig
-from featurecache.errors import DependencyError, EngineError
+from featurecache.errors import ConfigError, DependencyError, EngineError
 
 
 def test_the_backend_is_read_the_way_keras_reads_it(monkeypatch, tmp_path):
@@ -72,29 +72,35 @@ def test_an_unsupported_backend_is_one_clear_error(monkeypatch):
     ("backend", "requested", "recorded"),
     [
         ("tensorflow", "keras", "tensorflow"),
-        ("tensorflow", "tensorflow", "tensorflow"),
         ("tensorflow", "auto", "auto"),
         ("tensorflow", "onnxruntime", "onnxruntime"),
         ("jax", "keras", "jax"),
         ("jax", "auto", "jax"),
         ("torch", "keras", "torch"),
-        ("torch", "torch", "torch"),
     ],
 )
 def test_the_engine_is_recorded_as_the_backend_that_runs_it(
     monkeypatch, backend, requested, recorded
 ):
     monkeypatch.setattr(recipe, "backend", lambda: backend)
-    assert recipe.engine_identity(requested) == recorded
+    assert recipe.recorded_engine(requested) == recorded
+    if requested != "auto":
+        assert recipe.requested_engine(recorded) == requested
 
 
-@pytest.mark.parametrize(
-    ("backend", "requested"), [("jax", "onnxruntime"), ("torch", "tensorflow"), ("jax", "torch")]
-)
-def test_an_engine_of_another_backend_says_so_in_one_line(monkeypatch, backend, requested):
+def test_the_engines_older_spelling_is_mapped_once_where_the_configuration_is_made():
+    old = BackboneConfig(name="mobilenet_v2", weights="none", engine="tensorflow")
+    assert old.engine == "keras"
+    assert old == BackboneConfig(name="mobilenet_v2", weights="none", engine="keras")
+    with pytest.raises(ConfigError, match="engine.*'auto', 'keras', 'onnxruntime'"):
+        BackboneConfig(name="mobilenet_v2", weights="none", engine="torch")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_onnxruntime_on_another_backend_says_so_in_one_line(monkeypatch, backend):
     monkeypatch.setattr(recipe, "backend", lambda: backend)
     with pytest.raises(EngineError) as caught:
-        recipe.engine_identity(requested)
+        recipe.recorded_engine("onnxruntime")
     message = str(caught.value)
     assert "\n" not in message and f"the Keras backend is {backend}" in message
     assert "use engine 'keras'" in message

@@ -8,7 +8,7 @@ data, in :mod:`featurecache.config.registry`; this package builds the models
 
 from featurecache.backbones.build import BuiltBackbone, build_backbone
 from featurecache.backbones.preprocessing import preprocess_fn, preprocessing_layers
-from featurecache.config.backbone import sha256_file
+from featurecache.hashing import sha256_file
 
 __all__ = [
     "BuiltBackbone",

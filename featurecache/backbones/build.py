@@ -16,10 +16,10 @@ from typing import Any
 from featurecache.backbones.preprocessing import preprocess_fn
 from featurecache.backbones.taps import outputs_model
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
-from featurecache.config.backbone import sha256_file
 from featurecache.config.hub import is_hub
 from featurecache.deps import import_keras
 from featurecache.errors import ConfigError
+from featurecache.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

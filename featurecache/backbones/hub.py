@@ -15,8 +15,9 @@ task models do the same):
   pooling (``ImageClassifier``'s ``GlobalAveragePooling2D``), or max with ``pooling="max"``.
 
 The preset's files (``config.json``, the image converter, the weights) are hashed into
-one SHA-256 (:func:`featurecache.config.backbone.preset_sha256`), which the recipe uses as it
-uses a weights file's.
+one SHA-256 (:func:`featurecache.hashing.sha256_files` over
+:func:`featurecache.config.hub.preset_files`), which the recipe uses as it uses a weights
+file's.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
-from featurecache.config.backbone import preset_sha256
-from featurecache.config.hub import preset_of
+from featurecache.config.hub import preset_files, preset_of
 from featurecache.deps import import_keras
 from featurecache.errors import ConfigError, DependencyError
+from featurecache.hashing import sha256_files
 from featurecache.quiet import quiet_import
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def pooled_model(backbone: Any, config: BackboneConfig) -> tuple[Any, str]:
 def build_hub(config: BackboneConfig) -> dict[str, Any]:
     """The parts of a :class:`~featurecache.backbones.build.BuiltBackbone` for a
     keras-hub backbone: ``model``, ``preprocess``, ``weights_file`` (the preset
-    folder), ``weights_sha256`` (:func:`preset_sha256`) and ``pooled_as``.
+    folder), ``weights_sha256`` (of :func:`~featurecache.config.hub.preset_files`) and
+    ``pooled_as``.
 
     Raises
     ------
@@ -147,6 +149,8 @@ def build_hub(config: BackboneConfig) -> dict[str, Any]:
         "model": model,
         "preprocess": preprocess,
         "weights_file": str(folder),
-        "weights_sha256": preset_sha256(folder, with_weights=config.weights != "none"),
+        "weights_sha256": sha256_files(
+            folder, preset_files(folder, with_weights=config.weights != "none")
+        ),
         "pooled_as": f"{type(backbone).__name__}: {pooled_as}",
     }

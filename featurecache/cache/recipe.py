@@ -31,10 +31,10 @@ from typing import Any
 
 from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
-from featurecache.config.backbone import preset_sha256, sha256_file
-from featurecache.config.hub import is_hub
+from featurecache.config.hub import is_hub, preset_files
 from featurecache.deps import BACKENDS, backend, backend_version, package_version
 from featurecache.errors import EngineError
+from featurecache.hashing import sha256_file, sha256_files
 from featurecache.images import RESIZE_METHOD
 
 log = logging.getLogger(__name__)
@@ -62,32 +62,43 @@ def _hash(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-def engine_identity(requested: str, on: str | None = None) -> str:
-    """The engine as the recipe records it on Keras backend ``on`` (default: the current
-    one, :func:`featurecache.deps.backend`): ``keras`` becomes
-    the backend's name (``tensorflow``, ``jax`` or ``torch``); ``auto`` stays ``auto``
-    under TensorFlow (resolved when run) and becomes the backend's name elsewhere; a
-    backend's name (a recorded engine, or ``tensorflow``, the name ``keras`` had before
-    backends were configurable) and ``onnxruntime`` stay as they are.
+def recorded_engine(engine: str, on: str | None = None) -> str:
+    """How the recipe records ``engine`` (``auto``, ``keras`` or ``onnxruntime``: the
+    configuration's words, :data:`featurecache.config.constraints.ENGINES`) on Keras
+    backend ``on`` (default: the current one, :func:`featurecache.deps.backend`).
+
+    ``keras`` is recorded as the backend that runs the model (``tensorflow``, ``jax`` or
+    ``torch``: features from different backends are different recipes); ``auto`` stays
+    ``auto`` under TensorFlow (resolved when run) and is the backend's name elsewhere;
+    ``onnxruntime`` stays as it is.
 
     Raises
     ------
     EngineError
-        If ``requested`` needs another backend: a backend's name other than the current
-        one, or ``onnxruntime`` (its export goes through TensorFlow) off TensorFlow.
+        For ``onnxruntime`` off TensorFlow (its export goes through TensorFlow).
     """
     name = on or backend()
-    needs = "tensorflow" if requested == "onnxruntime" else requested
-    if needs in BACKENDS and needs != name:
+    if engine == "onnxruntime" and name != "tensorflow":
         raise EngineError(
-            f"engine {requested!r} runs on the {needs} backend only"
-            + (" (the ONNX export goes through TensorFlow)" if requested == "onnxruntime" else "")
-            + f", and the Keras backend is {name}: use engine 'keras' (the Keras model on "
-            f"the current backend), or set KERAS_BACKEND={needs}"
+            "engine 'onnxruntime' runs on the tensorflow backend only (the ONNX export goes "
+            f"through TensorFlow), and the Keras backend is {name}: use engine 'keras' (the "
+            "Keras model on the current backend), or set KERAS_BACKEND=tensorflow"
         )
-    if requested == "keras" or (requested == "auto" and name != "tensorflow"):
+    if engine == "keras" or (engine == "auto" and name != "tensorflow"):
         return name
-    return requested
+    return engine
+
+
+def requested_engine(recorded: str) -> str:
+    """The configuration's word for an engine as recorded: ``keras`` for a backend's name
+    (the inverse of :func:`recorded_engine` for a resolved engine)."""
+    return "keras" if recorded in BACKENDS else recorded
+
+
+def engine_of(attrs: dict[str, Any]) -> str:
+    """The engine recorded in a generation's attributes: ``tensorflow`` for generations
+    written before engines were recorded (TensorFlow ran them all)."""
+    return str(attrs.get("engine", "tensorflow"))
 
 
 def request(backbone: BackboneConfig, on: str | None = None) -> dict[str, Any]:
@@ -97,11 +108,11 @@ def request(backbone: BackboneConfig, on: str | None = None) -> dict[str, Any]:
     Raises
     ------
     EngineError
-        From :func:`engine_identity`.
+        From :func:`recorded_engine`.
     """
     name = on or backend()
     described = backbone.describe()
-    described["engine"] = engine_identity(backbone.engine, name)
+    described["engine"] = recorded_engine(backbone.engine, name)
     return {
         "recipe_version": RECIPE_VERSION,
         "backbone": described,
@@ -226,9 +237,9 @@ def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
 
 def _weights_sha256(file: str | None, backbone: BackboneConfig) -> str | None:
     """SHA-256 of the weights recorded at ``file`` now: a weights file, or a keras-hub
-    preset folder (:func:`featurecache.config.backbone.preset_sha256`); None if gone."""
+    preset folder (:func:`featurecache.config.hub.preset_files`); None if gone."""
     if file and Path(file).is_file():
         return sha256_file(file)
     if file and Path(file, "config.json").is_file():
-        return preset_sha256(file, with_weights=backbone.weights != "none")
+        return sha256_files(file, preset_files(file, with_weights=backbone.weights != "none"))
     return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from featurecache.config import constraints as rules
-from featurecache.config.hub import IDENTITY_FILES, is_hub, preset_of
+from featurecache.config.hub import is_hub, preset_of
 from featurecache.config.registry import REGISTRY, BackboneSpec, get_spec
 from featurecache.errors import ConfigError
 
@@ -29,29 +28,6 @@ def default_engine() -> str:
 
 #: Seed of ``weights = "none"`` (random initialisation), so random backbones are reproducible.
 RANDOM_WEIGHTS_SEED = 0
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 (hex) of a weights file, read in chunks by ``hashlib.file_digest``: the
-    identity of the weights that made a set of features."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def preset_sha256(folder: str | Path, *, with_weights: bool) -> str:
-    """SHA-256 (hex) of a keras-hub preset folder: over its identity files
-    (:data:`featurecache.config.hub.IDENTITY_FILES`) and, ``with_weights``, its
-    ``*.weights.h5`` / ``*.weights.json`` files, as the name and :func:`sha256_file` of
-    each, sorted by name. The identity of a ``hub:`` backbone's weights, as a weights
-    file's SHA-256 is for the others."""
-    folder = Path(folder)
-    names = [n for n in IDENTITY_FILES if (folder / n).is_file()]
-    if with_weights:
-        names += [p.name for p in folder.iterdir() if ".weights." in p.name]
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        digest.update(f"{name}\0{sha256_file(folder / name)}\n".encode())
-    return digest.hexdigest()
 
 
 def _weights(value: str) -> str:
@@ -93,13 +69,14 @@ class BackboneConfig:
     args : mapping
         Extra ``keras.applications`` arguments such as ``alpha``, over the registry's
         defaults.
-    engine : {"auto", "keras", "tensorflow", "onnxruntime"}
+    engine : {"auto", "keras", "onnxruntime"}
         What runs the frozen backbone (see :mod:`featurecache.extraction.engines`):
         ``auto`` (the default, or ``$FEATURECACHE_ENGINE``: :func:`default_engine`) times
         ONNX Runtime against the Keras model on a few batches when ONNX Runtime is
         installed, keeps the faster and records which; ``keras`` runs the Keras model on
-        the current Keras backend (``KERAS_BACKEND``); ``tensorflow`` is its older name,
-        for the TensorFlow backend only.
+        the current Keras backend (``KERAS_BACKEND``). ``tensorflow``, its name before
+        backends were configurable, is read as ``keras``
+        (:data:`~featurecache.config.constraints.ENGINE_ALIASES`).
     dtype : {"float32", "float16"}
         Storage type of the cached features (float16 halves the cache; features are
         read back as float32; ``benchmarks/storage.py`` measures the accuracy effect).
@@ -136,7 +113,8 @@ class BackboneConfig:
         rules.check(self, {"name": rules.BACKBONE["name"]})
         spec = get_spec(self.name)
         size = spec.input_size if self.input_size is None else self.input_size
-        rules.complete(self, name=spec.name, input_size=size)
+        engine = rules.ENGINE_ALIASES.get(self.engine, self.engine)
+        rules.complete(self, name=spec.name, input_size=size, engine=engine)
         if is_hub(spec.name):
             _check_hub(self)
         elif self.pooling == "auto":
@@ -243,7 +221,7 @@ def _check_hub(config: BackboneConfig) -> None:
         )
     # $FEATURECACHE_ENGINE is the machine's default for every backbone: not for these
     from_environment = config.engine == os.environ.get(ENGINE_ENV)
-    if config.engine not in ("keras", "auto", "tensorflow") and not from_environment:
+    if config.engine not in ("keras", "auto") and not from_environment:
         raise ConfigError(
             f"{config.name} runs on the keras engine only (no ONNX export of keras-hub models yet)",
             key="engine",

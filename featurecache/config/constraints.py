@@ -23,7 +23,10 @@ from featurecache.errors import ConfigError
 SPLITS = ("train", "validation", "test")
 FORMATS = ("folder", "hdf5", "csv")
 POOLINGS = ("avg", "max", "auto")  # auto: the family's own (keras-hub backbones)
-ENGINES = ("keras", "tensorflow", "onnxruntime", "auto")
+ENGINES = ("auto", "keras", "onnxruntime")
+#: Older spellings of an engine, mapped once, when a configuration is made: ``tensorflow``
+#: was ``keras``'s name before Keras backends were configurable.
+ENGINE_ALIASES = {"tensorflow": "keras"}
 DTYPES = ("float32", "float16")
 FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")
 VIEWS = ("identity", "flip")

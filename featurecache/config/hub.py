@@ -32,6 +32,18 @@ DEFAULT_INPUT_SIZE = 224
 IDENTITY_FILES = ("config.json", "image_converter.json", "preprocessor.json")
 
 
+def preset_files(folder: str | Path, *, with_weights: bool) -> list[str]:
+    """The files of a keras-hub preset folder that identify it: the identity files
+    (:data:`IDENTITY_FILES`) present and, ``with_weights``, its ``*.weights.h5`` /
+    ``*.weights.json`` files. Their :func:`featurecache.hashing.sha256_files` is a ``hub:``
+    backbone's weights identity, as a weights file's SHA-256 is for the others."""
+    folder = Path(folder)
+    names = [n for n in IDENTITY_FILES if (folder / n).is_file()]
+    if with_weights:
+        names += [p.name for p in folder.iterdir() if ".weights." in p.name]
+    return names
+
+
 def is_hub(name: str) -> bool:
     return name.strip().lower().startswith(PREFIX)
 

@@ -76,7 +76,7 @@ class ShardSpec:
     dataset: DatasetConfig
     fingerprint: str
     backbone: BackboneConfig
-    engine: str
+    engine: str  # as recorded (recipe.recorded_engine)
     engine_dir: str
     recipe_hash: str
     batch_size: int
@@ -132,8 +132,9 @@ def _extractor(spec: ShardSpec) -> Extractor:
                 "set the same on every worker"
             )
         model_id = recipe.model_id(spec.backbone, built.weights_sha256)
+        engine = recipe.requested_engine(spec.engine)
         _WORKER_STATE[key] = open_extractor(
-            built, spec.engine, Path(spec.engine_dir), model_id, spec.batch_size
+            built, engine, Path(spec.engine_dir), model_id, spec.batch_size
         )
     return _WORKER_STATE[key]
 

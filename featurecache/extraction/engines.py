@@ -1,8 +1,10 @@
 """Inference engines for the frozen backbone: Keras on its backend, or ONNX Runtime.
 
-``keras`` runs the Keras model itself on the current Keras backend (TensorFlow, JAX or
-PyTorch), and is recorded under the backend's name (``tensorflow``, the engine's name
-before backends were configurable, still asks for it on TensorFlow). ``onnxruntime``
+The engines are named as the configuration names them: ``auto``, ``keras`` and
+``onnxruntime`` (:data:`featurecache.config.constraints.ENGINES`; older spellings are
+mapped there). ``keras`` runs the Keras model itself on the current Keras backend
+(TensorFlow, JAX or PyTorch), and is recorded under the backend's name
+(:func:`featurecache.cache.recipe.recorded_engine`). ``onnxruntime``
 runs the ONNX export of the very same Keras model (Keras's own
 ``model.export(format="onnx")``, through tf2onnx, so on the TensorFlow backend only),
 cached on disk by model identity so it is exported once (EfficientNet's Normalization
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from featurecache.backbones import BuiltBackbone
-from featurecache.cache.recipe import engine_identity
+from featurecache.cache.recipe import recorded_engine
 from featurecache.errors import DependencyError, EngineError
 from featurecache.quiet import quiet_import
 
@@ -228,11 +230,12 @@ def select(
     batch_size: int = 32,
     trials: int = 2,
 ) -> tuple[str, Runner]:
-    """Resolve ``requested`` to ``(engine name as recorded, runner)``.
+    """Resolve ``requested`` (``auto``, ``keras`` or ``onnxruntime``) to ``(engine as
+    recorded, runner)``.
 
-    ``keras`` (and ``tensorflow``) run the Keras model and are recorded under the
-    backend's name. ``auto`` runs ``trials`` batches of random pixels through each
-    available engine (after one warm-up batch) and keeps the faster, and writes its
+    ``keras`` runs the Keras model and is recorded under the backend's name. ``auto``
+    runs ``trials`` batches of random pixels through each available engine (after one
+    warm-up batch) and keeps the faster, and writes its
     choice beside the export (``<model>.auto``) so that the next run of the same model
     in this cache (a resumed one) makes the same choice without timing; without
     onnxruntime, on another backend than TensorFlow, or when the ONNX export or its
@@ -241,11 +244,10 @@ def select(
     Raises
     ------
     DependencyError, EngineError
-        For ``onnxruntime`` when it is not installed or cannot run the backbone, and for
-        ``tensorflow`` or ``onnxruntime`` on another backend
-        (:func:`featurecache.cache.recipe.engine_identity`).
+        For ``onnxruntime`` when it is not installed, cannot run the backbone, or the
+        Keras backend is not TensorFlow (:func:`featurecache.cache.recipe.recorded_engine`).
     """
-    engine = engine_identity(requested)
+    engine = recorded_engine(requested)
     if engine == "onnxruntime":
         return engine, onnx_runner(built, folder, model_id)
     if engine != "auto":
@@ -257,7 +259,8 @@ def _auto(
     built: BuiltBackbone, folder: Path, model_id: str, batch_size: int, trials: int
 ) -> tuple[str, Runner]:
     """``auto`` for ``built``: the choice made before in ``folder``, else the faster
-    engine on ``trials`` batches (see :func:`select`)."""
+    engine on ``trials`` batches (see :func:`select`). ``auto`` is resolved on the
+    TensorFlow backend only, where the Keras model is recorded as ``tensorflow``."""
     if not onnx_available():
         log.info("engine auto: onnxruntime is not installed, using tensorflow")
         return "tensorflow", keras_runner(built)

@@ -21,8 +21,9 @@ from typing import Any
 from featurecache.backbones import build_backbone
 from featurecache.cache import Cache
 from featurecache.cache import recipe as recipes
+from featurecache.cache.arrays import ArraySpec
 from featurecache.cache.staging import ComputeStage
-from featurecache.cache.store import ArraySpec
+from featurecache.cache.writing import CacheWriter
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.datasets import Listing
 from featurecache.extraction.engines import Extractor, open_extractor
@@ -138,7 +139,7 @@ def plan_backbone(
     if backbone.weights == "none":
         weights["random_seed"] = RANDOM_WEIGHTS_SEED
     group = recipes.group_name(backbone, recipe_hash)
-    stage = cache.stage(
+    stage = CacheWriter(cache).stage(
         listing.name,
         group,
         plan_id(listing, recipe_hash, found, plan.compute, batch_size),
@@ -154,7 +155,7 @@ def plan_backbone(
         plan=plan,
         group=group,
         recipe_hash=recipe_hash,
-        engine=extractor.engine if extractor else known.attrs.get("engine", "tensorflow"),
+        engine=extractor.engine if extractor else recipes.engine_of(known.attrs),
         weights=weights,
         stage=stage,
         started=start,
@@ -184,7 +185,7 @@ def _open(
     built = build_backbone(backbone)
     model_id = recipes.model_id(backbone, built.weights_sha256)
     # "auto" is resolved once, then kept: switching would recompute everything.
-    engine = known.attrs.get("engine", "tensorflow") if known else backbone.engine
+    engine = recipes.requested_engine(recipes.engine_of(known.attrs)) if known else backbone.engine
     extractor = open_extractor(built, engine, cache.location.engine_dir(), model_id, batch_size)
     recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
     weights = {"spec": backbone.weights, "file": built.weights_file}
@@ -217,5 +218,5 @@ def _cache_hit(
         split_counts=attrs["split_counts"],
         skipped=attrs.get("skipped", []),
         content_hash=attrs.get("content_hash", ""),
-        engine=attrs.get("engine", "tensorflow"),
+        engine=recipes.engine_of(attrs),
     )

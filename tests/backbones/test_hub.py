@@ -14,8 +14,9 @@ import pytest
 
 from featurecache.cache import Cache
 from featurecache.config import BackboneConfig
-from featurecache.config.backbone import preset_sha256
+from featurecache.config.hub import preset_files
 from featurecache.errors import ConfigError, UnknownBackboneError
+from featurecache.hashing import sha256_files
 from tests.backbones.hub_presets import IMAGE_SIZE, save_tiny_presets
 from tests.conftest import CLASSES, invoke, make_image
 
@@ -65,7 +66,9 @@ def test_extract_train_and_predict_through_a_preset(presets, images, tmp_path, f
 
     fs = Cache(tmp_path / "cache").read(extracted["dataset"], extracted["group"])
     weights = fs.provenance["weights"]
-    assert weights["sha256"] == preset_sha256(presets[family], with_weights=True)
+    assert weights["sha256"] == sha256_files(
+        presets[family], preset_files(presets[family], with_weights=True)
+    )
     assert weights["pooled_as"].endswith(pooled_as) and fs.provenance["pooling"] == "auto"
     assert "ImageConverter.from_preset" in fs.provenance["preprocessing"]
     files = [Path(s) for s in fs.sources[:6]]

@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
     from featurecache.cache import Cache, recipe
-    from featurecache.cache.store import ArraySpec
+    from featurecache.cache.arrays import ArraySpec
+    from featurecache.cache.writing import CacheWriter
     from featurecache.config import load_pipeline
     from featurecache.extraction import extract
     from featurecache.heads import build_head, predict_proba
@@ -49,10 +50,10 @@ def main() -> None:
     rows = []
     for dtype in ("float32", "float16"):
         out = Cache(work / f"store-{dtype}")
-        out.ensure()
+        CacheWriter(out).ensure()
         start = time.perf_counter()
         spec = ArraySpec("features", (dim,), dtype)
-        writer = out.generation_writer("d", "g", arrays=[spec], group_attrs={})
+        writer = CacheWriter(out).generation_writer("d", "g", arrays=[spec], group_attrs={})
         for i in range(0, n, 32):
             sl = slice(i, i + 32)
             k = len(fs.y[sl])

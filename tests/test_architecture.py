@@ -23,6 +23,7 @@ MAX_CLI_SHARE = 0.10
 LAYERS = {
     "featurecache.errors": 0,
     "featurecache.quiet": 0,
+    "featurecache.hashing": 0,
     "featurecache.config": 1,
     "featurecache.images": 1,
     "featurecache.deps": 1,

@@ -17,6 +17,7 @@ from typing import Any
 
 from featurecache.cache import recipe
 from featurecache.cache.layout import Cache
+from featurecache.cache.writing import CacheWriter
 from featurecache.config import Pipeline
 
 log = logging.getLogger(__name__)
@@ -59,20 +60,21 @@ def collect_garbage(
         for h in recipe.request_hashes(b)
     }
     result = GcResult(dry_run=dry_run)
+    writer = CacheWriter(cache)
 
     def remove(path: str) -> None:
         result.removed.append(cache.relative(path))
         result.freed_bytes += cache.size(path)
         if not dry_run:
             log.info("removing %s", path)
-            cache.remove(path)
+            writer.remove(path)
 
     datasets: dict[str, list[tuple[str, str]]] = {}
     for dataset, group, path in cache.group_dirs():
         datasets.setdefault(dataset, []).append((group, path))
     staged = cache.staged_datasets()
     for dataset in sorted(set(datasets) | set(staged)):
-        with cache.lock(dataset, wait=wait):
+        with writer.lock(dataset, wait=wait):
             for group, path in datasets.get(dataset, []):
                 keep = cache.committed(dataset, group)
                 if pipelines:

@@ -1,4 +1,4 @@
-"""The cache's layout: data set groups, backbone groups, generations, staging, locks.
+"""The cache's layout, and its read side: finding groups and generations, reading features.
 
 Layout (zarr format 3, readable with plain ``zarr`` or ``xarray``)::
 
@@ -12,45 +12,35 @@ Layout (zarr format 3, readable with plain ``zarr`` or ``xarray``)::
       locks/<dataset>.lock                   one writer per data set at a time
       engines/                               ONNX exports of the backbones
 
-A generation's arrays are described in :mod:`featurecache.cache.store`.
-
-Commit protocol: a new generation is written beside the old one, then ``current`` is
-swapped with one ``os.replace`` of a symlink (atomic on POSIX), so a reader sees the
-old generation or the new one, never a mix. The previous generation is kept (a reader
-may still be using it) until the next commit or ``featurecache gc``. At an fsspec URL
-(``s3://bucket/prefix``) a generation is written in place and ``current`` is an object
-holding its name, written last (:mod:`featurecache.cache.storage`).
+A generation's arrays are described in :mod:`featurecache.cache.arrays`, its name by
+:mod:`featurecache.cache.generations`. :class:`Cache` only reads; creating the cache,
+locking, staging and committing generations are the write side's
+(:class:`featurecache.cache.writing.CacheWriter`), and checking every chunk is
+:mod:`featurecache.cache.verify`'s.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from featurecache.cache.features import FeatureSet, choose_group
-from featurecache.cache.staging import ComputeStage
+from featurecache.cache.generations import is_generation_folder
 from featurecache.cache.storage import LEGACY_BOOKKEEPING, Location
-from featurecache.cache.store import (
-    ROW_ARRAYS,
-    ArraySpec,
-    GenerationWriter,
-    create_group,
-    open_group,
-    read_arrays,
-)
+from featurecache.cache.store import is_node, open_group, read_arrays, read_attrs
 from featurecache.config import is_url
-from featurecache.errors import CacheError, LockedError
+from featurecache.errors import CacheError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 STAGING = "staging"
+#: The row columns a :class:`FeatureSet` holds (:data:`featurecache.cache.arrays.ROW_COLUMNS`).
+FEATURESET_COLUMNS = ("labels", "split", "keys", "sources")
 
 
 def cache_id(root: str | Path) -> str:
@@ -78,13 +68,13 @@ class Cache:
     # ------------------------------------------------------------------ reading
 
     def exists(self) -> bool:
-        return self.location.is_file(self._path("zarr.json"))
+        return is_node(self.location, self.location.root)
 
     def check(self) -> None:
         """Raise :class:`CacheError` unless ``root`` is a featurecache cache."""
         if self.location.local and not Path(self.location.root).exists():
             raise CacheError(f"no cache at {self.url!r}; run `featurecache extract` first")
-        attrs = self.location.read_json(self.location.root)
+        attrs = read_attrs(self.location, self.location.root)
         if attrs is None:
             if not self.location.local and not self.location.entries(self.location.root):
                 raise CacheError(f"no cache at {self.url!r}; run `featurecache extract` first")
@@ -117,7 +107,7 @@ class Cache:
         """Yield ``(dataset, group, attrs)`` for every group with a committed generation."""
         for dataset, group, _ in self.group_dirs():
             name = self.committed(dataset, group)
-            attrs = self.location.read_json(self._path(dataset, group, name)) if name else None
+            attrs = read_attrs(self.location, self._path(dataset, group, name)) if name else None
             if attrs and "recipe_hash" in attrs:
                 yield dataset, group, attrs
 
@@ -129,7 +119,7 @@ class Cache:
         """Path of the committed generation (resolved, so it stays valid to read)."""
         name = self.committed(dataset, group)
         path = self._path(dataset, group, name) if name else None
-        if path is None or not self.location.is_file(f"{path}/zarr.json"):
+        if path is None or not is_node(self.location, path):
             raise CacheError(
                 f"the cache {self.url!r} has no group {dataset}/{group}; "
                 "run `featurecache extract` (see `featurecache info`)"
@@ -150,7 +140,7 @@ class Cache:
         return path
 
     def attrs(self, dataset: str, group: str) -> dict[str, Any]:
-        return self.location.read_json(self.current(dataset, group)) or {}
+        return read_attrs(self.location, self.current(dataset, group)) or {}
 
     def open_rows(self, dataset: str, group: str) -> Any:
         """The committed generation as a read-only zarr group (arrays read lazily)."""
@@ -179,24 +169,12 @@ class Cache:
             or the flipped view asked for.
         """
         path = self._generation(dataset, group, generation)
-        attrs = self.location.read_json(path) or {}
-        node = open_group(self.location, path, mode="r")
+        attrs = read_attrs(self.location, path) or {}
         names = ["features", *(f"pooled.{tap}" for tap in taps)] if with_features else []
         views = ["", ".flip"] if flipped else [""]
-        stored = set(attrs.get("arrays", {"features": None}))
-        missing = [n + v for v in views for n in names if n + v not in stored]
-        if missing:
-            raise CacheError(
-                f"group {dataset}/{group} has no {', '.join(missing)}: add the layer to the "
-                "backbone's taps (or 'flip' to its views) and extract again"
-            )
-        try:
-            arrays = read_arrays(node, [n + v for v in views for n in names] + list(ROW_ARRAYS[:4]))
-        except KeyError as exc:
-            raise CacheError(
-                f"group {dataset}/{group} is incomplete ({exc}); run `featurecache gc` "
-                "and extract again"
-            ) from exc
+        arrays = self._read_arrays(
+            dataset, group, path, attrs, [n + v for v in views for n in names]
+        )
 
         def joined(view: str) -> np.ndarray:
             if not names:
@@ -216,6 +194,27 @@ class Cache:
             group=group,
             generation=path.rsplit("/", 1)[-1],
         )
+
+    def _read_arrays(
+        self, dataset: str, group: str, path: str, attrs: dict[str, Any], wanted: list[str]
+    ) -> dict[str, np.ndarray]:
+        """The per-image arrays ``wanted`` and the :data:`FEATURESET_COLUMNS` of the
+        generation at ``path``, whole (a :class:`CacheError` if one is not stored)."""
+        stored = set(attrs.get("arrays", {"features": None}))
+        missing = [name for name in wanted if name not in stored]
+        if missing:
+            raise CacheError(
+                f"group {dataset}/{group} has no {', '.join(missing)}: add the layer to the "
+                "backbone's taps (or 'flip' to its views) and extract again"
+            )
+        node = open_group(self.location, path, mode="r")
+        try:
+            return read_arrays(node, [*wanted, *FEATURESET_COLUMNS])
+        except KeyError as exc:
+            raise CacheError(
+                f"group {dataset}/{group} is incomplete ({exc}); run `featurecache gc` "
+                "and extract again"
+            ) from exc
 
     def backbones(self, dataset: str) -> dict[str, str]:
         """The data set's groups with a committed generation -> their backbone names."""
@@ -256,9 +255,6 @@ class Cache:
     def size(self, path: str) -> int:
         return self.location.size(path)
 
-    def remove(self, path: str) -> None:
-        self.location.remove(path)
-
     def relative(self, path: str) -> str:
         """``path`` relative to the cache root, for messages (whole, if outside it)."""
         if not path.startswith(self.location.root.rstrip("/") + "/"):
@@ -270,7 +266,7 @@ class Cache:
         return [
             self._path(dataset, group, name)
             for name in self.location.subdirs(self._path(dataset, group))
-            if name.startswith("gen-")
+            if is_generation_folder(name)
         ]
 
     def staged_datasets(self) -> list[str]:
@@ -286,115 +282,3 @@ class Cache:
         """Bookkeeping folders earlier versions kept inside the cache root."""
         entries = set(self.location.entries(self.location.root))
         return [self._path(name) for name in LEGACY_BOOKKEEPING if name in entries]
-
-    # ------------------------------------------------------------------ writing
-
-    def ensure(self) -> None:
-        """Create the root group if needed; refuse a folder that is something else.
-
-        Raises
-        ------
-        CacheError
-            If the folder holds something else, or cannot be created or written (a
-            regular file in the path, no permission): one line naming the path and cause.
-        """
-        visible = [e for e in self.location.entries(self.location.root) if not e.startswith(".")]
-        if visible and not self.exists():
-            raise CacheError(
-                f"{self.url!r} exists and is not a featurecache cache; choose another --cache"
-            )
-        if not self.exists():
-            with self.location.os_errors("create"):
-                create_group(
-                    self.location, self.location.root, {"featurecache_format": FORMAT_VERSION}
-                )
-        self.check()
-
-    @contextmanager
-    def lock(self, dataset: str, *, wait: bool = True) -> Iterator[None]:
-        """Hold the writer lock of one data set (an OS file lock, released by the
-        kernel if the holder dies, so a killed run never blocks the next). For a
-        cache at a URL the lock file is on this machine (see
-        :mod:`featurecache.cache.storage`).
-
-        Raises
-        ------
-        LockedError
-            If ``wait`` is false and another process holds the lock.
-        CacheError
-            If the lock file cannot be created.
-        """
-        path = self.location.lock_file(dataset)
-        lock = FileLock(path)
-        with self.location.os_errors("lock a data set of"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire(timeout=0)  # filelock's Timeout is an OSError: not wrapped above
-        except Timeout:
-            if not wait:
-                raise LockedError(
-                    f"another featurecache process is writing data set {dataset!r} in "
-                    f"{self.url!r}; try again later, or pass --wait to queue"
-                ) from None
-            log.warning("waiting for another process writing data set %r", dataset)
-            lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
-
-    def stage(
-        self,
-        dataset: str,
-        group: str,
-        plan: str,
-        *,
-        n_records: int,
-        arrays: list[ArraySpec],
-        batch: int,
-    ) -> ComputeStage:
-        """The resumable staging area for computing ``plan``'s ``n_records`` images'
-        ``arrays``.
-
-        Stale stages of the same group with another plan are removed (the caller
-        holds the data set's lock, so no one else is using them).
-        """
-        work = self.workspace
-        parent = work.join(STAGING, dataset, group)
-        for other in work.subdirs(parent):
-            if other != plan:
-                log.info("removing stale staging %s", f"{parent}/{other}")
-                work.remove(work.join(STAGING, dataset, group, other))
-        path = work.join(STAGING, dataset, group, plan)
-        with work.os_errors("write the staging area of"):
-            return ComputeStage(work, path, n_records, arrays, batch)
-
-    def generation_writer(
-        self,
-        dataset: str,
-        group: str,
-        *,
-        arrays: list[ArraySpec],
-        group_attrs: dict[str, Any],
-    ) -> GenerationWriter:
-        """Start the next generation of a group, holding ``arrays`` (``features`` first,
-        each with its storage type) and the row columns; invisible until ``commit``."""
-        for path in (self._path(dataset), self._path(dataset, group)):
-            if not self.location.is_file(f"{path}/zarr.json"):
-                attrs = group_attrs if path == self._path(dataset, group) else {}
-                with self.location.os_errors("write"):
-                    create_group(self.location, path, attrs)
-        committed = self.committed(dataset, group)
-        names = self.location.subdirs(self._path(dataset, group))
-        for name in names:
-            if name.endswith(".partial"):
-                self.location.remove(self._path(dataset, group, name))
-        numbers = [int(n[4:]) for n in names if n.startswith("gen-") and n[4:].isdigit()]
-        name = f"gen-{max(numbers, default=0) + 1:06d}"
-        return GenerationWriter(
-            self.location,
-            self._path(dataset, group),
-            name,
-            committed,
-            arrays=arrays,
-        )

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from featurecache.cache.arrays import ArraySpec
 from featurecache.cache.storage import Location
-from featurecache.cache.store import ArraySpec, create_arrays, open_group, write_batch
+from featurecache.cache.store import create_arrays, is_node, open_group, write_batch
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ComputeStage:
     skipped: list[dict[str, str]] = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.location.is_file(f"{self.path}/zarr.json"):
+        if is_node(self.location, self.path):
             self._group = open_group(self.location, self.path, mode="r+")
             progress = dict(self._group.attrs.get("progress", {}))
             self.done = {int(b) for b in progress.get("batches", [])}

@@ -30,7 +30,6 @@ variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from featurecache.cache.generations import partial_name
 from featurecache.config import is_url
 from featurecache.errors import (
     CacheError,
@@ -173,18 +173,6 @@ class Location:
         """
         raise NotImplementedError
 
-    def read_json(self, path: str) -> dict[str, Any] | None:
-        """The attributes in ``path/zarr.json``, or None if missing or unreadable."""
-        raw = self.read_bytes(f"{path}/zarr.json")
-        if raw is None:
-            return None
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            return None
-        attrs = doc.get("attributes", {}) if isinstance(doc, dict) else None
-        return attrs if isinstance(attrs, dict) else None
-
 
 class LocalLocation(Location):
     """A folder on a POSIX file system: renames and symlink swaps are atomic."""
@@ -238,7 +226,7 @@ class LocalLocation(Location):
         os.replace(tmp, Path(group, CURRENT))
 
     def writing_name(self, name: str) -> str:
-        return f"{name}.partial"
+        return partial_name(name)
 
     def publish(self, group: str, writing: str, name: str) -> None:
         os.replace(Path(group, writing), Path(group, name))

@@ -1,51 +1,34 @@
-"""The zarr store: the only module that imports zarr.
+"""The zarr store: the only module that imports zarr or knows its file format.
 
-Opening a group at a :class:`~featurecache.cache.storage.Location`, staging arrays,
-writing a generation (:class:`GenerationWriter`), reading arrays back and checking their
-chunks. Where things are is :class:`featurecache.cache.Cache`'s business.
+Opening and creating groups at a :class:`~featurecache.cache.storage.Location` and
+reading their attributes, creating the arrays a generation or a staging area holds
+(:mod:`featurecache.cache.arrays` says which), appending and writing rows, reading arrays
+back and checking their chunks. Where things are is :class:`featurecache.cache.Cache`'s
+business; committing a generation is :mod:`featurecache.cache.writing`'s.
 
-Each generation holds, per image (rows in data-set listing order)::
-
-    features  (n_images, feature_dim) float32   bottleneck features (or float16)
-    labels    (n_images,)             int32     index into attrs["class_names"]
-    split     (n_images,)             string    "train" | "validation" | "test"
-    keys      (n_images,)             string    BLAKE2b-128 of the image bytes
-    sources   (n_images,)             string    file path, or "file.h5[index]"
-    sizes     (n_images,)             int64     source file size, bytes
-    mtimes    (n_images,)             int64     source modification time, ns
-
-and, where the backbone asks for them (``taps``, ``finetune_from``, ``views``)::
-
-    pooled.<layer>  (n_images, channels)    float32   a tap's pooled output (dim <layer>.feature)
-    activations     (n_images, h, w, c)     float16   the activation map of finetune_from
-    <name>.flip     same as <name>                    the horizontally flipped image's
-
-Rows are chunked along ``n_images`` only, with at least 1 MiB per chunk of each array
-(:func:`chunk_rows`); every array is compressed with Blosc (zstd, level 5, byte shuffle) and
-each compressed chunk carries a CRC-32C checksum (zarr v3's standard ``crc32c`` codec), so a
-damaged chunk is detected when it is read (:class:`~featurecache.errors.DamagedError`) instead
-of decoding to wrong numbers. zarr's ``LocalStore`` writes every chunk and metadata file by
+Every array is compressed with Blosc (zstd, level 5, byte shuffle) and each compressed
+chunk carries a CRC-32C checksum (zarr v3's standard ``crc32c`` codec), so a damaged
+chunk is detected when it is read (:class:`~featurecache.errors.DamagedError`) instead of
+decoding to wrong numbers. zarr's ``LocalStore`` writes every chunk and metadata file by
 rename, so a killed writer leaves no torn file.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import json
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
-from zarr.core.sync import sync
 from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
+from featurecache.cache.arrays import ROW_COLUMNS, ArraySpec
 from featurecache.cache.storage import Location
-from featurecache.errors import CacheError, DamagedError
+from featurecache.errors import DamagedError
 
-MIN_CHUNK_BYTES = 1 << 20
 COMPRESSOR = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())
 CODEC_DESCRIPTION = "blosc(zstd, clevel=5, shuffle) + crc32c"
 # Store every chunk, even one of zeros (zarr skips those by default): a missing chunk is
@@ -54,59 +37,42 @@ _EVERY_CHUNK = {"write_empty_chunks": True}
 #: What reading a damaged chunk raises inside zarr: a checksum mismatch (ValueError),
 #: a Blosc stream that does not decompress (RuntimeError), a chunk of the wrong size.
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)
-ROW_ARRAYS = ("labels", "split", "keys", "sources", "sizes", "mtimes")
-_DTYPES = {
-    "labels": "int32",
-    "split": str,
-    "keys": str,
-    "sources": str,
-    "sizes": "int64",
-    "mtimes": "int64",
-}
+#: zarr v3's metadata document of a group or array (its attributes are in it).
+METADATA = "zarr.json"
+_T = TypeVar("_T")
 
 
-def chunk_rows(feature_dim: int, itemsize: int = 4) -> int:
-    """Rows per chunk: the smallest power of two whose chunk of ``feature_dim`` values
-    per row is >= 1 MiB."""
-    rows = MIN_CHUNK_BYTES / max(1, feature_dim * itemsize)
-    return 1 << max(0, math.ceil(math.log2(rows)))
+def _store_sync(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a zarr store coroutine (``store.exists(key)``, ``store.delete(key)``) from
+    synchronous code, on zarr's own event loop.
+
+    zarr 3.1 (3.1.6 when written) offers a store's key operations as coroutines only; the
+    way its own synchronous API runs them is ``zarr.core.sync.sync``, a private module
+    with no public equivalent. This is the one place featurecache uses it
+    (tests/cache/test_store.py tests it).
+    """
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
 
 
-@dataclass(frozen=True)
-class ArraySpec:
-    """One per-image array of a generation: its ``name``, the ``shape`` of one image's
-    row (``(feature_dim,)`` or ``(h, w, c)``) and the ``dtype`` it is stored as."""
+def read_attrs(location: Location, path: str) -> dict[str, Any] | None:
+    """The attributes of the zarr group at ``path``, read from its metadata document
+    without opening it; None if the document is missing or unreadable."""
+    raw = location.read_bytes(f"{path}/{METADATA}")
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    attrs = doc.get("attributes", {}) if isinstance(doc, dict) else None
+    return attrs if isinstance(attrs, dict) else None
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
 
-    @property
-    def row_values(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def dimension_names(self) -> tuple[str, ...]:
-        """zarr v3 names (xarray's dims): ``image``, then ``feature`` (``<tap>.feature``
-        for a pooled tap: widths differ) or ``y, x, channel``."""
-        if len(self.shape) == 3:
-            return ("image", "y", "x", "channel")
-        base = self.name.removesuffix(".flip")
-        return ("image", "feature" if base == "features" else f"{base}.feature")
-
-    def describe(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> list[ArraySpec]:
-        """The arrays a generation's attributes list (only ``features`` before they did)."""
-        arrays = attrs.get("arrays") or {
-            "features": {
-                "shape": [attrs["feature_dim"]],
-                "dtype": attrs.get("backbone", {}).get("dtype", "float32"),
-            }
-        }
-        return [cls(n, tuple(a["shape"]), a["dtype"]) for n, a in arrays.items()]
+def is_node(location: Location, path: str) -> bool:
+    """Whether a zarr group or array is at ``path`` (its metadata document exists)."""
+    return location.is_file(f"{path}/{METADATA}")
 
 
 def open_group(location: Location, path: str, *, mode: str, **kwargs: Any) -> zarr.Group:
@@ -125,7 +91,7 @@ def rewrite_group_metadata(location: Location, path: str, attributes: dict[str, 
     """Write the group metadata (``zarr.json``) at ``path`` again, with ``attributes``,
     leaving what the group holds untouched (``verify --repair`` of unreadable metadata)."""
     store = _store(location, path, read_only=False)
-    sync(store.delete("zarr.json"))
+    _store_sync(store.delete(METADATA))
     zarr.open_group(store, mode="a", attributes=attributes)
 
 
@@ -249,7 +215,7 @@ def _chunk_stored(array: zarr.Array, chunk: int) -> bool:
     """Whether chunk number ``chunk`` (along rows) of ``array`` is in its store."""
     key = array.metadata.encode_chunk_key((int(chunk),) + (0,) * (array.ndim - 1))
     prefix = f"{array.path}/" if array.path else ""
-    return sync(array.store.exists(prefix + key))
+    return _store_sync(array.store.exists(prefix + key))
 
 
 def damaged(array: zarr.Array) -> DamagedError:
@@ -277,10 +243,11 @@ def create_arrays(
 ):
     """Create the per-image arrays ``specs`` and the row columns ``names``,
     ``rows_total`` long (0: grown by appends); chunks of ``rows`` rows (default: each
-    array's :func:`chunk_rows`, the columns' as the first array's)."""
+    array's :attr:`~featurecache.cache.arrays.ArraySpec.rows_per_chunk`, the columns' as
+    the first array's)."""
     arrays = {}
     for spec in specs:
-        n = rows or chunk_rows(spec.row_values, np.dtype(spec.dtype).itemsize)
+        n = rows or spec.rows_per_chunk
         arrays[spec.name] = group.create_array(
             spec.name,
             shape=(rows_total, *spec.shape),
@@ -295,7 +262,7 @@ def create_arrays(
         arrays[name] = group.create_array(
             name,
             shape=(rows_total,),
-            dtype=_DTYPES[name],
+            dtype=ROW_COLUMNS[name],
             chunks=(column_rows,),
             compressors=compressors,
             dimension_names=("image",),
@@ -304,97 +271,28 @@ def create_arrays(
     return arrays
 
 
-def write_batch(group: zarr.Group, batch: int, batch_size: int, arrays, keys) -> None:
+def append_rows(array: zarr.Array, values: np.ndarray) -> None:
+    """Append ``values`` (rows of ``array``'s shape) at the end of ``array``."""
+    array.append(values, axis=0)
+
+
+def set_attrs(group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Add or replace attributes of ``group`` (written to its metadata document)."""
+    group.attrs.update(attrs)
+
+
+def write_batch(
+    group: zarr.Group,
+    batch: int,
+    batch_size: int,
+    arrays: dict[str, np.ndarray],
+    keys: Sequence[str],
+) -> None:
+    """Write batch ``batch``'s rows (``[batch * batch_size, ...)``) of every array of
+    ``arrays`` and of ``keys`` into ``group``'s arrays of the same names."""
     start = batch * batch_size
     stop = start + len(keys)
     for name, values in arrays.items():
         target = group[name]
         target[start:stop] = np.asarray(values, dtype=target.dtype)
     group["keys"][start:stop] = np.asarray(keys, dtype=str)
-
-
-class GenerationWriter:
-    """Writes one generation chunk by chunk, then commits it by naming it ``current``.
-
-    The generation is written beside the committed one, under a name no reader looks
-    at (``gen-N.partial`` in a folder; its final name at a URL, where nothing points at it
-    yet), and :meth:`commit` publishes it (see :mod:`featurecache.cache.storage`).
-    """
-
-    def __init__(
-        self,
-        location: Location,
-        group_path: str,
-        name: str,
-        previous: str | None,
-        *,
-        arrays: Sequence[ArraySpec],
-    ) -> None:
-        self.location = location
-        self.group_path = group_path
-        self.name = name
-        self.previous = previous
-        self.writing = location.writing_name(name)
-        self.specs = {spec.name: spec for spec in arrays}
-        self.n_rows = 0
-        self._group = open_group(location, f"{group_path}/{self.writing}", mode="w")
-        self._arrays = create_arrays(self._group, arrays, ROW_ARRAYS)
-        # Rows are written in whole chunks of every array (all powers of two).
-        self.rows_per_chunk = max(self._arrays[s.name].chunks[0] for s in arrays)
-        self._values: dict[str, list[np.ndarray]] = {n: [] for n in self.specs}
-        self._columns: dict[str, list[Any]] = {n: [] for n in ROW_ARRAYS}
-        self._buffered = 0
-
-    def append(self, arrays: dict[str, np.ndarray], **columns: Sequence[Any]) -> None:
-        """Add rows: every per-image array, ``(b, *spec.shape)``, and every row column.
-
-        Raises
-        ------
-        CacheError
-            If an array is missing or its rows have another shape than its spec's.
-        """
-        rows = len(columns["keys"])
-        for name, spec in self.specs.items():
-            values = arrays.get(name)
-            if values is None or values.shape != (rows, *spec.shape):
-                raise CacheError(
-                    f"array {name!r} of shape {None if values is None else values.shape} does "
-                    f"not match {(rows, *spec.shape)}"
-                )
-            self._values[name].append(values)
-        for name in ROW_ARRAYS:
-            self._columns[name].extend(columns[name])
-        self._buffered += rows
-        while self._buffered >= self.rows_per_chunk:
-            self._flush(self.rows_per_chunk)
-
-    def _flush(self, rows: int) -> None:
-        for name, parts in self._values.items():
-            values = np.concatenate(parts, axis=0)
-            self._arrays[name].append(values[:rows].astype(self.specs[name].dtype), axis=0)
-            self._values[name] = [values[rows:]] if values.shape[0] > rows else []
-        for name, values in self._columns.items():
-            self._arrays[name].append(np.asarray(values[:rows], dtype=_DTYPES[name]), axis=0)
-            self._columns[name] = values[rows:]
-        self._buffered -= rows
-        self.n_rows += rows
-
-    def commit(self, attrs: dict[str, Any]) -> str:
-        """Flush, write ``attrs``, and make this generation ``current`` atomically.
-
-        Generations other than this one and the one it replaces are deleted.
-        """
-        if self._buffered:
-            self._flush(self._buffered)
-        self._group.attrs.update({**attrs, "n_images": self.n_rows, "generation": self.name})
-        location = self.location
-        location.publish(self.group_path, self.writing, self.name)
-        location.set_pointer(self.group_path, self.name)
-        for old in location.subdirs(self.group_path):
-            if old.startswith("gen-") and old not in (self.name, self.previous):
-                if not old.endswith(".partial"):
-                    location.remove(f"{self.group_path}/{old}")
-        return f"{self.group_path}/{self.name}"
-
-    def abort(self) -> None:
-        self.location.remove(f"{self.group_path}/{self.writing}")

@@ -20,14 +20,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from featurecache.cache.arrays import ROW_ARRAYS, ArraySpec
 from featurecache.cache.layout import Cache
 from featurecache.cache.store import (
-    ROW_ARRAYS,
-    ArraySpec,
     checksummed,
     chunk_problems,
+    is_node,
     open_array,
     open_group,
+    read_attrs,
 )
 from featurecache.errors import CacheError, DamagedError
 
@@ -134,16 +135,16 @@ def verify_cache(
     if location.local and not Path(location.root).exists():
         raise CacheError(f"no cache at {cache.url!r}; run `featurecache extract` first")
     datasets = [d for d in location.subdirs(location.root) if not d.startswith(".")]
-    if location.read_json(location.root) is None and datasets:  # lost, or not JSON
+    if read_attrs(location, location.root) is None and datasets:  # lost, or not JSON
         result.damage.append(Damage("", "", "root metadata", "zarr.json unreadable"))
     else:
         cache.check()  # not a cache, or another format: a CacheError, not damage
     todo = []
     for dataset in datasets:
-        if location.read_json(location.join(dataset)) is None:
+        if read_attrs(location, location.join(dataset)) is None:
             result.damage.append(Damage(dataset, "", "group metadata", "zarr.json unreadable"))
         for group in cache.group_names(dataset):
-            group_attrs = location.read_json(location.join(dataset, group))
+            group_attrs = read_attrs(location, location.join(dataset, group))
             request_hash = (group_attrs or {}).get("request_hash", "")
             if group_attrs is not None and not accept(dataset, request_hash):
                 continue
@@ -173,13 +174,13 @@ def check_group(
     )
     if group_attrs is None:
         check.damage.append(Damage(dataset, group, "group metadata", "zarr.json unreadable"))
-    if name is None or not location.is_file(location.join(dataset, group, name, "zarr.json")):
+    if name is None or not is_node(location, location.join(dataset, group, name)):
         problem = "missing" if name is None else f"points at {name}, which is gone"
         check.damage.append(Damage(dataset, group, "current pointer", problem))
         check.generation = None
         return check
     gen_path = location.join(dataset, group, name)
-    attrs = location.read_json(gen_path)
+    attrs = read_attrs(location, gen_path)
     lacking = [k for k in REQUIRED_ATTRS if k not in (attrs or {})]
     if attrs is None or lacking:
         problem = "zarr.json unreadable" if attrs is None else f"lacks {', '.join(lacking)}"

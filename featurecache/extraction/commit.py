@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from featurecache.cache import Cache, recipe, storable
-from featurecache.cache.store import CODEC_DESCRIPTION, GenerationWriter, read_rows
+from featurecache.cache.store import CODEC_DESCRIPTION, read_rows
+from featurecache.cache.writing import CacheWriter, GenerationWriter
 from featurecache.errors import DatasetError
 from featurecache.extraction.job import ExtractJob
 from featurecache.extraction.result import ExtractResult
@@ -46,7 +47,7 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
             f"decoded (first: {stage.skipped[0]['reason'] if stage.skipped else 'none listed'})"
         )
     with cache.location.os_errors("write a new generation into"):
-        writer = cache.generation_writer(
+        writer = CacheWriter(cache).generation_writer(
             listing.name,
             job.group,
             arrays=job.arrays,

@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from featurecache.cache import Cache
+from featurecache.cache.writing import CacheWriter
 from featurecache.config import BackboneConfig, Pipeline
 from featurecache.datasets import Listing, list_dataset
 from featurecache.extraction import cluster as clusters
@@ -112,8 +113,9 @@ def extract_dataset(
     each backbone separately. ``damaged`` and ``rewrite`` are for ``verify --repair``
     (see :func:`~featurecache.extraction.job.plan_backbone`).
     """
-    cache.ensure()
-    with cache.lock(listing.name, wait=wait):
+    writer = CacheWriter(cache)
+    writer.ensure()
+    with writer.lock(listing.name, wait=wait):
         prepared = [
             plan_backbone(cache, listing, b, batch_size, damaged=damaged, rewrite=rewrite)
             for b in backbones

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from featurecache.cache import Cache, recipe, storable
+from featurecache.cache.generations import is_partial
 from featurecache.cache.layout import FORMAT_VERSION
-from featurecache.cache.store import open_group, read_arrays, rewrite_group_metadata
+from featurecache.cache.store import open_group, read_arrays, read_attrs, rewrite_group_metadata
 from featurecache.cache.verify import GroupCheck, VerifyResult, check_group, verify_cache
+from featurecache.cache.writing import CacheWriter
 from featurecache.config import Pipeline
 from featurecache.datasets import list_dataset
 from featurecache.errors import FeaturecacheError
@@ -80,7 +82,7 @@ def repair(
     todo: dict[tuple[str, str], GroupCheck] = {}
     for check in checked.groups:
         if any(d.what == "current pointer" for d in check.damage):
-            with cache.lock(check.dataset, wait=wait):
+            with CacheWriter(cache).lock(check.dataset, wait=wait):
                 _fix_pointer(cache, check, result)
         rows_damaged = [d for d in check.damage if d.what.startswith(("array", "generation"))]
         if rows_damaged or not check.checksummed or check.generation is None:
@@ -134,7 +136,7 @@ def _fix_metadata(cache: Cache, checked: VerifyResult, result: RepairResult) -> 
 
 def _any_generation_attrs(cache: Cache, check: GroupCheck) -> dict[str, Any] | None:
     for path in reversed(cache.generations(check.dataset, check.group)):
-        attrs = cache.location.read_json(path)
+        attrs = read_attrs(cache.location, path)
         if attrs and "request_hash" in attrs and "recipe_hash" in attrs:
             return attrs
     return None
@@ -144,10 +146,10 @@ def _fix_pointer(cache: Cache, check: GroupCheck, result: RepairResult) -> None:
     """Point ``current`` at the newest generation that reads clean, if there is one
     (each is checked before the pointer moves, so it never lands on a damaged one)."""
     location = cache.location
-    group_attrs = location.read_json(location.join(check.dataset, check.group))
+    group_attrs = read_attrs(location, location.join(check.dataset, check.group))
     for path in reversed(cache.generations(check.dataset, check.group)):
         name = path.rsplit("/", 1)[-1]
-        if name.endswith(".partial"):
+        if is_partial(name):
             continue
         candidate = check_group(cache, check.dataset, check.group, group_attrs, name)
         if not candidate.damage:

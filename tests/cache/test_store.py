@@ -8,15 +8,16 @@ import pytest
 import zarr
 
 from featurecache.cache import Cache, storable
+from featurecache.cache.arrays import ArraySpec, chunk_rows
 from featurecache.cache.storage import CURRENT
-from featurecache.cache.store import ArraySpec, chunk_rows
+from featurecache.cache.writing import CacheWriter
 from featurecache.errors import CacheError, LockedError
 from tests.conftest import workspace
 
 
 def write_gen(cache: Cache, n: int, dim: int = 8, batch: int = 7, group: str = "g"):
-    cache.ensure()
-    writer = cache.generation_writer(
+    CacheWriter(cache).ensure()
+    writer = CacheWriter(cache).generation_writer(
         "ds", group, arrays=[ArraySpec("features", (dim,))], group_attrs={}
     )
     features = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
@@ -81,7 +82,7 @@ def test_commit_swaps_current_and_keeps_only_the_previous_generation(tmp_path):
 def test_an_uncommitted_generation_is_invisible_and_aborts_cleanly(tmp_path):
     cache = Cache(tmp_path / "c")
     write_gen(cache, 5)
-    writer = cache.generation_writer(
+    writer = CacheWriter(cache).generation_writer(
         "ds", "g", arrays=[ArraySpec("features", (8,))], group_attrs={}
     )
     writer.append(
@@ -103,8 +104,8 @@ FEATURES_4 = [ArraySpec("features", (4,))]
 
 def test_compute_stage_resumes_from_its_recorded_batches(tmp_path):
     cache = Cache(tmp_path / "c")
-    cache.ensure()
-    stage = cache.stage("ds", "g", "plan1", n_records=5, arrays=FEATURES_4, batch=2)
+    CacheWriter(cache).ensure()
+    stage = CacheWriter(cache).stage("ds", "g", "plan1", n_records=5, arrays=FEATURES_4, batch=2)
     assert stage.missing() == [0, 1, 2]
     stage.write(0, {"features": np.ones((2, 4))}, ["a", "b"])
     stage.record([0], [])
@@ -112,26 +113,26 @@ def test_compute_stage_resumes_from_its_recorded_batches(tmp_path):
     stage.record([2], [{"source": "bad.jpg", "reason": "corrupt"}])
     # A batch written but not recorded (killed before the progress update):
     stage.write(1, {"features": np.full((2, 4), 9.0)}, ["x", "y"])
-    again = cache.stage("ds", "g", "plan1", n_records=5, arrays=FEATURES_4, batch=2)
+    again = CacheWriter(cache).stage("ds", "g", "plan1", n_records=5, arrays=FEATURES_4, batch=2)
     assert again.missing() == [1] and again.records_done == 3
     assert again.skipped == [{"source": "bad.jpg", "reason": "corrupt"}]
     assert again.array("features").chunks == (2, 4)  # one chunk per batch: one writer each
     np.testing.assert_array_equal(again.array("features")[0:2], np.ones((2, 4)))
     assert again.keys()[0:2] == ["a", "b"] and again.keys()[4] == ""
-    other = cache.stage("ds", "g", "plan2", n_records=3, arrays=FEATURES_4, batch=2)
+    other = CacheWriter(cache).stage("ds", "g", "plan2", n_records=3, arrays=FEATURES_4, batch=2)
     assert other.missing() == [0, 1]  # a new plan drops stale stages
     assert not (workspace(tmp_path / "c") / "staging" / "ds" / "g" / "plan1").exists()
 
 
 def test_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
     cache = Cache(tmp_path / "c")
-    cache.ensure()
+    CacheWriter(cache).ensure()
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from featurecache.cache import Cache\n"
-            f"c = Cache({str(tmp_path / 'c')!r})\n"
+            "import sys, time; from featurecache.cache import Cache, CacheWriter\n"
+            f"c = CacheWriter(Cache({str(tmp_path / 'c')!r}))\n"
             "with c.lock('ds'):\n    print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -140,9 +141,9 @@ def test_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockedError, match="another featurecache process"):
-            with cache.lock("ds", wait=False):
+            with CacheWriter(cache).lock("ds", wait=False):
                 pass
-        with cache.lock("other", wait=False):  # other data sets are independent
+        with CacheWriter(cache).lock("other", wait=False):  # other data sets are independent
             pass
     finally:
         holder.kill()
@@ -151,7 +152,7 @@ def test_lock_is_exclusive_across_processes_and_dies_with_its_holder(tmp_path):
     deadline = time.monotonic() + 10
     while True:
         try:
-            with cache.lock("ds", wait=False):
+            with CacheWriter(cache).lock("ds", wait=False):
                 break
         except LockedError:
             assert time.monotonic() < deadline, "a killed holder's lock was never released"
@@ -162,7 +163,7 @@ def test_a_folder_that_is_not_a_cache_is_refused(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     with pytest.raises(CacheError, match="not a featurecache cache"):
-        Cache(tmp_path / "photos").ensure()
+        CacheWriter(Cache(tmp_path / "photos")).ensure()
     with pytest.raises(CacheError, match="no cache"):
         Cache(tmp_path / "missing").check()
 
@@ -193,6 +194,6 @@ def test_a_cache_another_process_creates_meanwhile_is_used(tmp_path, monkeypatch
         raise zarr.errors.ContainsGroupError(f"A group exists in store {store!r} at path ''.")
 
     monkeypatch.setattr(zarr, "open_group", other_process_wins)
-    Cache(tmp_path / "c").ensure()
+    CacheWriter(Cache(tmp_path / "c")).ensure()
     monkeypatch.undo()
     assert Cache(tmp_path / "c").exists()

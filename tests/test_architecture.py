@@ -8,6 +8,7 @@ the README's "Development" section.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +192,59 @@ def test_no_submodule_shadows_a_public_api_name():
     )
     children = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
     assert not children & set(api), children & set(api)
+
+
+#: The one function per library allowed to import that library's private modules: each
+#: says in its docstring which version it was written against, and has a test.
+PRIVATE_USES = {
+    "keras.src": ("featurecache.backbones.build", "recording_weight_downloads"),
+    "keras_hub.src": ("featurecache.backbones.hub", "downloaded_preset_folder"),
+    "zarr.core": ("featurecache.cache.store", "_store_sync"),
+}
+
+
+def private_imports(module: str) -> Iterator[tuple[str, str | None, int]]:
+    """``(imported name, enclosing function or None, line)`` for every import of a
+    dependency's private module (``keras.src``, ``zarr.core``, ``sklearn.x._y``...)."""
+    tree = ast.parse(MODULES[module].read_text())
+    owner: dict[ast.AST, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                owner.setdefault(inner, node.name)
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            private = any(name.startswith(p + ".") for p in PRIVATE_USES) or (
+                parts[0] == "sklearn" and any(p.startswith("_") for p in parts[1:])
+            )
+            if private:
+                yield name, owner.get(node), node.lineno
+
+
+def test_private_modules_of_dependencies_are_used_in_one_function_each():
+    found = {
+        (name, module, function, line)
+        for module in MODULES
+        for name, function, line in private_imports(module)
+    }
+    wrong = [
+        f"{module}:{line} {function or '<module>'} imports {name}"
+        for name, module, function, line in found
+        if not any(
+            name.startswith(prefix + ".") and (module, function) == allowed
+            for prefix, allowed in PRIVATE_USES.items()
+        )
+    ]
+    assert not wrong, wrong
+    for module, function in PRIVATE_USES.values():
+        source = MODULES[module].read_text()
+        tree = ast.parse(source)
+        node = next(n for n in ast.walk(tree) if getattr(n, "name", None) == function)
+        doc = ast.get_docstring(node) or ""
+        assert re.search(r"\d+\.\d+", doc), f"{module}.{function}: name the version"

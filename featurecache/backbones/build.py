@@ -9,7 +9,8 @@ same configuration gets the same model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,7 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         pooling=config.pooling,
         **dict(config.args),
     )
-    with _RecordKerasDownloads() as fetched:
+    with recording_weight_downloads() as fetched:
         try:
             model = builder(**kwargs)
         except (ValueError, TypeError) as exc:
@@ -113,28 +114,29 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
     )
 
 
-class _RecordKerasDownloads:
-    """Context manager recording the paths ``keras.utils.get_file`` returns.
+@contextmanager
+def recording_weight_downloads() -> Iterator[list[str]]:
+    """Record the paths of the files Keras fetches while the block runs (the weights
+    file a ``keras.applications`` builder loaded, downloaded or found in
+    ``$KERAS_HOME/models``), in the list it yields.
 
-    ``keras.applications`` fetch weights through ``keras.src.utils.file_utils.get_file``
-    looked up at call time, so wrapping that attribute sees the exact file used.
+    Keras 3 (3.15 when written) has no public way to ask which file an application
+    loaded: the builders call ``keras.src.utils.file_utils.get_file`` (private), looked
+    up at call time, so wrapping that attribute sees the exact file. This is the one
+    place featurecache touches ``keras.src``; tests/backbones/test_build.py tests it.
     """
+    from keras.src.utils import file_utils
 
-    def __enter__(self) -> list[str]:
-        from keras.src.utils import file_utils
+    original = file_utils.get_file
+    paths: list[str] = []
 
-        self._module = file_utils
-        self._original = file_utils.get_file
-        self.paths: list[str] = []
-        original = self._original
+    def recording_get_file(*args: Any, **kwargs: Any) -> str:
+        path = original(*args, **kwargs)
+        paths.append(str(path))
+        return path
 
-        def recording_get_file(*args: Any, **kwargs: Any) -> str:
-            path = original(*args, **kwargs)
-            self.paths.append(str(path))
-            return path
-
-        file_utils.get_file = recording_get_file
-        return self.paths
-
-    def __exit__(self, *exc: object) -> None:
-        self._module.get_file = self._original
+    file_utils.get_file = recording_get_file
+    try:
+        yield paths
+    finally:
+        file_utils.get_file = original

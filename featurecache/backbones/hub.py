@@ -61,7 +61,21 @@ def import_keras_hub() -> Any:
 
 
 def preset_folder(preset: str) -> Path:
-    """The local folder holding the preset's files (downloaded first if named)."""
+    """The local folder holding the preset's files: ``preset`` itself for a local
+    preset folder, else keras-hub's download of the named preset."""
+    if Path(preset, "config.json").is_file():
+        return Path(preset)
+    return downloaded_preset_folder(preset)
+
+
+def downloaded_preset_folder(preset: str) -> Path:
+    """The folder keras-hub downloads a named preset's files to (downloading them once).
+
+    keras-hub (0.32 when written) has no public function that says where a preset's
+    files are; ``keras_hub.src.utils.preset_utils.get_file`` (private) is what its own
+    ``from_preset`` calls. This is the one place featurecache touches ``keras_hub.src``;
+    tests/backbones/test_hub.py tests it on a local preset.
+    """
     from keras_hub.src.utils.preset_utils import get_file
 
     return Path(os.path.dirname(get_file(preset, "config.json")))

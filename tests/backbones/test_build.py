@@ -1,5 +1,6 @@
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +141,22 @@ def test_imagenet_weights_file_is_recorded_and_hashed():
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     )
     assert len(built.weights_sha256) == 64
+
+
+@pytest.mark.real_weights
+def test_recording_weight_downloads_sees_the_file_keras_applications_load():
+    """The one use of ``keras.src`` (Keras has no public way to ask which file loaded)."""
+    import keras
+
+    from featurecache.backbones.build import recording_weight_downloads
+
+    with recording_weight_downloads() as fetched:
+        keras.applications.MobileNet(alpha=0.25, include_top=False, input_shape=(224, 224, 3))
+    assert [Path(p).name for p in fetched] == ["mobilenet_2_5_224_tf_no_top.h5"]
+    assert Path(fetched[0]).is_file()
+    from keras.src.utils import file_utils
+
+    assert file_utils.get_file.__name__ == "get_file"  # put back afterwards
 
 
 @pytest.mark.parametrize("module", sorted({s.module for s in REGISTRY.values()}))

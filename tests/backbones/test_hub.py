@@ -51,6 +51,15 @@ def direct_features(preset: Path, files: list[Path], family: str) -> np.ndarray:
     return np.asarray(backbone(x)).mean(axis=(1, 2))  # global average pooling
 
 
+def test_the_private_preset_lookup_finds_a_presets_folder(presets):
+    """The one use of ``keras_hub.src`` (keras-hub has no public way to ask where a named
+    preset's files are): here on a local preset, which it resolves without a download."""
+    from featurecache.backbones.hub import downloaded_preset_folder, preset_folder
+
+    assert downloaded_preset_folder(str(presets["cnn"])) == presets["cnn"]
+    assert preset_folder(str(presets["cnn"])) == presets["cnn"]
+
+
 @pytest.mark.parametrize(("family", "pooled_as"), [("cnn", "avg"), ("vit", "cls_token")])
 def test_extract_train_and_predict_through_a_preset(presets, images, tmp_path, family, pooled_as):
     backbone = f"hub:{presets[family]}"

@@ -41,7 +41,10 @@ def test_the_old_cache_reads_bit_identically(legacy):
         assert sha256(values) == EXPECTED["sha256"][name], name
     assert fs.split.tolist() == EXPECTED["split"]
     assert fs.keys.tolist() == EXPECTED["keys"]
-    assert [Path(s).relative_to(FIXTURE).as_posix() for s in fs.sources] == EXPECTED["sources"]
+    # the sources name the folder the fixture was made in (7d434e0 stored absolute paths)
+    assert len(fs.sources) == len(EXPECTED["sources"])
+    for source, relative in zip(fs.sources, EXPECTED["sources"], strict=True):
+        assert Path(source).as_posix().endswith(f"/tests/data/cache_7d434e0/{relative}")
 
 
 def same_versions() -> bool:

@@ -9,6 +9,7 @@ holds the answer. Decoding happens later, in :mod:`featurecache.images`, through
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -121,6 +122,7 @@ def list_dataset(config: DatasetConfig) -> Listing:
         If the path does not exist, an HDF5 key is missing, a class folder is
         empty, or there are fewer than two classes; the message says how to fix it.
     """
+    config = canonical(config)
     arrays: dict[str, RowReader] = {}
     if config.format == "hdf5":
         records, class_names, arrays = hdf5_records(config)
@@ -151,7 +153,45 @@ def _list_files(config: DatasetConfig) -> tuple[list[Record], list[str]]:
         entries, class_names = keep_classes(config, entries, class_names)
     if config.resplit:
         entries = [(path, label, None) for path, label, _ in entries]
-    return assign_splits(entries, config.path, config.split), class_names
+    records = assign_splits(entries, config.path, config.split)
+    if config.format == "csv":  # after the split: locators stay the rows as written
+        records = _canonical_rows(records)
+    return records, class_names
+
+
+def canonical(config: DatasetConfig) -> DatasetConfig:
+    """``config`` with its paths absolute and canonical, so that one data set lists the
+    same sources and fingerprint however its path is spelled (``data/photos``,
+    ``./x/../data/photos``, a link to it).
+
+    Only what names the data set is resolved (:meth:`pathlib.Path.resolve`, links
+    followed): a folder, an HDF5 file, a CSV manifest's folder (its name is kept, so
+    rows stay relative to where the manifest was found). The images inside a folder
+    keep their paths under it, links included: an image's source is where the data set
+    holds it, not where a link points. A path that does not exist is kept as given,
+    for the error that names it.
+    """
+    path = config.path
+    if path is not None and path.exists():
+        path = path.parent.resolve() / path.name if config.format == "csv" else path.resolve()
+    hdf5 = {
+        split: dataclasses.replace(s, path=s.path.resolve()) if s.path.exists() else s
+        for split, s in config.hdf5.items()
+    }
+    return dataclasses.replace(config, path=path, hdf5=hdf5)
+
+
+def _canonical_rows(records: list[Record]) -> list[Record]:
+    """CSV rows with their folders resolved (a row's own name is kept, as in a folder):
+    ``imgs/../imgs/a.png`` and ``imgs/a.png`` are one source."""
+    folders: dict[Path, Path] = {}
+    out = []
+    for record in records:
+        path = Path(record.source)
+        if path.parent not in folders:
+            folders[path.parent] = path.parent.resolve()
+        out.append(dataclasses.replace(record, source=str(folders[path.parent] / path.name)))
+    return out
 
 
 def check_classes(name: str, class_names: Sequence[str], labels: Sequence[int]) -> None:

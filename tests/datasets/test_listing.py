@@ -239,3 +239,66 @@ def test_gzip_chunked_hdf5_reads_each_chunk_once(datasets_dir, tmp_path, monkeyp
         assert len(calls) <= 2 * -(-len(images) // reader.slab)  # about one read per slab
     finally:
         listing.close()
+
+
+def test_one_folder_lists_the_same_however_its_path_is_spelled(class_folder, tmp_path, monkeypatch):
+    (tmp_path / "link").symlink_to(class_folder)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    spellings = [class_folder, tmp_path / "link", Path("../flat"), Path("../sub/../link")]
+    listings = [list_dataset(folder(p)) for p in spellings]
+    assert {x.fingerprint for x in listings} == {listings[0].fingerprint}
+    assert all(
+        [r.source for r in x.records] == [r.source for r in listings[0].records] for x in listings
+    )
+    assert listings[0].records[0].source.startswith(str(class_folder.resolve()) + "/")
+
+
+def test_a_linked_image_keeps_its_path_inside_the_data_set(class_folder, tmp_path):
+    """A link inside the folder is an image of the data set: its source is the link."""
+    outside = make_image(tmp_path / "outside" / "extra.png", CLASSES["red"])
+    (class_folder / "red" / "linked.png").symlink_to(outside)
+    listing = list_dataset(folder(class_folder))
+    sources = {r.source for r in listing.records}
+    assert str(class_folder.resolve() / "red" / "linked.png") in sources
+    assert str(outside) not in sources
+
+
+def test_one_csv_lists_the_same_however_it_and_its_rows_are_spelled(class_folder, tmp_path):
+    images = sorted(class_folder.rglob("*.png"))
+    (tmp_path / "m").mkdir()
+    plain = tmp_path / "m" / "plain.csv"
+    plain.write_text("".join(f"../flat/{p.parent.name}/{p.name},{p.parent.name}\n" for p in images))
+    dotted = tmp_path / "m" / "dotted.csv"  # the same rows, spelled through '..' and links
+    (tmp_path / "m" / "link").symlink_to(class_folder)
+    dotted.write_text(
+        "".join(
+            f"link/{p.parent.name}/../{p.parent.name}/{p.name},{p.parent.name}\n" for p in images
+        )
+    )
+    a = list_dataset(DatasetConfig(name="d", path=plain))
+    b = list_dataset(DatasetConfig(name="d", path=tmp_path / "m" / ".." / "m" / "plain.csv"))
+    c = list_dataset(DatasetConfig(name="d", path=dotted))
+    assert a.fingerprint == b.fingerprint
+    assert [r.source for r in a.records] == [r.source for r in b.records]
+    assert sorted(r.source for r in c.records) == sorted(str(p.resolve()) for p in images)
+    assert sorted(r.source for r in a.records) == sorted(str(p.resolve()) for p in images)
+
+
+def test_one_hdf5_file_lists_the_same_through_a_link(tmp_path):
+    file = tmp_path / "real" / "train.h5"
+    file.parent.mkdir()
+    with h5py.File(file, "w") as fh:
+        fh["x"] = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+        fh["y"] = np.array([0, 1, 0, 1])
+    (tmp_path / "link.h5").symlink_to(file)
+    listings = [
+        list_dataset(
+            DatasetConfig(name="d", hdf5={"train": Hdf5Source(path=p, images="x", labels="y")})
+        )
+        for p in (file, tmp_path / "link.h5", tmp_path / "real" / ".." / "real" / "train.h5")
+    ]
+    assert {x.fingerprint for x in listings} == {listings[0].fingerprint}
+    assert {x.records[0].source for x in listings} == {f"{file.resolve()}[0]"}
+    for x in listings:
+        x.close()

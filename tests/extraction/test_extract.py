@@ -305,3 +305,17 @@ def test_a_changed_search_retrains_the_head(tmp_path):
         HeadConfig(name="lr", kind="logistic_regression"),
     ):
         assert _unchanged(tmp_path, changed, "logistic_regression", attrs) is None
+
+
+def test_the_same_folder_through_a_link_or_dots_is_a_cache_hit(pipeline, split_folder, tmp_path):
+    """One folder, three spellings: one listing, so the second and third extract are cache
+    hits (nothing hashed again) and the cache records one canonical path."""
+    first = extract(pipeline)[0]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(split_folder)
+    for spelled in (tmp_path / "link", tmp_path / "elsewhere" / ".." / split_folder.name):
+        dataset = replace(pipeline.datasets[0], path=spelled)
+        [again] = extract(replace(pipeline, datasets=(dataset,)))
+        assert again.cache_hit and again.n_extracted == 0 and again.group == first.group
+    attrs = Cache(pipeline.cache).read("tiny", first.group).provenance
+    assert attrs["dataset"]["path"] == str(split_folder.resolve())

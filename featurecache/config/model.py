@@ -175,6 +175,27 @@ def _augmentation(value: Any) -> Augmentation:
     raise ConfigError(f"augment must be true, false or a table, got {value!r}", key="augment")
 
 
+def _check_head_names(heads: tuple[HeadConfig, ...]) -> None:
+    """Refuse two heads of one name: each head writes the folder its name names, so the
+    second would overwrite the first.
+
+    Raises
+    ------
+    ConfigError
+        Naming the name, both tables and the fix; ``where`` is the second table.
+    """
+    first: dict[str, int] = {}
+    for i, head in enumerate(heads):
+        if head.name in first:
+            raise ConfigError(
+                f"heads[{first[head.name]}] and heads[{i}] are both named {head.name!r} and "
+                f'would write one folder; give each [[heads]] table its own name = "..."',
+                key="name",
+                where=f"heads[{i}]",
+            )
+        first[head.name] = i
+
+
 @dataclass(frozen=True, kw_only=True)
 class Pipeline:
     """Data sets x backbones x heads, and where results go.
@@ -211,6 +232,7 @@ class Pipeline:
         for key in ("datasets", "backbones"):
             if not getattr(self, key):
                 raise ConfigError(f"the pipeline needs at least one [[{key}]] table", key=key)
+        _check_head_names(self.heads)
         names = [d.name for d in self.datasets]
         for i, ref in enumerate(self.references):
             if ref.dataset not in names:

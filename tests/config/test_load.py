@@ -176,3 +176,21 @@ def test_bad_data_set_tables_are_named_with_their_line(tmp_path, dataset, messag
     with pytest.raises(ConfigError) as info:
         load_pipeline(path)
     assert message in str(info.value) and str(info.value).startswith(f"{path}:{line}:")
+
+
+@pytest.mark.parametrize(
+    ("heads", "line"),
+    [
+        ('[[heads]]\nname = "h"\nkind = "knn"\n[[heads]]\nname = "h"\nkind = "dense"\n', 13),
+        ('[[heads]]\nkind = "knn"\n[[heads]]\nkind = "knn"\nparams = { n_neighbors = 3 }\n', 11),
+    ],
+)
+def test_two_heads_of_one_name_are_refused_with_the_line(tmp_path, heads, line):
+    """Each head writes the folder its name names: a second one would overwrite it."""
+    path = write(tmp_path, MINIMAL + heads)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: heads[0] and heads[1] are both named ")
+    assert 'give each [[heads]] table its own name = "..."' in message
+    assert "\n" not in message

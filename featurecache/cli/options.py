@@ -63,15 +63,19 @@ BackboneOpt = Annotated[
     ),
 ]
 WeightsOpt = Annotated[
-    str,
-    typer.Option(
-        help="With --data: 'imagenet' (Keras downloads and caches them), a weights file, "
-        "or 'none' (random: tests only)."
+    str | None,
+    _option(
+        "With --data: 'imagenet' (the default; Keras downloads and caches them), a weights "
+        "file, or 'none' (random: tests only). With a pipeline file, set it in the file."
     ),
 ]
-PoolingOpt = Annotated[str, typer.Option(help="With --data: global pooling, 'avg' or 'max'.")]
+PoolingOpt = Annotated[
+    str | None,
+    _option("With --data: global pooling, 'avg' (default) or 'max'. Not with a pipeline file."),
+]
 SizeOpt = Annotated[
-    int | None, _option("With --data: input size in pixels (default: the backbone's).")
+    int | None,
+    _option("With --data: input size in pixels (default: the backbone's). Not with a file."),
 ]
 EngineOpt = Annotated[
     str | None,
@@ -269,8 +273,8 @@ class PipelineOptions:
     pipeline: PipelineArg = None
     data: DataOpt = None
     backbone: BackboneOpt = None
-    weights: WeightsOpt = "imagenet"
-    pooling: PoolingOpt = "avg"
+    weights: WeightsOpt = None
+    pooling: PoolingOpt = None
     input_size: SizeOpt = None
     engine: EngineOpt = None
     dtype: DtypeOpt = None

@@ -6,6 +6,7 @@ mean exactly the same thing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,8 +108,8 @@ def resolve_pipeline(
     data: Sequence[str] | None = None,
     backbone: Sequence[str] | None = None,
     heads: Sequence[str] | None = None,
-    weights: str = "imagenet",
-    pooling: str = "avg",
+    weights: str | None = None,
+    pooling: str | None = None,
     input_size: int | None = None,
     engine: str | None = None,
     dtype: str | None = None,
@@ -119,21 +120,22 @@ def resolve_pipeline(
 ) -> Pipeline:
     """The pipeline a command line names: the file ``pipeline`` (``engine``, ``dtype`` and
     ``batch_size`` then override its own), or, without a file, ``data`` with ``backbone``
-    names, ``heads`` kinds and the backbone settings (:func:`pipeline_from_options`).
+    names, ``heads`` kinds and the backbone settings (:func:`pipeline_from_options`;
+    ``weights`` default ``"imagenet"``, ``pooling`` ``"avg"``).
 
     Raises
     ------
     ConfigError
-        If both a file and ``data`` / ``backbone`` / ``heads`` are given, or the pipeline
-        is invalid.
+        If both a file and ``data`` / ``backbone`` / ``heads`` / ``weights`` /
+        ``pooling`` / ``input_size`` are given, or the pipeline is invalid.
     """
     if pipeline is None:
         return pipeline_from_options(
             data=data or [],
             backbones=backbone or [],
             heads=heads or [],
-            weights=weights,
-            pooling=pooling,
+            weights=weights or "imagenet",
+            pooling=pooling or "avg",
             input_size=input_size,
             cache=cache,
             output=output,
@@ -141,5 +143,30 @@ def resolve_pipeline(
         ).with_overrides(engine=engine, dtype=dtype)
     if data or backbone or heads:
         raise ConfigError("give either a pipeline file or --data/--backbone/--head")
+    _refuse_backbone_options(pipeline, weights=weights, pooling=pooling, input_size=input_size)
     loaded = load_pipeline(pipeline, data_root=data_root, cache=cache, output=output)
     return loaded.with_overrides(batch_size=batch_size, engine=engine, dtype=dtype)
+
+
+def _refuse_backbone_options(pipeline: str | Path, **given: object) -> None:
+    """Refuse ``--weights``, ``--pooling`` and ``--input-size`` beside a pipeline file.
+
+    Unlike ``--engine`` and ``--dtype`` (how the same features are computed and
+    stored), these choose other features: applied from the command line, the file
+    would no longer say what the cache and the heads hold, and a weights file or an
+    input size fits one architecture, not every backbone of the file.
+
+    Raises
+    ------
+    ConfigError
+        Naming the options given and where to write them instead.
+    """
+    named = {key: value for key, value in given.items() if value is not None}
+    if not named:
+        return
+    options = ", ".join(f"--{key.replace('_', '-')}" for key in named)
+    settings = ", ".join(f"{key} = {json.dumps(value)}" for key, value in named.items())
+    raise ConfigError(
+        f"{options} go with --data only; with a pipeline file, put {settings} in the "
+        f"[[backbones]] tables of {pipeline}"
+    )

@@ -116,6 +116,50 @@ def test_dtype_option_stores_float16_and_says_so_in_the_provenance(tmp_path, cla
     assert "features 1280-d float16" in info.output
 
 
+def small_pipeline(tmp_path: Path, data: Path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(
+        f'cache = "{tmp_path / "c"}"\noutput = "{tmp_path / "runs"}"\n'
+        f'[[datasets]]\nname = "d"\npath = "{data}"\n'
+        '[[backbones]]\nname = "mobilenet_v2"\nweights = "none"\ninput_size = 32\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("command", ["extract", "train-head", "run", "finetune"])
+@pytest.mark.parametrize(
+    ("options", "settings"),
+    [
+        (["--weights", "imagenet"], 'put weights = "imagenet" in'),
+        (["--pooling", "max", "--input-size", "64"], 'put pooling = "max", input_size = 64 in'),
+    ],
+)
+def test_backbone_options_beside_a_pipeline_file_are_refused(
+    tmp_path, class_folder, command, options, settings
+):
+    """They would choose other features than the file declares: refused, never ignored."""
+    pipeline = small_pipeline(tmp_path, class_folder)
+    result = invoke(command, pipeline, *options)
+    assert result.exit_code == 1, result.output
+    given = ", ".join(o for o in options if o.startswith("--"))
+    assert result.output.strip() == (
+        f"error: {given} go with --data only; with a pipeline file, {settings} the "
+        f"[[backbones]] tables of {pipeline}"
+    )
+    assert not (tmp_path / "c").exists()
+
+
+def test_engine_and_dtype_beside_a_pipeline_file_override_its_own(tmp_path, class_folder):
+    pipeline = small_pipeline(tmp_path, class_folder)
+    result = invoke("extract", pipeline, "--engine", "keras", "--dtype", "float16", "--json")
+    assert result.exit_code == 0, result.output
+    extracted = json.loads(result.stdout)["extract"][0]
+    from featurecache.cache import Cache
+
+    attrs = Cache(tmp_path / "c").attrs("d", extracted["group"])
+    assert (attrs["backbone"]["engine"], attrs["backbone"]["dtype"]) == ("keras", "float16")
+
+
 @pytest.mark.real_weights
 def test_main_job_reaches_the_acceptance_accuracy(catvnoncat_run):
     work, first, _ = catvnoncat_run

@@ -5,9 +5,11 @@
 :mod:`featurecache.extraction`), and only the heads whose inputs changed are retrained:
 a head is retrained when its folder lacks a model, or when the content hash it was
 trained on (keys, labels and splits of the cached rows), its kind or its parameters
-differ from now. ``run`` checks the heads before anything is extracted, so a typo in a
-head costs seconds, not an extraction; ``refresh`` checks them only when one must be
-trained, so that a refresh with nothing to do imports no scikit-learn and stays fast.
+differ from now. Both check the heads before anything is extracted, so a typo in a
+head costs seconds, not an extraction: ``run`` every head, ``refresh`` every head kind
+and the heads that were never trained with their present settings (new or edited), so
+that a refresh with nothing to do imports no scikit-learn and stays fast. (A head's
+taps are checked against the backbones' when the pipeline is made.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from featurecache.config import Pipeline
 from featurecache.extraction import Cluster, ExtractResult, extract
 from featurecache.heads import check_heads
-from featurecache.heads.train import HeadResult, train_heads
+from featurecache.heads.train import HeadResult, train_heads, untried_heads
 
 
 @dataclass
@@ -53,8 +55,9 @@ def run_pipeline(
     """Check the heads, extract (on ``cluster`` if given), then train the heads.
 
     With ``only_changed`` (``refresh``), heads whose inputs did not change are kept, and
-    the heads are checked only if one is trained. ``on_extracted`` is called with the
-    extraction results before the heads train.
+    only the heads never trained with their present settings are checked (each kind is
+    checked whatever). ``on_extracted`` is called with the extraction results before the
+    heads train.
 
     Raises
     ------
@@ -64,8 +67,9 @@ def run_pipeline(
         As :func:`~featurecache.extraction.extract` and
         :func:`~featurecache.heads.train.train_heads` raise.
     """
-    if not only_changed:
-        check_heads(pipeline.heads)
+    to_check = untried_heads(pipeline) if only_changed else pipeline.heads
+    if to_check:  # imports scikit-learn: not for a refresh whose heads all ran before
+        check_heads(to_check)
     extracted = extract(pipeline, progress=progress, wait=wait, cluster=cluster)
     if on_extracted is not None:
         on_extracted(extracted)

@@ -163,12 +163,57 @@ def test_an_invalid_head_parameter_fails_before_any_extraction(folder, tmp_path,
     assert "head 'lr'" in result.output and "'C' parameter" in result.output
     assert "Traceback" not in result.output and result.output.strip().count("\n") == 0
     assert not (tmp_path / "cache").exists()
-    # refresh checks heads only when one must be trained (a no-op refresh stays fast), so it
-    # extracts first; it still stops with the same one line.
-    monkeypatch.undo()
-    refreshed = CliRunner().invoke(app, ["refresh", str(pipeline)])
+    refreshed = CliRunner().invoke(app, ["refresh", str(pipeline)])  # the same, for cron
     assert refreshed.exit_code == 1 and "head 'lr'" in refreshed.output, refreshed.output
     assert "'C' parameter" in refreshed.output and "Traceback" not in refreshed.output
+    assert not (tmp_path / "cache").exists()
+
+
+def forbid_extraction(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the backbone was built: extraction started before the heads")
+
+    monkeypatch.setattr("featurecache.extraction.job.build_backbone", boom)
+
+
+@pytest.mark.parametrize(
+    ("head", "words"),
+    [
+        ('kind = "logistic_regresion"', "unknown head 'logistic_regresion'"),
+        ('kind = "sklearn.ensemble.NoSuchForest"', "cannot import head estimator"),
+        ('kind = "knn"\nparams = { n_neighbours = 3 }', "unexpected keyword argument"),
+        ('kind = "knn"\ntaps = ["block_13_expand_relu"]', "heads[0].taps: 'block_13_expand_relu'"),
+    ],
+)
+def test_a_refresh_checks_every_head_before_extracting(
+    class_folder, tmp_path, monkeypatch, head, words
+):
+    """Kind, parameters and taps: a typo fails in seconds, before the backbone is built."""
+    pipeline = write_pipeline(tmp_path, class_folder, heads=())
+    with pipeline.open("a") as fh:
+        fh.write(f'[[heads]]\nname = "h"\n{head}\n')
+    forbid_extraction(monkeypatch)
+    result = CliRunner().invoke(app, ["refresh", str(pipeline)])
+    assert result.exit_code == 1, result.output
+    assert words in result.output and result.output.strip().count("\n") == 0, result.output
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_head_edited_between_refreshes_is_checked_before_new_images_are_extracted(
+    class_folder, tmp_path, monkeypatch
+):
+    pipeline = write_pipeline(tmp_path, class_folder)
+    [first] = refresh(pipeline)
+    make_image(class_folder / "red" / "new.png", (200, 10, 10), pattern=1)
+    text = pipeline.read_text().replace(
+        'kind = "logistic_regression"', 'kind = "logistic_regression"\nparams = { C = -1 }'
+    )
+    pipeline.write_text(text)
+    forbid_extraction(monkeypatch)
+    result = CliRunner().invoke(app, ["refresh", str(pipeline)])
+    assert result.exit_code == 1 and "'C' parameter" in result.output, result.output
+    group = first["extract"][0]["group"]
+    assert Cache(tmp_path / "cache").read("photos", group).X.shape[0] == 30  # not 31
 
 
 def test_a_refresh_with_nothing_to_do_imports_neither_tensorflow_nor_scikit_learn(folder, tmp_path):

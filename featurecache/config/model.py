@@ -196,6 +196,26 @@ def _check_head_names(heads: tuple[HeadConfig, ...]) -> None:
         first[head.name] = i
 
 
+def _check_head_taps(heads: tuple[HeadConfig, ...], backbones: tuple[BackboneConfig, ...]) -> None:
+    """Refuse a head tap that a backbone does not cache: every head is trained on every
+    backbone's features, and only the backbone's ``taps`` are stored with them.
+
+    Raises
+    ------
+    ConfigError
+        Naming the head, the tap, the backbone and the fix; ``where`` is the head's table.
+    """
+    for i, head in enumerate(heads):
+        for j, backbone in enumerate(backbones):
+            missing = [t for t in head.taps if t not in backbone.taps]
+            if missing:
+                raise ConfigError(
+                    f"taps: {missing[0]!r} is not a tap of backbone {backbone.name} "
+                    f"(backbones[{j}]); add it to that backbone's taps, or drop it here",
+                    key="taps",
+                ).within(f"heads[{i}]")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Pipeline:
     """Data sets x backbones x heads, and where results go.
@@ -233,6 +253,7 @@ class Pipeline:
             if not getattr(self, key):
                 raise ConfigError(f"the pipeline needs at least one [[{key}]] table", key=key)
         _check_head_names(self.heads)
+        _check_head_taps(self.heads, self.backbones)
         names = [d.name for d in self.datasets]
         for i, ref in enumerate(self.references):
             if ref.dataset not in names:

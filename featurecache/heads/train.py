@@ -122,12 +122,7 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
     same = (
         info.get("content_hash") == attrs.get("content_hash")
         and info.get("recipe_hash") == attrs.get("recipe_hash")
-        and info.get("kind") == kind
-        and info.get("params") == dict(head.params)
-        and info.get("taps", []) == list(head.taps)
-        and info.get("use_views", True) == head.views
-        and info.get("search", {}).get("grid_given") == _grid(head)
-        and info.get("search", {}).get("cv") == (head.cv if head.search else None)
+        and _same_settings(info, head, kind)
         and (folder / info.get("model_file", "-")).is_file()
     )
     if not same:
@@ -143,6 +138,38 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
         accuracy={s: m["accuracy"] for s, m in record.metrics.items()},
         trained=False,
     )
+
+
+def _same_settings(info: dict[str, Any], head: HeadConfig, kind: str) -> bool:
+    """Whether ``head.json``'s ``info`` records a head of exactly these settings."""
+    return (
+        info.get("kind") == kind
+        and info.get("params") == dict(head.params)
+        and info.get("taps", []) == list(head.taps)
+        and info.get("use_views", True) == head.views
+        and info.get("search", {}).get("grid_given") == _grid(head)
+        and info.get("search", {}).get("cv") == (head.cv if head.search else None)
+    )
+
+
+def untried_heads(pipeline: Pipeline) -> list[HeadConfig]:
+    """The heads of ``pipeline`` that no trained head of it (any data set, any cache
+    group) was trained with exactly these settings: new or edited heads, the ones a
+    refresh must check before it extracts. Reads ``head.json`` files only.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown head kind.
+    """
+    layout = RunLayout.of(pipeline)
+    untried = []
+    for head in pipeline.heads:
+        kind = canonical_kind(head.kind)
+        records = [r for d in pipeline.datasets for r in layout.heads_named(d.name, head.name)]
+        if not any(r.metrics and _same_settings(r.info, head, kind) for r in records):
+            untried.append(head)
+    return untried
 
 
 def _grid(head: HeadConfig) -> dict[str, list] | None:

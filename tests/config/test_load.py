@@ -143,6 +143,10 @@ note = "other data"
         ("[[heads]]\nkind = 'knn'\nsearch = { n_neighbors = [] }\n", "non-empty lists"),
         ("[[heads]]\nkind = 'knn'\ncv = 1\n", "cv must be an integer >= 2"),
         (
+            "[[heads]]\nkind = 'knn'\ntaps = ['block_13_expand_relu']\n",
+            r"heads\[0\]\.taps: 'block_13_expand_relu' is not a tap of backbone mobilenet_v2",
+        ),
+        (
             "[[references]]\ndataset = 'other'\nsource = 's'\nmodel = 'm'\nvalue = 0.5\n",
             "not a data set of this pipeline",
         ),

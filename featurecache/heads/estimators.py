@@ -173,10 +173,10 @@ def check_heads(heads: Sequence[HeadConfig]) -> list[str]:
     """Build every head and check its parameters and search grid; return the kinds.
 
     Run before any extraction, so that a typo in a head costs seconds, not an extraction.
-    The values are checked by each estimator's own parameter constraints (scikit-learn's
-    ``BaseEstimator._validate_params``, which ``fit`` runs first; the dense head's in
-    :class:`~featurecache.heads.dense.DenseHead`), for ``params`` and for every candidate
-    of ``search``.
+    The values of ``params`` and of every candidate of ``search`` are checked against the
+    table ``fit`` itself checks them with: :data:`~featurecache.heads.dense.DENSE_HEAD` for
+    the dense head, each scikit-learn estimator's own constraints for the others (see
+    :func:`_sklearn_check_params`).
 
     Raises
     ------
@@ -190,10 +190,10 @@ def check_heads(heads: Sequence[HeadConfig]) -> list[str]:
         kind = canonical_kind(config.kind)
         try:
             head = build_head(kind, config.params)
-            _validate(head)
+            _check_params(head)
             for name, param in grid_names(head, config.search).items():
                 for value in config.search[name]:
-                    _validate(clone(head).set_params(**{param: value}))
+                    _check_params(clone(head).set_params(**{param: value}))
         except (ValueError, TypeError) as exc:  # ours, or scikit-learn's InvalidParameterError
             raise ConfigError(f"head {config.name!r}: {exc}") from exc
         kinds.append(kind)
@@ -208,8 +208,34 @@ def _estimators(head: Any) -> Iterator[Any]:
             yield value
 
 
-def _validate(head: Any) -> None:
+def _check_params(head: Any) -> None:
+    """Check the parameters of the head and of every estimator inside it, as ``fit`` would."""
+    from featurecache.config.constraints import check
+    from featurecache.heads.dense import DENSE_HEAD, DenseHead
+
     for estimator in _estimators(head):
-        validate = getattr(estimator, "_validate_params", None)
-        if validate is not None:
-            validate()
+        if isinstance(estimator, DenseHead):
+            check(estimator, DENSE_HEAD)
+        else:
+            _sklearn_check_params(estimator)
+
+
+def _sklearn_check_params(estimator: Any) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints`` without
+    fitting it, as its ``fit`` does first.
+
+    scikit-learn has no public way to do this: ``fit`` is the only public entry point,
+    and fitting every candidate of a search grid is what :func:`check_heads` exists to
+    avoid. So this is featurecache's one use of the private
+    ``BaseEstimator._validate_params`` (written against scikit-learn 1.9.1; the method
+    exists since 1.2). Estimators that declare no constraints (third-party classifiers,
+    old versions) are not checked here; their ``fit`` still is.
+
+    Raises
+    ------
+    ValueError
+        scikit-learn's ``InvalidParameterError`` (a ``ValueError`` and ``TypeError``),
+        naming the estimator, the parameter and what it must be.
+    """
+    if hasattr(estimator, "_parameter_constraints") and hasattr(estimator, "_validate_params"):
+        estimator._validate_params()

@@ -40,12 +40,48 @@ def save_model(head: Any, folder: Path) -> str:
 
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(head, DenseHead):
-        head.model_.save(folder / MODEL_KERAS)
+        _class_index_model(head).save(folder / MODEL_KERAS)
         return MODEL_KERAS
     import skops.io
 
     skops.io.dump(head, folder / MODEL_SKOPS)
     return MODEL_SKOPS
+
+
+def _class_index_model(head: Any) -> Any:
+    """The dense head's network with output column ``i`` for class index ``i``, as every
+    ``.keras`` head file has it (:class:`KerasHead` reads its ``classes_`` as ``0..n-1``).
+
+    A head trained on labels ``0..k-1`` is saved as it is. One whose training rows lacked
+    a class below the largest (``classes_ = [0, 2]``) gets a last, frozen ``Dense`` layer,
+    ``class_index``, that copies column ``j`` to column ``classes_[j]`` and leaves the
+    others 0: what :func:`featurecache.heads.predict_proba` does with the head in memory.
+
+    Raises
+    ------
+    ValueError
+        If ``classes_`` are not non-negative integers: a ``.keras`` file holds no labels.
+    """
+    classes = np.asarray(head.classes_)
+    if np.array_equal(classes, np.arange(len(classes))):
+        return head.model_
+    if classes.dtype.kind not in "iu" or classes.min() < 0:
+        raise ValueError(
+            f"a dense head is saved with class indices 0, 1, ...; this one was trained on "
+            f"labels {classes[:5].tolist()}: train it on the indices of the classes"
+        )
+    keras = import_keras()
+    n_columns = int(classes.max()) + 1
+    scatter = np.zeros((len(classes), n_columns), dtype=np.float32)
+    scatter[np.arange(len(classes)), classes] = 1.0
+    index = keras.layers.Dense(n_columns, use_bias=False, trainable=False, name="class_index")
+    network = head.model_
+    model = keras.Sequential(
+        [keras.Input(shape=(head.n_features_in_,), name="features"), *network.layers, index],
+        name=network.name,
+    )
+    index.set_weights([scatter])
+    return model
 
 
 class KerasHead:

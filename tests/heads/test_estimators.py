@@ -126,3 +126,29 @@ def test_tune_on_a_sample_refits_on_everything(blobs):
         head.get_params()["kneighborsclassifier__n_neighbors"]
         == (summary["best_params"]["n_neighbors"])
     )
+
+
+def test_dense_head_missing_a_class_saves_a_column_per_class_index(blobs, tmp_path):
+    X, y = blobs
+    keep = y != 1
+    head = DenseHead(units=8, epochs=3).fit(X[keep], y[keep])
+    assert head.classes_.tolist() == [0, 2]
+    assert head.predict_proba(X).shape == (180, 2)
+    loaded = load_model(tmp_path / "dense" / save_model(head, tmp_path / "dense"))
+    assert loaded.classes_.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(
+        loaded.predict_proba(X), predict_proba(head, X, 3), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_dense_head_takes_labels_of_any_type_and_skips_unseen_validation_labels(blobs):
+    X, y = blobs
+    names = np.array(["cat", "dog", "owl"])[y]
+    y_val = names[150:].copy()
+    y_val[:10] = "emu"  # no training row has it: left out of the validation rows
+    head = DenseHead(units=8, epochs=20, learning_rate=0.01)
+    head.fit(X[:150], names[:150], validation_data=(X[150:], y_val))
+    assert head.classes_.tolist() == ["cat", "dog", "owl"] and head.n_features_in_ == 32
+    assert (head.predict(X[150:]) == names[150:]).mean() > 0.9
+    with pytest.raises(ValueError, match="no row with a label seen in y"):
+        head.fit(X[:150], names[:150], validation_data=(X[150:], ["emu"] * 30))

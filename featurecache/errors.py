@@ -165,6 +165,7 @@ def describe_os_error(exc: OSError, doing: str, *, hint: str = "") -> str:
     """One line for an ``OSError`` met while ``doing`` (``"write the cache at 'c'"``):
     the path, the cause and the fix (``ENOSPC`` -> free space, ``EROFS`` -> a writable
     folder, ...), then ``hint``."""
-    cause, fix = _OS_CAUSES.get(exc.errno, (exc.strerror or str(exc), "check the folder"))
+    default = (exc.strerror or str(exc), "check the folder")
+    cause, fix = _OS_CAUSES.get(exc.errno, default) if exc.errno is not None else default
     where = f" ({exc.filename})" if exc.filename else ""
     return f"cannot {doing}: {cause}{where}; {fix}" + (f" ({hint})" if hint else "")

@@ -131,7 +131,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def resize(image: Image.Image, size: int) -> np.ndarray:
     """Resize to ``(size, size)`` and return ``uint8`` pixels of shape ``(size, size, 3)``."""
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 

@@ -72,7 +72,7 @@ def accuracy_bars_png(
     low = min([*(r[2] for r in rows), *(v for _, v in references)], default=0.0)
     left = max(0.0, low - 0.1)
     for yi, a in zip(y, acc, strict=True):
-        ax.text(left + 0.005, yi, f"{a:.3f}", va="center", color="white", fontsize=9)
+        ax.text(left + 0.005, float(yi), f"{a:.3f}", va="center", color="white", fontsize=9)
     colours = matplotlib.colormaps["Dark2"].colors  # type: ignore[attr-defined]
     for i, (label, value) in enumerate(references):
         ax.axvline(value, color=colours[i % len(colours)], ls="--", lw=1.5, label=label)

@@ -129,7 +129,7 @@ def predict(
             proba = predict_proba(head, batch, len(class_names))
         else:
             views = [head_inputs(built, batch, record.info, view) for view in _views(record.info)]
-            proba = sum(predict_proba(head, x, len(class_names)) for x in views) / len(views)
+            proba = np.mean([predict_proba(head, x, len(class_names)) for x in views], axis=0)
         for path, row in zip(ok, proba, strict=True):
             best = int(row.argmax())
             results.append(Prediction(str(path), class_names[best], float(row[best])))

@@ -16,7 +16,16 @@ import numpy as np
 
 from featurecache.cache.arrays import ArraySpec
 from featurecache.cache.storage import Location
-from featurecache.cache.store import create_arrays, is_node, open_group, write_batch
+from featurecache.cache.store import (
+    create_arrays,
+    group_attrs,
+    is_node,
+    open_array,
+    open_group,
+    read_arrays,
+    set_attrs,
+    write_batch,
+)
 
 
 @dataclass
@@ -48,7 +57,7 @@ class ComputeStage:
     def __post_init__(self) -> None:
         if is_node(self.location, self.path):
             self._group = open_group(self.location, self.path, mode="r+")
-            progress = dict(self._group.attrs.get("progress", {}))
+            progress: dict[str, Any] = group_attrs(self._group).get("progress", {})
             self.done = {int(b) for b in progress.get("batches", [])}
             self.skipped = list(progress.get("skipped", []))
         else:
@@ -98,18 +107,23 @@ class ComputeStage:
             self._record()
 
     def _record(self) -> None:
-        self._group.attrs["progress"] = {
+        progress = {
             "batches": sorted(self.done),
             "records_done": self.records_done,
             "skipped": self.skipped,
         }
+        set_attrs(self._group, {"progress": progress})
 
     def array(self, name: str) -> Any:
-        return self._group[name]
+        """The staged array ``name`` (a zarr array, rows read with
+        :func:`~featurecache.cache.store.read_rows`)."""
+        return open_array(self._group, name)
 
     def keys(self) -> list[str]:
         """Every row's content key; ``""`` for a skipped image."""
-        return [str(k) for k in self._group["keys"][...]] if self.n_records else []
+        if not self.n_records:
+            return []
+        return [str(k) for k in read_arrays(self._group, ["keys"])["keys"]]
 
     def remove(self) -> None:
         """Delete the stage, and its parent folders when they are left empty."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import zarr
@@ -33,7 +33,7 @@ COMPRESSOR = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec
 CODEC_DESCRIPTION = "blosc(zstd, clevel=5, shuffle) + crc32c"
 # Store every chunk, even one of zeros (zarr skips those by default): a missing chunk is
 # then always damage, where zarr alone would read it as zeros.
-_EVERY_CHUNK = {"write_empty_chunks": True}
+_EVERY_CHUNK: Any = {"write_empty_chunks": True}  # zarr.create_array(config=...)
 #: What reading a damaged chunk raises inside zarr: a checksum mismatch (ValueError),
 #: a Blosc stream that does not decompress (RuntimeError), a chunk of the wrong size.
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)
@@ -75,7 +75,11 @@ def is_node(location: Location, path: str) -> bool:
     return location.is_file(f"{path}/{METADATA}")
 
 
-def open_group(location: Location, path: str, *, mode: str, **kwargs: Any) -> zarr.Group:
+#: How a group is opened: ``zarr.open_group``'s modes.
+Mode = Literal["r", "r+", "a", "w", "w-"]
+
+
+def open_group(location: Location, path: str, *, mode: Mode, **kwargs: Any) -> zarr.Group:
     """The zarr group at ``path`` of ``location`` (``mode`` as ``zarr.open_group``'s)."""
     return zarr.open_group(_store(location, path, read_only=mode == "r"), mode=mode, **kwargs)
 
@@ -127,7 +131,7 @@ def open_array(group: zarr.Group, name: str) -> zarr.Array:
         If its metadata (``zarr.json``) is not valid JSON or not zarr's.
     """
     try:
-        return group[name]
+        node = group[name]
     except (ValueError, TypeError) as exc:  # a missing array is a KeyError: not caught
         where = _where(group.store)
         raise DamagedError(
@@ -136,6 +140,9 @@ def open_array(group: zarr.Group, name: str) -> zarr.Array:
             path=where,
             array=name,
         ) from exc
+    if not isinstance(node, zarr.Array):
+        raise KeyError(name)  # a group of that name: no such array
+    return node
 
 
 def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
@@ -143,7 +150,8 @@ def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
     :class:`DamagedError` if a chunk fails its checksum or decompression."""
     _require_chunks(array, np.unique(np.asarray(rows) // array.chunks[0]))
     try:
-        return array.get_orthogonal_selection((rows,) + (slice(None),) * (array.ndim - 1))
+        selection = (rows,) + (slice(None),) * (array.ndim - 1)
+        return np.asarray(array.get_orthogonal_selection(selection))
     except DECODE_ERRORS as exc:
         raise damaged(array) from exc
 
@@ -155,7 +163,7 @@ def read_slice(array: zarr.Array, rows: slice) -> np.ndarray:
         step = array.chunks[0]
         _require_chunks(array, range(first // step, (stop - 1) // step + 1))
     try:
-        return array[rows]
+        return np.asarray(array[rows])
     except DECODE_ERRORS as exc:
         raise damaged(array) from exc
 
@@ -176,7 +184,8 @@ def _require_chunks(array: zarr.Array, chunks: Any) -> None:
 
 def checksummed(array: zarr.Array) -> bool:
     """Whether the array's chunks carry CRC-32C checksums (written since they do)."""
-    return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+    codecs = getattr(array.metadata, "codecs", ())  # zarr format 2 metadata has none
+    return any(isinstance(c, Crc32cCodec) for c in codecs)
 
 
 def chunk_problems(array: zarr.Array) -> list[tuple[int, int, str]]:
@@ -276,6 +285,11 @@ def append_rows(array: zarr.Array, values: np.ndarray) -> None:
     array.append(values, axis=0)
 
 
+def group_attrs(group: zarr.Group) -> dict[str, Any]:
+    """The attributes of an open group, as a plain dict."""
+    return dict(group.attrs)
+
+
 def set_attrs(group: zarr.Group, attrs: dict[str, Any]) -> None:
     """Add or replace attributes of ``group`` (written to its metadata document)."""
     group.attrs.update(attrs)
@@ -293,6 +307,6 @@ def write_batch(
     start = batch * batch_size
     stop = start + len(keys)
     for name, values in arrays.items():
-        target = group[name]
+        target = open_array(group, name)
         target[start:stop] = np.asarray(values, dtype=target.dtype)
-    group["keys"][start:stop] = np.asarray(keys, dtype=str)
+    open_array(group, "keys")[start:stop] = np.asarray(keys, dtype=str)

@@ -217,12 +217,12 @@ class GenerationWriter:
 
     def _flush(self, rows: int) -> None:
         for name, parts in self._values.items():
-            values = np.concatenate(parts, axis=0)
-            append_rows(self._arrays[name], values[:rows].astype(self.specs[name].dtype))
-            self._values[name] = [values[rows:]] if values.shape[0] > rows else []
-        for name, values in self._columns.items():
-            append_rows(self._arrays[name], np.asarray(values[:rows], dtype=ROW_COLUMNS[name]))
-            self._columns[name] = values[rows:]
+            joined = np.concatenate(parts, axis=0)
+            append_rows(self._arrays[name], joined[:rows].astype(self.specs[name].dtype))
+            self._values[name] = [joined[rows:]] if joined.shape[0] > rows else []
+        for name, column in self._columns.items():
+            append_rows(self._arrays[name], np.asarray(column[:rows], dtype=ROW_COLUMNS[name]))
+            self._columns[name] = column[rows:]
         self._buffered -= rows
         self.n_rows += rows
 

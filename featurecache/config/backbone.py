@@ -100,7 +100,8 @@ class BackboneConfig:
 
     name: str
     weights: str = "imagenet"
-    input_size: int | None = None
+    # None asks for the backbone's own size; __post_init__ always sets an int
+    input_size: int = None  # type: ignore[assignment]
     pooling: str = "avg"
     args: Mapping[str, Any] = field(default_factory=dict)
     engine: str = field(default_factory=default_engine)

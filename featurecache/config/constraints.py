@@ -16,9 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from featurecache.errors import ConfigError
+
+#: A constraint table: each field's name -> what it may be (types, :class:`Interval`,
+#: :class:`Options`, ``None``...); :func:`check` accepts a value one of them accepts.
+Table: TypeAlias = Mapping[str, Sequence[Any]]
 
 SPLITS = ("train", "validation", "test")
 FORMATS = ("folder", "hdf5", "csv")
@@ -51,6 +55,9 @@ class Interval:
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, self.kind):
             return False
+        return self._within(value)
+
+    def _within(self, value: Any) -> bool:
         left = self.closed in ("both", "left")
         right = self.closed in ("both", "right")
         above = self.low is None or (value >= self.low if left else value > self.low)
@@ -165,7 +172,7 @@ def complete(obj: Any, **values: Any) -> None:
         object.__setattr__(obj, name, value)
 
 
-def check(obj: Any, table: Mapping[str, list[Any]]) -> None:
+def check(obj: Any, table: Table) -> None:
     """Check every field of ``obj`` that ``table`` names.
 
     Raises
@@ -183,9 +190,9 @@ def check(obj: Any, table: Mapping[str, list[Any]]) -> None:
 
 _FRACTION = Interval(Real, 0, 1, closed="left", what="a fraction")
 
-SPLIT_RATIOS = {"validation": [_FRACTION], "test": [_FRACTION], "seed": [Integral]}
-HDF5_SOURCE = {"path": [Path], "images": [str], "labels": [str], "classes": [str, None]}
-DATASET = {
+SPLIT_RATIOS: Table = {"validation": [_FRACTION], "test": [_FRACTION], "seed": [Integral]}
+HDF5_SOURCE: Table = {"path": [Path], "images": [str], "labels": [str], "classes": [str, None]}
+DATASET: Table = {
     "name": [str],
     "format": [Options(FORMATS)],
     "path": [Path, None],
@@ -193,7 +200,7 @@ DATASET = {
     "classes": [Strings("a list of class names")],
     "resplit": [bool],
 }
-BACKBONE = {
+BACKBONE: Table = {
     "name": [str],
     "weights": [str],
     "input_size": [Interval(Integral, 32, None, what="an integer number of pixels")],
@@ -205,7 +212,7 @@ BACKBONE = {
     "taps": [Strings("a list of layer names")],
     "views": [Strings(f"a list of views from {VIEWS}")],
 }
-HEAD = {
+HEAD: Table = {
     "name": [str],
     "kind": [str],
     "params": [Mapping],
@@ -215,7 +222,7 @@ HEAD = {
     "taps": [Strings("a list of layer names")],
     "views": [bool],
 }
-REFERENCE = {
+REFERENCE: Table = {
     "dataset": [str],
     "source": [str],
     "model": [str],
@@ -224,13 +231,13 @@ REFERENCE = {
     "comparable": [bool],
     "note": [str],
 }
-AUGMENTATION = {
+AUGMENTATION: Table = {
     "flip": [Options(FLIPS)],
     "rotation": [Interval(Real, 0, 1, what="a fraction of a full turn")],
     "zoom": [Interval(Real, 0, 1, closed="left", what="a fraction of the image side")],
     "translation": [Interval(Real, 0, 1, closed="left", what="a fraction of the image side")],
 }
-FINETUNE = {
+FINETUNE: Table = {
     "head": [str],
     "epochs": [Interval(Integral, 1, None)],
     "max_steps": [Interval(Integral, 0, None)],
@@ -243,7 +250,7 @@ FINETUNE = {
     "source": [Options(SOURCES)],
     "optimizer": [Options(OPTIMIZERS)],
 }
-PIPELINE = {
+PIPELINE: Table = {
     "name": [str],
     "batch_size": [Interval(Integral, 1, None)],
     "description": [str],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from featurecache.config.backbone import BackboneConfig, default_engine
 from featurecache.config.constraints import SPLITS
@@ -18,6 +19,7 @@ from featurecache.config.model import (
     DEFAULT_OUTPUT,
     HeadConfig,
     Pipeline,
+    cache_path,
 )
 from featurecache.errors import ConfigError
 
@@ -80,14 +82,15 @@ def pipeline_from_options(
     if not data:
         raise ConfigError("give a pipeline file, or --data PATH (see --help)")
     dataset = dataset_from_option(data, name=name)
+    sized: dict[str, Any] = {} if input_size is None else {"input_size": input_size}
     configs = tuple(
         BackboneConfig(
             name=b,
             weights=weights,
             pooling=pooling,
-            input_size=input_size,
             engine=engine or default_engine(),
             dtype=dtype,
+            **sized,
         )
         for b in (backbones or ["mobilenet_v2"])
     )
@@ -96,7 +99,7 @@ def pipeline_from_options(
         datasets=(dataset,),
         backbones=configs,
         heads=tuple(HeadConfig(kind=h) for h in (heads or ["logistic_regression"])),
-        cache=cache,
+        cache=cache_path(cache),
         output=Path(output or DEFAULT_OUTPUT),
         batch_size=batch_size,
     )

@@ -65,7 +65,8 @@ def list_folder(root: Path) -> tuple[list[Entry], list[str]]:
             f"{root} mixes split folders ({', '.join(p.name for p in split_dirs)}) with "
             f"other folders ({', '.join(others)}); use root/<class>/* or root/<split>/<class>/*"
         )
-    layout = [(SPLIT_ALIASES[p.name.lower()], p) for p in split_dirs] or [(None, root)]
+    layout: list[tuple[str | None, Path]] = [(SPLIT_ALIASES[p.name.lower()], p) for p in split_dirs]
+    layout = layout or [(None, root)]
     suffixes = image_suffixes()
     per_class: dict[str, list[tuple[Path, str | None]]] = {}
     for split, folder in layout:

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,10 @@ def compute_shard(spec: ShardSpec) -> ShardResult:
     return result
 
 
+def _shards_done(done: int, total: int) -> str:
+    return f"{done} of {total} shards"
+
+
 def run_on_cluster(
     client: Any,
     cache: Cache,
@@ -290,7 +295,7 @@ def _collect(
                 future.release()  # the result is recorded: a dead worker cannot lose it
                 done += 1
                 bar.update(spec.n_images)
-                stop.check(lambda n=done: f"{n} of {len(submitted)} shards")
+                stop.check(partial(_shards_done, done, len(submitted)))
         except BaseException as exc:  # a Stopped too: no shard keeps running
             for future in submitted:
                 future.cancel()

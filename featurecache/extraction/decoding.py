@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,7 +84,7 @@ def decoded_batches(
     batch_size: int,
     workers: int | None = None,
     preprocess: Preprocess | None = None,
-) -> Iterator[list[DecodedImage]]:
+) -> Generator[list[DecodedImage], None, None]:
     """Yield the images of ``order`` (record indices) in that order, ``batch_size`` at a time.
 
     Each image is read once and decoded once per input size in ``sizes[index]``, then

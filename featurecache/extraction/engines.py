@@ -290,7 +290,7 @@ def _auto(
         for _ in range(trials):
             run(batch)
         timings[name] = trials * batch_size / (time.perf_counter() - start)
-    best = max(timings, key=timings.get)
+    best = max(timings, key=lambda name: timings[name])
     tmp = choice.with_name(f".{choice.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(best + "\n")
     os.replace(tmp, choice)

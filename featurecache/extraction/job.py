@@ -120,7 +120,7 @@ def plan_backbone(
     start = time.perf_counter()
     damaged = damaged or {}
     found = recipes.find_group(cache, listing.name, backbone)
-    here = (listing.name, found.group) if found else None
+    here = (listing.name, found.group) if found else ("", "")
     if here in damaged and damaged[here] is None:
         found = None  # unreadable: computed again, or found by content key elsewhere
     elif found and found.attrs["dataset"]["fingerprint"] == listing.fingerprint:
@@ -130,12 +130,14 @@ def plan_backbone(
     recipe_hash = known.attrs["recipe_hash"] if known else None
     plan = make_plan(cache, listing, found, recipe_hash, damaged)
     extractor = None
-    arrays = ArraySpec.from_attrs(known.attrs) if known else []
     if plan.compute or known is None:
         extractor, recipe_hash, arrays, weights = _open(cache, backbone, known, batch_size)
-    else:
+        engine = extractor.engine
+    else:  # every image is in the cache already: no backbone to build
         recipe_hash = known.attrs["recipe_hash"]
+        arrays = ArraySpec.from_attrs(known.attrs)
         weights = dict(known.attrs["weights"])
+        engine = recipes.engine_of(known.attrs)
     if backbone.weights == "none":
         weights["random_seed"] = RANDOM_WEIGHTS_SEED
     group = recipes.group_name(backbone, recipe_hash)
@@ -155,7 +157,7 @@ def plan_backbone(
         plan=plan,
         group=group,
         recipe_hash=recipe_hash,
-        engine=extractor.engine if extractor else recipes.engine_of(known.attrs),
+        engine=engine,
         weights=weights,
         stage=stage,
         started=start,

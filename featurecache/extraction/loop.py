@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Protocol
@@ -168,7 +168,7 @@ def run_batches(
     order = sorted(need)
     sizes = {i: sorted({w.extractor.built.config.input_size for w in need[i]}) for i in order}
 
-    def inputs(index: int, pixels: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def inputs(index: int, pixels: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Each backbone's input for image ``index``, by slot (on a decoding thread)."""
         return {
             w.slot: w.extractor.preprocess(pixels[w.extractor.built.config.input_size])

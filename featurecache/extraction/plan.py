@@ -57,7 +57,7 @@ def make_plan(
     old_rows: dict[str, tuple[int, int, str, int]] = {}
     by_key: dict[str, tuple[Any, int]] = {}
     if found is not None:
-        bad = damaged.get((listing.name, found.group), ())
+        bad = damaged.get((listing.name, found.group)) or ()
         old = cache.open_rows(listing.name, found.group)
         columns = read_arrays(old, ("sources", "sizes", "mtimes", "keys"))
         sources, sizes, mtimes, keys = columns.values()
@@ -72,8 +72,12 @@ def make_plan(
         source = storable(record.source)
         present.add(source)
         previous = old_rows.get(source)
-        unchanged = previous and record.size >= 0 and previous[:2] == (record.size, record.mtime_ns)
-        if unchanged and previous[2] in by_key:
+        unchanged = (
+            previous is not None
+            and record.size >= 0
+            and previous[:2] == (record.size, record.mtime_ns)
+        )
+        if previous is not None and unchanged and previous[2] in by_key:
             plan.keys[index] = previous[2]
             plan.reuse[index] = by_key[previous[2]]
             continue

@@ -63,7 +63,9 @@ def activation_batches(
     keras = import_keras()
     windows = _Windows(generation, rows, labels, batch_size, views, shuffle, seed)
 
-    class ActivationBatches(keras.utils.PyDataset):
+    base: Any = keras.utils.PyDataset  # Keras is imported on first use: a runtime base
+
+    class ActivationBatches(base):
         def __init__(self) -> None:
             super().__init__(workers=1, use_multiprocessing=False)
             self.windows = windows
@@ -191,7 +193,7 @@ def predict_cached(
         )
         for view in views
     ]
-    return sum(proba) / len(proba)
+    return np.mean(proba, axis=0)
 
 
 @contextmanager

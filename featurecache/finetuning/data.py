@@ -52,7 +52,9 @@ def image_batches(
     when ``shuffle``; images are decoded by up to 4 threads ahead of the model."""
     keras = import_keras()
 
-    class ImageBatches(keras.utils.PyDataset):
+    base: Any = keras.utils.PyDataset  # Keras is imported on first use: a runtime base
+
+    class ImageBatches(base):
         def __init__(self) -> None:
             super().__init__(workers=min(4, os.cpu_count() or 1), use_multiprocessing=False)
             self.rng = np.random.default_rng(seed)

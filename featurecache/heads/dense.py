@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from featurecache.config.constraints import Interval, check
+from featurecache.config.constraints import Interval, Table, check
 from featurecache.deps import import_keras
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 #: What each parameter of :class:`DenseHead` may be; ``fit`` and
 #: :func:`featurecache.heads.check_heads` check them with
 #: :func:`featurecache.config.constraints.check`.
-DENSE_HEAD = {
+DENSE_HEAD: Table = {
     "units": [Interval(Integral, 1, None)],
     "dropout": [Interval(Real, 0, 1, closed="left", what="a fraction")],
     "learning_rate": [Interval(Real, 0, None, closed="neither")],

@@ -254,7 +254,8 @@ def verify(
     wait: bool = True,
 ) -> VerifyOutcome:
     """Read every chunk, pointer and attribute of the caches ``targets`` name (caches,
-    or pipeline files); with ``repair``, recompute damaged rows.
+    or pipeline files); with ``repair``, recompute damaged rows (as the pipelines say,
+    else as each damaged group's provenance records).
     See :func:`featurecache.workflow.verify`."""
     from featurecache.workflow import verify as run_verify
 

@@ -226,7 +226,7 @@ def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
         if sha is None:
             return match
         if (file, sha) not in checked:
-            checked[(file, sha)] = _weights_sha256(file, backbone) == sha
+            checked[(file, sha)] = weights_sha256(file, backbone) == sha
         if checked[(file, sha)]:
             return match
         log.info(
@@ -235,7 +235,7 @@ def _find(cache: Cache, backbone: BackboneConfig, accept) -> CachedGroup | None:
     return None
 
 
-def _weights_sha256(file: str | None, backbone: BackboneConfig) -> str | None:
+def weights_sha256(file: str | None, backbone: BackboneConfig) -> str | None:
     """SHA-256 of the weights recorded at ``file`` now: a weights file, or a keras-hub
     preset folder (:func:`featurecache.config.hub.preset_files`); None if gone."""
     if file and Path(file).is_file():

@@ -136,7 +136,7 @@ def open_array(group: zarr.Group, name: str) -> zarr.Array:
         where = _where(group.store)
         raise DamagedError(
             f"the cache is damaged: {where}, array {name!r} has unreadable metadata "
-            f"(zarr.json: {exc}); run `featurecache verify --repair PIPELINE` to rewrite it",
+            f"(zarr.json: {exc}); run `featurecache verify --repair CACHE` to rewrite it",
             path=where,
             array=name,
         ) from exc
@@ -235,7 +235,7 @@ def damaged(array: zarr.Array) -> DamagedError:
     reason = problems[0][2] if problems else "unreadable"
     return DamagedError(
         f"the cache is damaged: {where}, array {name!r}, rows {rows} ({reason}); "
-        "run `featurecache verify --repair PIPELINE` to recompute them from the images",
+        "run `featurecache verify --repair CACHE` to recompute them from the images",
         path=where,
         array=name,
         rows=[(a, b) for a, b, _ in problems],

@@ -154,7 +154,8 @@ def verify(
     """Read every chunk, pointer and attribute of the cache; say what is damaged (exit 5).
 
     With --repair, recompute the damaged rows from their source images and commit them as
-    a new generation; rows whose image is gone are listed, never dropped in silence.
+    a new generation; a cache alone is enough (each group's provenance says how it was
+    made). Rows whose image is gone are listed, never dropped in silence.
     """
     outcome = api.verify(
         targets or [],

@@ -221,7 +221,7 @@ VerifyTargetsArg = Annotated[
     typer.Argument(
         metavar="PIPELINE_OR_CACHE",
         help="Caches (folders or URLs) to check whole, or pipeline files or folders of them: "
-        "their caches' groups only, and what --repair needs to recompute them. Default: "
+        "their caches' groups only, recomputed by --repair as they say. Default: "
         "--cache, $FEATURECACHE_CACHE or ./cache.",
         show_default=False,
     ),
@@ -230,8 +230,9 @@ RepairOpt = Annotated[
     bool,
     typer.Option(
         "--repair",
-        help="Recompute damaged rows from their images (needs the pipeline files), point "
-        "`current` at the newest clean generation, rewrite old caches with checksums.",
+        help="Recompute damaged rows from their images (as the pipeline files given say, "
+        "else as each group's provenance records), point `current` at the newest clean "
+        "generation, rewrite old caches with checksums.",
     ),
 ]
 DryRunOpt = Annotated[

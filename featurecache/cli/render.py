@@ -140,8 +140,8 @@ def verified(outcome: Any) -> None:
         typer.echo("clean" if not outcome.repairs else "clean after repair")
     elif not outcome.repairs:
         typer.echo(
-            "damage found: run `featurecache verify --repair PIPELINE` to recompute it from "
-            "the images (see README, 'Checking the cache')"
+            "damage found: run `featurecache verify --repair CACHE` to recompute it from the "
+            "images (see README, 'Checking the cache')"
         )
 
 

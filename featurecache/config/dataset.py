@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,24 @@ class DatasetConfig:
         rules.check(self, rules.DATASET)
         rules.complete(self, classes=tuple(self.classes))
         self._check_format()
+
+    @classmethod
+    def from_description(cls, described: Mapping[str, Any]) -> DatasetConfig:
+        """The configuration :meth:`describe` recorded (a generation's ``dataset``
+        attribute; keys that are not fields, such as ``fingerprint``, are ignored).
+
+        Raises
+        ------
+        ConfigError
+            If the description is not one :meth:`describe` could have written.
+        """
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in described.items() if k in names}
+        if isinstance(values.get("hdf5"), Mapping):
+            values["hdf5"] = {
+                split: Hdf5Source(**source) for split, source in values["hdf5"].items()
+            }
+        return cls(**values)
 
     def _check_format(self) -> None:
         if self.format == "hdf5":

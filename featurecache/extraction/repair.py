@@ -8,16 +8,23 @@
   (:func:`~featurecache.extraction.extract.extract_dataset`), which copies every other
   row. Generations written before chunks carried checksums are rewritten with them.
 
+How to compute rows again comes from the pipeline files given, else from the damaged
+group's own provenance: a generation's attributes record its data set's configuration
+(``dataset``), its backbone's (``backbone``), the weights' SHA-256 and the batch size,
+so ``verify --repair CACHE`` needs no pipeline. A group whose images or weights file are
+gone, whose weights changed, or whose recipe cannot run here (other Keras versions or
+backend) is listed with what is missing, never repaired with other inputs.
+
 Rows whose source image is gone cannot be computed: they are listed, never dropped in
-silence. Damage in a group that no pipeline given declares is listed too: repairing it
-needs the data set and backbone configuration, which the pipeline holds.
+silence.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,9 @@ from featurecache.cache.layout import FORMAT_VERSION
 from featurecache.cache.store import open_group, read_arrays, read_attrs, rewrite_group_metadata
 from featurecache.cache.verify import GroupCheck, VerifyResult, check_group, verify_cache
 from featurecache.cache.writing import CacheWriter
-from featurecache.config import Pipeline
+from featurecache.config import BackboneConfig, DatasetConfig, Pipeline
 from featurecache.datasets import list_dataset
-from featurecache.errors import FeaturecacheError
+from featurecache.errors import ConfigError, FeaturecacheError
 from featurecache.extraction.extract import extract_dataset
 from featurecache.extraction.result import ExtractResult
 
@@ -61,6 +68,16 @@ class RepairResult:
         }
 
 
+@dataclass(frozen=True)
+class Recompute:
+    """How to extract one data set again: its configuration, the backbones whose groups
+    need it and the batch size (a pipeline's, or those a generation recorded)."""
+
+    dataset: DatasetConfig
+    backbones: tuple[BackboneConfig, ...]
+    batch_size: int
+
+
 def repair(
     root: str | Path,
     pipelines: Sequence[Pipeline],
@@ -70,6 +87,9 @@ def repair(
     wait: bool = True,
 ) -> RepairResult:
     """Repair the damage ``checked`` found in the cache at ``root``, then verify again.
+
+    Groups of ``pipelines`` are recomputed as the pipelines say; every other damaged
+    group as its provenance says (:func:`rebuild`).
 
     Raises
     ------
@@ -93,15 +113,21 @@ def repair(
         for key, check in todo.items()
         if check.damage or check.generation is None
     }
-    for pipeline in pipelines:
-        for dataset in pipeline.datasets:
-            _repair_dataset(cache, pipeline, dataset, todo, damaged, result, progress, wait)
+    declared = [
+        Recompute(dataset, tuple(p.backbones), p.batch_size)
+        for p in pipelines
+        for dataset in p.datasets
+    ]
+    for how in declared:
+        _repair_dataset(cache, how, todo, damaged, result, progress, wait)
+    for how in _from_provenance(cache, todo, result):
+        _repair_dataset(cache, how, todo, damaged, result, progress, wait)
     for (dataset, group), check in todo.items():
-        if not check.damage and check.checksummed:
+        if not _needs_work(check):
             continue
         what = "has no checksums" if not check.damage else "is damaged"
         result.unrepaired.append(
-            f"{dataset}/{group} {what} and no pipeline given declares it: run "
+            f"{dataset}/{group} {what} and was not recomputed: run "
             "`featurecache verify --repair` with the pipeline file that extracts it"
         )
     result.after = verify_cache(root)
@@ -163,25 +189,24 @@ def _fix_pointer(cache: Cache, check: GroupCheck, result: RepairResult) -> None:
 
 def _repair_dataset(
     cache: Cache,
-    pipeline: Pipeline,
-    dataset: Any,
+    how: Recompute,
     todo: dict[tuple[str, str], GroupCheck],
     damaged: dict[tuple[str, str], Collection[int] | None],
     result: RepairResult,
     progress: bool,
     wait: bool,
 ) -> None:
-    """Extract ``dataset`` again with each backbone one of whose groups needs it; rows
-    listed in ``damaged`` are computed again, every other row is copied."""
-    wanted = {h: b for b in pipeline.backbones for h in recipe.wanted_hashes(b)}
+    """Extract ``how.dataset`` again with each backbone one of whose groups needs it;
+    rows listed in ``damaged`` are computed again, every other row is copied."""
+    wanted = {h: b for b in how.backbones for h in recipe.wanted_hashes(b)}
     mine = {
         key: check
         for key, check in todo.items()
-        if key[0] == dataset.name and check.request_hash in wanted
+        if key[0] == how.dataset.name and check.request_hash in wanted and _needs_work(check)
     }
     if not mine:
         return
-    listing = list_dataset(dataset)
+    listing = list_dataset(how.dataset)
     try:
         for key, check in mine.items():
             if damaged.get(key):
@@ -191,7 +216,7 @@ def _repair_dataset(
             cache,
             listing,
             [wanted[h] for h in hashes],  # once each, however many groups it has
-            batch_size=pipeline.batch_size,
+            batch_size=how.batch_size,
             progress=progress,
             wait=wait,
             damaged=damaged,
@@ -215,6 +240,111 @@ def _repair_dataset(
         result.fixed.append(f"{key[0]}/{key[1]}: {done}")
         check.damage, check.checksummed = [], True
     result.extracted += extracted
+
+
+def _needs_work(check: GroupCheck) -> bool:
+    return bool(check.damage) or not check.checksummed or check.generation is None
+
+
+def _from_provenance(
+    cache: Cache, todo: dict[tuple[str, str], GroupCheck], result: RepairResult
+) -> list[Recompute]:
+    """How to recompute each group that still needs it, from its provenance; a group
+    whose provenance cannot run here is listed in ``result.unrepaired`` with why."""
+    found: dict[str, Recompute] = {}
+    for key, check in list(todo.items()):
+        if not _needs_work(check):
+            continue
+        try:
+            how = rebuild(cache, check)
+        except FeaturecacheError as exc:
+            result.unrepaired.append(f"{key[0]}/{key[1]} cannot be recomputed: {exc}")
+            todo.pop(key)  # said: not listed again
+            continue
+        # the backbones of one data set, extracted together as a pipeline would
+        same = json.dumps([how.dataset.describe(), how.batch_size], sort_keys=True)
+        if same in found:
+            how = replace(found[same], backbones=found[same].backbones + how.backbones)
+        found[same] = how
+    return list(found.values())
+
+
+def rebuild(cache: Cache, check: GroupCheck) -> Recompute:
+    """How the group ``check`` names was made, from a generation's attributes: its data
+    set and backbone configuration (:meth:`DatasetConfig.from_description`,
+    :meth:`BackboneConfig.from_description`) and batch size.
+
+    Raises
+    ------
+    ConfigError
+        Naming what is missing and the fix, if no generation's attributes are readable,
+        the data set's images or the weights file are gone, the weights changed since
+        (another SHA-256), or the recipe is not this machine's (other Keras or backend
+        versions: another request hash).
+    """
+    attrs = _recorded(cache, check)
+    if attrs is None:
+        raise ConfigError(
+            "no generation's attributes are readable, so nothing records how it was made; "
+            "run `featurecache verify --repair PIPELINE` with the pipeline file that extracts it"
+        )
+    weights = str(attrs["backbone"].get("weights", ""))
+    if weights.lower() not in ("imagenet", "preset", "none") and not Path(weights).is_file():
+        raise ConfigError(f"its weights file {weights} is gone; put it back to repair the group")
+    try:
+        backbone = BackboneConfig.from_description(attrs["backbone"])
+        dataset = DatasetConfig.from_description(attrs["dataset"])
+    except (TypeError, AttributeError) as exc:  # JSON, but not what describe() wrote
+        raise ConfigError(
+            f"its provenance is not a data set and backbone configuration ({exc}); run "
+            "`featurecache verify --repair PIPELINE` with the pipeline file that extracts it"
+        ) from exc
+    sources = [dataset.path] if dataset.path else [s.path for s in dataset.hdf5.values()]
+    missing = [str(path) for path in sources if not Path(path).exists()]
+    if missing:
+        raise ConfigError(
+            f"its images ({', '.join(missing)}, the data set {dataset.name!r} its provenance "
+            "records) are gone; put them back there to repair the group"
+        )
+    _check_recipe(attrs, backbone, check.request_hash)
+    return Recompute(dataset, (backbone,), int(attrs.get("batch_size", 32)))
+
+
+def _check_recipe(attrs: dict[str, Any], backbone: BackboneConfig, request_hash: str) -> None:
+    """That ``backbone`` rebuilt from ``attrs`` would make the group again here: the same
+    weights (SHA-256 of the file recorded) and the same request hash (library versions).
+    A weights file Keras downloads (``imagenet``) that is gone is downloaded again."""
+    recorded = attrs.get("weights") or {}
+    file, sha = recorded.get("file"), recorded.get("sha256")
+    now = recipe.weights_sha256(file, backbone) if file and sha else None
+    if now is not None and now != sha:
+        raise ConfigError(
+            f"its weights {file} changed since it was made (SHA-256 {sha[:12]}..., now "
+            f"{now[:12]}...); put back the weights it was made with to repair the group"
+        )
+    if request_hash in recipe.wanted_hashes(backbone):
+        return
+    was, here = attrs.get("recipe", {}).get("versions", {}), recipe.request(backbone)["versions"]
+    differ = [
+        f"{name} {was.get(name)} (here {here.get(name)})"
+        for name in sorted(set(was) | set(here))
+        if was.get(name) != here.get(name)
+    ]
+    raise ConfigError(
+        f"its recipe cannot run here (made with {', '.join(differ) or 'another request'}); "
+        "repair it where those versions run, or `featurecache gc PIPELINE` removes it"
+    )
+
+
+def _recorded(cache: Cache, check: GroupCheck) -> dict[str, Any] | None:
+    """The newest committed generation's attributes that record the data set and the
+    backbone (the damaged generation's own, unless they are unreadable)."""
+    for path in reversed(cache.generations(check.dataset, check.group)):
+        name = path.rsplit("/", 1)[-1]
+        attrs = None if is_partial(name) else read_attrs(cache.location, path)
+        if attrs and isinstance(attrs.get("dataset"), dict) and "backbone" in attrs:
+            return attrs
+    return None
 
 
 def _gone(cache: Cache, check: GroupCheck, rows: set[int], listing: Any) -> list[dict[str, Any]]:

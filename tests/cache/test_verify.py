@@ -192,3 +192,64 @@ def test_a_refresh_never_copies_a_missing_chunk_as_zeros(tmp_path):
     assert result.exit_code == EXIT_DAMAGED, result.output
     assert "array 'features', rows 0-5 (missing)" in result.output
     assert [p.name for p in group.glob("gen-*")] == ["gen-000001"]  # nothing committed
+
+
+def test_repair_with_the_cache_alone_recomputes_from_its_provenance(clean, tmp_path):
+    """No pipeline file: the damaged group's attributes say which data set, backbone,
+    weights and batch size made it, and only the damaged rows are computed again."""
+    root = damaged_copy(clean, tmp_path, "flipped bytes")  # features rows 256-258
+    fixed = invoke("--quiet", "verify", root, "--repair", "--json")
+    assert fixed.exit_code == EXIT_OK, fixed.output
+    doc = json.loads(fixed.output)
+    [extracted] = doc["repair"][0]["extracted"]
+    assert extracted["n_extracted"] == 3 and extracted["n_reused"] == 256
+    assert doc["clean"] and invoke("verify", root).exit_code == EXIT_OK
+
+    a, b = read_all(root), read_all(clean)
+    assert list(a.keys) == list(b.keys) and list(a.sources) == list(b.sources)
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.X[:256], b.X[:256])  # copied
+    scale = float(np.abs(b.X).max())  # computed again, in a batch of 3
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5 * scale)
+
+
+def save_random_weights(path: Path, seed: int) -> Path:
+    from featurecache.deps import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(seed)
+    keras.applications.MobileNetV2(
+        include_top=False, weights=None, pooling="avg", input_shape=(32, 32, 3)
+    ).save_weights(path)
+    return path
+
+
+def test_repair_with_the_cache_alone_names_what_is_gone_or_changed(tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(8):
+        make_image(folder / f"c{i % 2}" / f"{i}.png", (30 * i, 90, 160), size=(24, 24))
+    weights = save_random_weights(tmp_path / "mine.weights.h5", seed=3)
+    root = tmp_path / "cache"
+    args = ["--data", folder, "--weights", weights, "--input-size", 32, "--cache", root]
+    assert invoke("extract", *args).exit_code == 0
+    [group] = (p for p in (root / "photos").iterdir() if p.is_dir())
+    flip_bytes(group / "current" / "features/c/0/0")
+
+    def not_repaired() -> str:
+        result = invoke("verify", root, "--repair")
+        assert result.exit_code == EXIT_DAMAGED, result.output
+        [line] = [x for x in result.output.splitlines() if "NOT REPAIRED" in x]
+        assert f"photos/{group.name} cannot be recomputed: " in line
+        return line
+
+    folder.rename(tmp_path / "moved")
+    line = not_repaired()
+    assert f"its images ({folder.resolve()}, " in line and "put them back there" in line
+    (tmp_path / "moved").rename(folder)
+    save_random_weights(weights, seed=4)  # the same file, other weights
+    line = not_repaired()
+    assert f"its weights {weights.resolve()} changed since it was made" in line
+    weights.unlink()
+    assert f"its weights file {weights.resolve()} is gone; put it back" in not_repaired()
+    (group / "current" / "zarr.json").write_text("\x00garbage")  # the only provenance
+    assert "no generation's attributes are readable" in not_repaired()

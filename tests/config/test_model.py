@@ -4,7 +4,13 @@ from dataclasses import fields
 
 import pytest
 
-from featurecache.config import BackboneConfig, DatasetConfig, Pipeline, pipeline_from_options
+from featurecache.config import (
+    BackboneConfig,
+    DatasetConfig,
+    Hdf5Source,
+    Pipeline,
+    pipeline_from_options,
+)
 from featurecache.errors import ConfigError
 
 SETTINGS = {
@@ -64,6 +70,32 @@ def test_data_sets_guess_their_format_and_check_it(tmp_path):
         DatasetConfig(name="d")
     with pytest.raises(ConfigError, match="split.test must be a fraction in"):
         DatasetConfig(name="d", path=tmp_path, split={"test": 1.5})
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"path": "photos", "classes": ["a", "b"], "resplit": True, "split": {"test": 0.3}},
+        {"path": "table.csv"},
+        {
+            "hdf5": {
+                "train": {"path": "t.h5", "images": "x", "labels": "y", "classes": "names"},
+                "test": {"path": "u.h5", "images": "x", "labels": "y"},
+            }
+        },
+    ],
+)
+def test_a_data_set_is_rebuilt_from_the_description_a_cache_records(tmp_path, settings):
+    if "hdf5" in settings:
+        settings["hdf5"] = {
+            split: Hdf5Source(**{**s, "path": tmp_path / s["path"]})
+            for split, s in settings["hdf5"].items()
+        }
+    else:
+        settings["path"] = tmp_path / settings["path"]
+    config = DatasetConfig(name="d", **settings)
+    recorded = {**config.describe(), "fingerprint": "0" * 32}  # as a generation holds it
+    assert DatasetConfig.from_description(recorded) == config
 
 
 def test_a_reference_must_name_a_data_set_of_the_pipeline(tmp_path):

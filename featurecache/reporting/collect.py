@@ -44,6 +44,12 @@ class Block:
     def extraction(self) -> dict[str, Any]:
         return self.heads[0].info.get("extraction", {}) if self.heads else {}
 
+    @property
+    def best(self) -> HeadRecord | None:
+        """The head or fine-tuned model with the best test top-1 (None if none is tested)."""
+        tested = [r for r in [*self.heads, *self.finetuned] if "test" in r.metrics]
+        return max(tested, key=lambda r: r.metrics["test"]["accuracy"], default=None)
+
 
 @dataclass
 class Collection:

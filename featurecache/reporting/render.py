@@ -78,12 +78,6 @@ def _versus(best: HeadRecord | None, ref: Reference) -> str:
     return f"{ref.value:g} {ref.model} ({', '.join(notes)})"
 
 
-def _best(block: Block) -> HeadRecord | None:
-    """The head or fine-tuned model with the best test top-1."""
-    tested = [r for r in [*block.heads, *block.finetuned] if "test" in r.metrics]
-    return max(tested, key=lambda r: r.metrics["test"]["accuracy"], default=None)
-
-
 class _Writer:
     """Builds the Markdown text; ``image`` decides how a figure is referenced."""
 
@@ -126,7 +120,7 @@ def render(
     )
     summary = []
     for block in collection.blocks:
-        best = _best(block)
+        best = block.best
         test = best.metrics["test"] if best else {}
         summary.append(
             [

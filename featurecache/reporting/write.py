@@ -19,7 +19,7 @@ from typing import Any
 
 from featurecache.reporting.collect import Collection
 from featurecache.reporting.render import render
-from featurecache.runs import output_errors
+from featurecache.runs import HeadRecord, output_errors
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,9 @@ def _write(collection: Collection, out: Path) -> dict[str, Path]:
 
 
 def to_json(collection: Collection) -> dict[str, Any]:
-    """Every number of the report, as read from disk (``<name>.json``)."""
+    """Every number of the report, as read from disk (``<name>.json``): per data set x
+    backbone, its heads' and its fine-tuned models' records and metrics, and which of
+    them the summary names best."""
     return {
         "targets": collection.targets,
         "blocks": [
@@ -146,31 +148,50 @@ def to_json(collection: Collection) -> dict[str, Any]:
                 "extraction": b.extraction,
                 "missing": b.missing,
                 "references": [r.__dict__ for r in collection.references.get(b.dataset, [])],
-                "heads": [
-                    {
-                        "name": r.name,
-                        "kind": r.info["kind"],
-                        "folder": str(r.folder),
-                        "train_seconds": r.info.get("train_seconds"),
-                        "search": r.info.get("search") or None,
-                        "metrics": {
-                            s: {
-                                k: m[k]
-                                for k in (
-                                    "n_images",
-                                    "accuracy",
-                                    "accuracy_ci95",
-                                    "balanced_accuracy",
-                                    "log_loss",
-                                )
-                                if k in m
-                            }
-                            for s, m in r.metrics.items()
-                        },
-                    }
-                    for r in b.heads
-                ],
+                "best": {"name": b.best.name, "kind": b.best.kind} if b.best else None,
+                "heads": [_head_json(r) for r in b.heads],
+                "finetuned": [_finetuned_json(r) for r in b.finetuned],
             }
             for b in collection.blocks
         ],
+    }
+
+
+#: The per-split numbers a report shows (of ``metrics.json``'s).
+SHOWN_METRICS = ("n_images", "accuracy", "accuracy_ci95", "balanced_accuracy", "log_loss")
+
+
+def _metrics_json(run: HeadRecord) -> dict[str, dict[str, Any]]:
+    return {split: {k: m[k] for k in SHOWN_METRICS if k in m} for split, m in run.metrics.items()}
+
+
+def _head_json(run: HeadRecord) -> dict[str, Any]:
+    """A head on cached features: its kind, folder, time, parameters search and metrics."""
+    return {
+        "name": run.name,
+        "kind": run.info["kind"],
+        "folder": str(run.folder),
+        "train_seconds": run.info.get("train_seconds"),
+        "search": run.info.get("search") or None,
+        "metrics": _metrics_json(run),
+    }
+
+
+def _finetuned_json(run: HeadRecord) -> dict[str, Any]:
+    """A fine-tuned model (``finetune.json``): how it was trained, its time and metrics."""
+    info = run.info
+    return {
+        "name": run.name,
+        "kind": "finetuned",
+        "source": info.get("source", "images"),
+        "folder": str(run.folder),
+        "seconds": info.get("seconds"),
+        "started_from_head": info.get("started_from_head"),
+        "finetune_from": info.get("finetune_from"),
+        "trainable_layers": info.get("trainable_layers"),
+        "views": info.get("views"),
+        "finetune": info.get("finetune"),
+        "parity_max_abs_diff": info.get("parity_max_abs_diff"),
+        "created": info.get("created"),
+        "metrics": _metrics_json(run),
     }

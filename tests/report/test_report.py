@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import invoke, link_fingers
+from tests.conftest import CLASSES, invoke, link_fingers, make_image
 
 REPO = Path(__file__).resolve().parents[2]
 FINGERS_PER_CLASS = {"train": 24, "test": 10}
@@ -156,3 +156,58 @@ def test_report_on_a_cache_folder_finds_the_heads_trained_from_it(report, catvno
     assert {b["dataset"] for b in doc["blocks"]} == {"catvnoncat", "fingers"}
     assert all(len(b["heads"]) == 4 for b in doc["blocks"])
     assert doc["files"]["markdown"] == str(tmp_path / "r.md")
+
+
+FINETUNED_PIPELINE = """
+name = "tiny"
+cache = "{cache}"
+output = "{runs}"
+[[datasets]]
+name = "tiny"
+path = "{data}"
+[[backbones]]
+name = "mobilenet_v2"
+weights = "none"
+input_size = 32
+finetune_from = true
+[[heads]]
+name = "dense"
+kind = "dense"
+params = {{ epochs = 2 }}
+[finetune]
+epochs = 1
+batch_size = 8
+"""
+
+
+def test_report_json_holds_the_fine_tuned_models_the_markdown_shows(tmp_path):
+    """A real (tiny, random-weights) fine-tuning from the cache: its numbers are in the
+    report's JSON as in its Markdown, not only in the Markdown."""
+    for split, n in (("train", 10), ("test", 3)):
+        for pattern, (name, color) in enumerate(CLASSES.items()):
+            for i in range(n):
+                make_image(tmp_path / "data" / split / name / f"{i}.png", color, pattern=pattern)
+    toml = tmp_path / "tiny.toml"
+    paths = {name: tmp_path / name for name in ("cache", "runs", "data")}
+    toml.write_text(FINETUNED_PIPELINE.format(**paths))
+    ran = invoke("run", toml)
+    assert ran.exit_code == 0, ran.output
+    finetuned = invoke("finetune", toml, "--from-cache")
+    assert finetuned.exit_code == 0, finetuned.output
+    out = tmp_path / "report"
+    assert invoke("report", toml, "--report", out).exit_code == 0
+
+    markdown = out.with_suffix(".md").read_text()
+    [block] = json.loads(out.with_suffix(".json").read_text())["blocks"]
+    [model] = block["finetuned"]
+    metrics = json.loads((Path(model["folder"]) / "metrics.json").read_text())
+    assert model["source"] == "cache" and model["started_from_head"] == "dense"
+    shown = markdown.split(f"### fine-tuned from the cache ({model['name']})")[1]
+    for split, m in metrics.items():
+        assert model["metrics"][split]["accuracy"] == m["accuracy"]
+        assert f"| {split} | {m['n_images']} | {m['accuracy']:.3f} |" in shown
+    assert f"fine-tuned from the cache ({model['name']}) {model['seconds']:.1f} s" in markdown
+    tested = [*block["heads"], model]
+    best = max(tested, key=lambda r: r["metrics"]["test"]["accuracy"])
+    kind = "finetuned" if best is model else "frozen"
+    assert block["best"] == {"name": best["name"], "kind": kind}  # the summary's best

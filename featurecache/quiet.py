@@ -12,6 +12,12 @@ notices. After the import, ``TF_CPP_MIN_LOG_LEVEL=2`` (set unless the user set i
 keeps TensorFlow's C++ INFO and WARNING lines out, and the Python ``absl`` logger is
 limited to errors.
 
+One ERROR line is noise too: on a machine without a GPU where CUDA libraries are
+installed (the NVIDIA wheels the ``torch`` extra brings), TensorFlow's XLA fails to
+initialise CUDA and says ``failed call to cuInit`` (:data:`KNOWN_NOISE`). TensorFlow
+initialises CUDA when it first lists its devices, not at import, so :func:`quiet_import`
+lists them before it lets go of file descriptor 2, and drops that line with the notices.
+
 :func:`configure` with ``verbose=True`` (``featurecache --verbose``) turns all of this
 off: every line comes through, as TensorFlow writes it.
 """
@@ -35,10 +41,17 @@ IMPORT_NOTICE = re.compile(
     r"|[IW]\d{4} \d\d:\d\d:[\d.]+\s+\d+ \w+\.cc:\d+\]"
     r"|To enable the following instructions:)"
 )
+#: ERROR lines TensorFlow writes that say nothing is wrong: XLA's failed ``cuInit`` on a
+#: machine without a GPU (``E0000 00:00:1733300000.123456   12345 cuda_platform.cc:52]
+#: failed call to cuInit: INTERNAL: CUDA error: ...``). Any other error line is kept.
+KNOWN_NOISE = re.compile(
+    r"E\d{4} \d\d:\d\d:[\d.]+\s+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit: "
+)
 _NATIVE_MODULES = ("tensorflow",)
 _verbose = False
 _OURS: dict[str, str] = {}  # environment variables featurecache set (not the user)
 _LOCK = threading.RLock()
+log = logging.getLogger(__name__)
 
 
 def configure(*, verbose: bool) -> None:
@@ -67,8 +80,10 @@ def quiet_import() -> Iterator[None]:
     import-time notices on stderr.
 
     Everything written to file descriptor 2 during the block is held in a temporary
-    file and written back afterwards, except the lines :data:`IMPORT_NOTICE` matches; so
-    a real error message (or a traceback) still reaches stderr. Threads take turns (fd 2
+    file and written back afterwards, except the lines :data:`IMPORT_NOTICE` and
+    :data:`KNOWN_NOISE` match; so a real error message (or a traceback) still reaches
+    stderr. When the block imported TensorFlow, its devices are listed before fd 2 is
+    let go (:func:`_list_devices`). Threads take turns (fd 2
     is per process). Does nothing when verbose, when TensorFlow is already imported, or
     when there is no fd 2 or no room for the temporary file. A crash inside the import
     (a C-level abort) loses what was held: run with ``--verbose`` to see it.
@@ -93,18 +108,38 @@ def quiet_import() -> Iterator[None]:
         try:
             os.dup2(held.fileno(), 2)
             yield
+            _list_devices()
         finally:
             os.dup2(saved, 2)  # restore first: nothing below may leave fd 2 redirected
             os.close(saved)
             _replay(held)
 
 
+def _list_devices() -> None:
+    """List TensorFlow's devices, if it is imported: TensorFlow initialises CUDA (its
+    GPU device factory asks XLA for the CUDA platform, which calls ``cuInit``) when
+    devices are first listed, so a failure line is written now, while fd 2 is held,
+    rather than in the middle of a run."""
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is None:
+        return
+    try:
+        tensorflow.config.list_physical_devices()
+    except Exception as exc:  # building the model meets it again, and says it
+        log.debug("listing TensorFlow's devices failed: %s", exc)
+
+
 def _replay(held: Any) -> None:
-    """Write what ``held`` caught to stderr, less TensorFlow's import notices."""
+    """Write what ``held`` caught to stderr, less TensorFlow's import notices and its
+    known noise."""
     with held:
         held.seek(0)
         text = held.read().decode("utf-8", "replace")
-    kept = [line for line in text.splitlines(keepends=True) if not IMPORT_NOTICE.match(line)]
+    kept = [
+        line
+        for line in text.splitlines(keepends=True)
+        if not (IMPORT_NOTICE.match(line) or KNOWN_NOISE.match(line))
+    ]
     if kept:
         sys.stderr.write("".join(kept))
         sys.stderr.flush()

@@ -9,7 +9,30 @@ API function (a submodule, once imported, would replace the package attribute):
 ``tests/test_architecture.py`` checks it.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ hands out, for editors and type checkers
+    from featurecache.api import (
+        Cache,
+        FeatureSet,
+        Pipeline,
+        ReportResult,
+        extract,
+        finetune,
+        gc,
+        info,
+        list_backbones,
+        load_pipeline,
+        load_pipelines,
+        open_cache,
+        predict,
+        refresh,
+        report,
+        run,
+        set_verbose,
+        train_head,
+        verify,
+    )
 
 __version__ = "0.1.0"
 

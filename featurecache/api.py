@@ -33,7 +33,8 @@ from featurecache.config import Pipeline, cache_path, load_all, resolve_pipeline
 from featurecache.quiet import configure as _configure_quiet
 
 if TYPE_CHECKING:
-    from featurecache.cache import Cache
+    from featurecache.cache import Cache as Cache
+    from featurecache.cache import FeatureSet as FeatureSet
     from featurecache.cache.admin import GcResult
     from featurecache.extraction import ExtractResult
     from featurecache.finetuning.outputs import FinetuneResult

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def verify(
             for b in p.backbones
             for h in recipe.wanted_hashes(b)
         }
-        accept = (lambda d, h: True) if root in caches else (lambda d, h, w=wanted: (d, h) in w)
+        accept = _accept_all if root in caches else partial(_accept_wanted, wanted)
         checked = verify_cache(root, accept=accept, progress=progress)
         outcome.checks.append(checked)
         if repair:
@@ -171,3 +172,11 @@ def verify(
                 run_repair(root, declared, checked, progress=progress, wait=wait)
             )
     return outcome
+
+
+def _accept_all(dataset: str, request_hash: str) -> bool:
+    return True
+
+
+def _accept_wanted(wanted: set[tuple[str, str]], dataset: str, request_hash: str) -> bool:
+    return (dataset, request_hash) in wanted

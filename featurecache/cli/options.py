@@ -357,10 +357,11 @@ def with_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Replace each parameter of ``command`` annotated with an options dataclass
     (:class:`PipelineOptions`, ...) by that dataclass's options, in place; the command
     receives one instance of it under the parameter's name."""
-    groups = {}
+    groups: dict[str, tuple[type[Any], list[inspect.Parameter]]] = {}
     params = []
     for p in inspect.signature(command, eval_str=True).parameters.values():
-        if dataclasses.is_dataclass(p.annotation) and p.annotation.__module__ == __name__:
+        options_group = isinstance(p.annotation, type) and dataclasses.is_dataclass(p.annotation)
+        if options_group and p.annotation.__module__ == __name__:
             groups[p.name] = (p.annotation, _parameters(p.annotation))
             params += groups[p.name][1]
         else:

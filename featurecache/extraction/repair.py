@@ -108,7 +108,7 @@ def repair(
         if rows_damaged or not check.checksummed or check.generation is None:
             todo[(check.dataset, check.group)] = check
     # every damaged group of the cache, so that no extraction reuses its rows elsewhere
-    damaged = {
+    damaged: dict[tuple[str, str], Collection[int] | None] = {
         key: check.damaged_rows() if check.generation else None
         for key, check in todo.items()
         if check.damage or check.generation is None
@@ -209,8 +209,9 @@ def _repair_dataset(
     listing = list_dataset(how.dataset)
     try:
         for key, check in mine.items():
-            if damaged.get(key):
-                result.unrecoverable += _gone(cache, check, damaged[key], listing)
+            rows = damaged.get(key)
+            if rows and check.generation is not None:  # rows of a readable generation
+                result.unrecoverable += _gone(cache, check, check.generation, rows, listing)
         hashes = dict.fromkeys(check.request_hash for check in mine.values())
         extracted = extract_dataset(
             cache,
@@ -317,7 +318,7 @@ def _check_recipe(attrs: dict[str, Any], backbone: BackboneConfig, request_hash:
     recorded = attrs.get("weights") or {}
     file, sha = recorded.get("file"), recorded.get("sha256")
     now = recipe.weights_sha256(file, backbone) if file and sha else None
-    if now is not None and now != sha:
+    if now is not None and sha is not None and now != sha:
         raise ConfigError(
             f"its weights {file} changed since it was made (SHA-256 {sha[:12]}..., now "
             f"{now[:12]}...); put back the weights it was made with to repair the group"
@@ -347,12 +348,12 @@ def _recorded(cache: Cache, check: GroupCheck) -> dict[str, Any] | None:
     return None
 
 
-def _gone(cache: Cache, check: GroupCheck, rows: set[int], listing: Any) -> list[dict[str, Any]]:
-    """The damaged rows whose source image is no longer in the data set."""
+def _gone(
+    cache: Cache, check: GroupCheck, generation: str, rows: Collection[int], listing: Any
+) -> list[dict[str, Any]]:
+    """The damaged rows (of ``generation``) whose source image is no longer in the data set."""
     location = cache.location
-    node = open_group(
-        location, location.join(check.dataset, check.group, check.generation), mode="r"
-    )
+    node = open_group(location, location.join(check.dataset, check.group, generation), mode="r")
     try:
         sources = read_arrays(node, ["sources"])["sources"]
     except (FeaturecacheError, KeyError):

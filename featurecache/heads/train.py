@@ -172,8 +172,8 @@ def untried_heads(pipeline: Pipeline) -> list[HeadConfig]:
     return untried
 
 
-def _grid(head: HeadConfig) -> dict[str, list] | None:
-    grid = {k: list(v) for k, v in head.search.items()}
+def _grid(head: HeadConfig) -> dict[str, Any] | None:
+    grid: dict[str, Any] = {k: list(v) for k, v in head.search.items()}
     return {**grid, "search_samples": head.search_samples} if grid else None
 
 

@@ -104,12 +104,13 @@ def render(
     w = _Writer(image)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     versions = recipe.versions()
+    backend = str(versions["backend"])
     w.add(
         "# featurecache results",
         "",
         f"Generated {now} by `featurecache report {' '.join(collection.targets)}` "
         f"(featurecache {versions['featurecache']}, Keras {versions['keras']} on "
-        f"{versions['backend']} {versions[versions['backend']]}; {platform.machine()}, "
+        f"{backend} {versions[backend]}; {platform.machine()}, "
         f"Python {platform.python_version()}). "
         "Every number below is read from the `metrics.json` and `head.json` that "
         "`featurecache train-head` wrote; accuracies are top-1 fractions, intervals 95% "

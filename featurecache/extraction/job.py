@@ -84,6 +84,29 @@ class ExtractJob:
         return self.extractor
 
 
+@dataclass(frozen=True)
+class Making:
+    """How a backbone's features are made: the recipe hash, the generation's arrays, the
+    weights' provenance, the engine as recorded, and the backbone on that engine when
+    images must go through it (None when every row is reused)."""
+
+    recipe_hash: str
+    arrays: list[ArraySpec]
+    weights: dict[str, Any]
+    engine: str
+    extractor: Extractor | None = None
+
+    @classmethod
+    def recorded(cls, attrs: dict[str, Any]) -> Making:
+        """As a committed generation's attributes record it (no backbone built)."""
+        return cls(
+            attrs["recipe_hash"],
+            ArraySpec.from_attrs(attrs),
+            dict(attrs["weights"]),
+            recipes.engine_of(attrs),
+        )
+
+
 def array_specs(backbone: BackboneConfig, shapes: dict[str, tuple[int, ...]]) -> list[ArraySpec]:
     """The generation's per-image arrays: each stored output with its shape; activation
     maps in float16, pooled outputs in ``backbone.dtype``."""
@@ -127,26 +150,20 @@ def plan_backbone(
         if not rewrite and here not in damaged:
             return _cache_hit(listing, backbone, found, time.perf_counter() - start)
     known, backbone = _known(cache, backbone, found)
-    recipe_hash = known.attrs["recipe_hash"] if known else None
-    plan = make_plan(cache, listing, found, recipe_hash, damaged)
-    extractor = None
+    plan = make_plan(cache, listing, found, known.attrs["recipe_hash"] if known else None, damaged)
     if plan.compute or known is None:
-        extractor, recipe_hash, arrays, weights = _open(cache, backbone, known, batch_size)
-        engine = extractor.engine
+        made = _open(cache, backbone, known, batch_size)
     else:  # every image is in the cache already: no backbone to build
-        recipe_hash = known.attrs["recipe_hash"]
-        arrays = ArraySpec.from_attrs(known.attrs)
-        weights = dict(known.attrs["weights"])
-        engine = recipes.engine_of(known.attrs)
+        made = Making.recorded(known.attrs)
     if backbone.weights == "none":
-        weights["random_seed"] = RANDOM_WEIGHTS_SEED
-    group = recipes.group_name(backbone, recipe_hash)
+        made.weights["random_seed"] = RANDOM_WEIGHTS_SEED
+    group = recipes.group_name(backbone, made.recipe_hash)
     stage = CacheWriter(cache).stage(
         listing.name,
         group,
-        plan_id(listing, recipe_hash, found, plan.compute, batch_size),
+        plan_id(listing, made.recipe_hash, found, plan.compute, batch_size),
         n_records=len(plan.compute),
-        arrays=_stage_specs(arrays),
+        arrays=_stage_specs(made.arrays),
         batch=batch_size,
     )
     if stage.done:
@@ -156,14 +173,14 @@ def plan_backbone(
         backbone=backbone,
         plan=plan,
         group=group,
-        recipe_hash=recipe_hash,
-        engine=engine,
-        weights=weights,
+        recipe_hash=made.recipe_hash,
+        engine=made.engine,
+        weights=made.weights,
         stage=stage,
         started=start,
         n_resumed=stage.records_done - len(stage.skipped),
-        arrays=arrays,
-        extractor=extractor,
+        arrays=made.arrays,
+        extractor=made.extractor,
     )
 
 
@@ -182,8 +199,8 @@ def _known(
 
 def _open(
     cache: Cache, backbone: BackboneConfig, known: recipes.CachedGroup | None, batch_size: int
-) -> tuple[Extractor, str, list[ArraySpec], dict[str, Any]]:
-    """Build the backbone and its engine: ``(extractor, recipe hash, arrays, weights)``."""
+) -> Making:
+    """Build the backbone and open its engine."""
     built = build_backbone(backbone)
     model_id = recipes.model_id(backbone, built.weights_sha256)
     # "auto" is resolved once, then kept: switching would recompute everything.
@@ -194,7 +211,8 @@ def _open(
     weights["sha256"] = built.weights_sha256
     if built.pooled_as:
         weights["pooled_as"] = built.pooled_as  # keras-hub: the family's own pooling
-    return extractor, recipe_hash, array_specs(backbone, built.output_shapes), weights
+    arrays = array_specs(backbone, built.output_shapes)
+    return Making(recipe_hash, arrays, weights, extractor.engine, extractor)
 
 
 def _cache_hit(

@@ -38,6 +38,16 @@ class Plan:
     n_removed: int = 0
 
 
+@dataclass(frozen=True)
+class Previous:
+    """What the committed generation of this data set's group says: each source's
+    ``(size, mtime_ns, key)`` as listed then, and the ``(generation, row)`` of each content
+    key that may be reused. Empty without a group."""
+
+    stats: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    rows: dict[str, tuple[Any, int]] = field(default_factory=dict)
+
+
 def make_plan(
     cache: Cache,
     listing: Listing,
@@ -54,54 +64,85 @@ def make_plan(
     """
     damaged = damaged or {}
     plan = Plan()
-    old_rows: dict[str, tuple[int, int, str, int]] = {}
-    by_key: dict[str, tuple[Any, int]] = {}
-    if found is not None:
-        bad = damaged.get((listing.name, found.group)) or ()
-        old = cache.open_rows(listing.name, found.group)
-        columns = read_arrays(old, ("sources", "sizes", "mtimes", "keys"))
-        sources, sizes, mtimes, keys = columns.values()
-        old_rows = {
-            str(s): (int(z), int(m), str(k), row)
-            for row, (s, z, m, k) in enumerate(zip(sources, sizes, mtimes, keys, strict=True))
-        }
-        by_key = {str(k): (old, row) for row, k in enumerate(keys) if row not in bad}
+    previous = Previous() if found is None else read_previous(cache, listing.name, found, damaged)
+    unknown = _match_stats(listing, previous, plan)
+    if unknown and recipe_hash is not None:
+        others = keys_elsewhere(cache, listing.name, recipe_hash, damaged)
+        _match_keys(listing, unknown, {**others, **previous.rows}, plan)
+    else:
+        plan.compute = unknown
+    return plan
+
+
+def read_previous(
+    cache: Cache,
+    dataset: str,
+    found: CachedGroup,
+    damaged: Mapping[tuple[str, str], Collection[int] | None],
+) -> Previous:
+    """The committed generation of ``found``: its sources' stats and its reusable rows
+    (those ``damaged`` lists left out)."""
+    bad = damaged.get((dataset, found.group)) or ()
+    old = cache.open_rows(dataset, found.group)
+    columns = read_arrays(old, ("sources", "sizes", "mtimes", "keys"))
+    keys = columns["keys"]
+    stats = {
+        str(source): (int(size), int(mtime), str(key))
+        for source, size, mtime, key in zip(
+            columns["sources"], columns["sizes"], columns["mtimes"], keys, strict=True
+        )
+    }
+    rows = {str(k): (old, row) for row, k in enumerate(keys) if row not in bad}
+    return Previous(stats, rows)
+
+
+def _match_stats(listing: Listing, previous: Previous, plan: Plan) -> list[int]:
+    """Reuse the rows of images whose file is unchanged since ``previous`` (same source,
+    size and mtime), without reading them, as git's index does; count the new, changed and
+    removed ones. Returns the record indices still unknown."""
     unknown = []
     present = set()
     for index, record in enumerate(listing.records):
         source = storable(record.source)
         present.add(source)
-        previous = old_rows.get(source)
+        stat = previous.stats.get(source)
         unchanged = (
-            previous is not None
+            stat is not None
             and record.size >= 0
-            and previous[:2] == (record.size, record.mtime_ns)
+            and stat[:2]
+            == (
+                record.size,
+                record.mtime_ns,
+            )
         )
-        if previous is not None and unchanged and previous[2] in by_key:
-            plan.keys[index] = previous[2]
-            plan.reuse[index] = by_key[previous[2]]
+        if stat is not None and unchanged and stat[2] in previous.rows:
+            plan.keys[index] = stat[2]
+            plan.reuse[index] = previous.rows[stat[2]]
             continue
         if not unchanged:
-            plan.n_changed += previous is not None
-            plan.n_new += previous is None
+            plan.n_changed += stat is not None
+            plan.n_new += stat is None
         unknown.append(index)
-    plan.n_removed = len(set(old_rows) - present)
-    if unknown and recipe_hash is not None:
-        others = keys_elsewhere(cache, listing.name, recipe_hash, damaged)
-        for index in unknown:
-            key = listing.content_key(listing.records[index])
-            if key is None:
-                plan.compute.append(index)
-                continue
-            plan.keys[index] = key
-            where = by_key.get(key) or others.get(key)
-            if where is None:
-                plan.compute.append(index)
-            else:
-                plan.reuse[index] = where
-    else:
-        plan.compute = unknown
-    return plan
+    plan.n_removed = len(set(previous.stats) - present)
+    return unknown
+
+
+def _match_keys(
+    listing: Listing, unknown: list[int], rows: dict[str, tuple[Any, int]], plan: Plan
+) -> None:
+    """Hash each unknown image (BLAKE2b of its bytes) and reuse a row with that content
+    key from ``rows``; the rest (and unreadable files) are computed."""
+    for index in unknown:
+        key = listing.content_key(listing.records[index])
+        if key is None:
+            plan.compute.append(index)
+            continue
+        plan.keys[index] = key
+        where = rows.get(key)
+        if where is None:
+            plan.compute.append(index)
+        else:
+            plan.reuse[index] = where
 
 
 def keys_elsewhere(

@@ -99,6 +99,28 @@ class DamagedError(CacheError):
         self.rows = rows or []
 
 
+class NoTrainedHeadError(CacheError):
+    """Fine-tuning starts from a trained dense head and the run's folder holds none:
+    ``featurecache train-head`` (or ``run``) with a ``kind = "dense"`` head writes it."""
+
+
+class WeightsChangedError(CacheError):
+    """The backbone weights loaded now are not those the cached features were extracted
+    with (their SHA-256 differs): extract again before fine-tuning."""
+
+
+class ParityError(CacheError):
+    """The model rebuilt for fine-tuning does not reproduce what the cache holds: on a few
+    training images its class probabilities differ from the cached path's by more than
+    the tolerance. ``difference`` is the largest absolute difference seen, ``tolerance``
+    the bound it broke (both probabilities, 0-1)."""
+
+    def __init__(self, message: str, *, difference: float, tolerance: float) -> None:
+        super().__init__(message)
+        self.difference = difference
+        self.tolerance = tolerance
+
+
 class Stopped(KeyboardInterrupt):
     """A run stopped at a safe point on SIGTERM or SIGINT; what it finished is kept.
 

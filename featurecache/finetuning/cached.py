@@ -26,7 +26,7 @@ from featurecache.cache import Cache, storable
 from featurecache.config import Augmentation, BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing
 from featurecache.deps import gpu_available, import_keras
-from featurecache.errors import CacheError, ConfigError
+from featurecache.errors import CacheError, ConfigError, ParityError
 from featurecache.finetuning import model as models
 from featurecache.finetuning.activations import activation_batches, predict_cached, view_array
 from featurecache.finetuning.data import read_pixels
@@ -187,7 +187,7 @@ class CacheRun(Run):
 
         Raises
         ------
-        CacheError
+        ParityError
             Above :data:`PARITY_TOLERANCE_ACTIVATIONS`.
         """
         by_source = {storable(r.source): r for r in self.listing.records}
@@ -211,11 +211,13 @@ class CacheRun(Run):
         )
         diff = float(np.abs(live - cached).max())
         if diff > PARITY_TOLERANCE_ACTIVATIONS:
-            raise CacheError(
+            raise ParityError(
                 f"parity check failed: the assembled model on raw pixels and the tail on the "
                 f"cached activations differ by up to {diff:.2e} (> "
                 f"{PARITY_TOLERANCE_ACTIVATIONS:g}) on {len(rows)} images; extract again "
-                "with this installation"
+                "with this installation",
+                difference=diff,
+                tolerance=PARITY_TOLERANCE_ACTIVATIONS,
             )
         log.info("parity check passed: max abs difference %.2e on %d images", diff, len(rows))
         return diff

@@ -23,7 +23,7 @@ from featurecache.cache import FeatureSet, recipe
 from featurecache.config import BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing, Record
 from featurecache.deps import gpu_available, import_keras
-from featurecache.errors import CacheError, ConfigError
+from featurecache.errors import ConfigError, NoTrainedHeadError, ParityError, WeightsChangedError
 from featurecache.finetuning import model as models
 from featurecache.finetuning.activations import damage_named
 from featurecache.finetuning.data import cached_rows, image_batches, predict_images, read_pixels
@@ -75,13 +75,13 @@ def load_dense_head(folder: Path) -> tuple[Any, HeadRecord]:
 
     Raises
     ------
-    CacheError
+    NoTrainedHeadError
         If there is no trained head there.
     ConfigError
         If it is not a dense head, or it was trained on pooled taps too.
     """
     if not (folder / "head.json").is_file():
-        raise CacheError(
+        raise NoTrainedHeadError(
             f"no trained head in {folder}; fine-tuning starts from a dense head: declare "
             '[[heads]] kind = "dense" and run `featurecache train-head` first'
         )
@@ -151,7 +151,7 @@ class Run:
         ``[finetune] seed`` and build ``self.model`` around it and the head."""
         built = build_backbone(self.backbone)
         if built.weights_sha256 != self.features.provenance["weights"].get("sha256"):
-            raise CacheError(
+            raise WeightsChangedError(
                 f"the {self.backbone.name} weights now loaded differ from those the features "
                 "were extracted with; extract again before fine-tuning"
             )
@@ -323,7 +323,7 @@ def _parity(
 
     Raises
     ------
-    CacheError
+    ParityError
         If it exceeds the tolerance: the cache and the live model disagree.
     """
     picks = list(range(min(PARITY_IMAGES, len(records))))
@@ -336,11 +336,13 @@ def _parity(
     float16 = features.provenance.get("backbone", {}).get("dtype") == "float16"
     tolerance = PARITY_TOLERANCE_FLOAT16 if float16 else PARITY_TOLERANCE
     if diff > tolerance:
-        raise CacheError(
+        raise ParityError(
             f"parity check failed: the rebuilt model and the head on cached features differ by "
             f"up to {diff:.2e} (> {tolerance:g}) on {len(picks)} images. The cache and "
             "the live model disagree (preprocessing, weights or library versions): extract "
-            "and train the head again with this installation"
+            "and train the head again with this installation",
+            difference=diff,
+            tolerance=tolerance,
         )
     log.info("parity check passed: max abs difference %.2e on %d images", diff, len(picks))
     return diff

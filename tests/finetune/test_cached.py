@@ -168,3 +168,49 @@ def test_head_inputs_leave_the_pixels_alone_so_both_views_are_right():
     np.testing.assert_array_equal(pixels, before)
     mirrored = head_inputs(built, np.ascontiguousarray(before[:, :, ::-1]), {}, "identity")
     np.testing.assert_allclose(flipped, mirrored, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["images", "cache"])
+def test_finetune_without_a_trained_head_says_to_train_one(trained, source):
+    import featurecache
+    from featurecache.errors import CacheError, NoTrainedHeadError
+
+    _, toml = trained
+    with pytest.raises(NoTrainedHeadError, match="run `featurecache train-head` first") as info:
+        featurecache.finetune(toml, head="never_trained", source=source)
+    assert isinstance(info.value, CacheError)  # older except clauses still catch it
+
+
+@pytest.mark.parametrize("source", ["images", "cache"])
+def test_finetune_refuses_other_weights_than_the_features(trained, source, monkeypatch):
+    import dataclasses
+
+    import featurecache
+    from featurecache.backbones import build_backbone
+    from featurecache.errors import WeightsChangedError
+
+    def other_weights(config):
+        return dataclasses.replace(build_backbone(config), weights_sha256="0" * 64)
+
+    monkeypatch.setattr("featurecache.finetuning.run.build_backbone", other_weights)
+    _, toml = trained
+    with pytest.raises(WeightsChangedError, match="extract again before fine-tuning"):
+        featurecache.finetune(toml, source=source)
+
+
+@pytest.mark.parametrize(
+    ("source", "tolerance"),
+    [
+        ("images", "featurecache.finetuning.run.PARITY_TOLERANCE"),
+        ("cache", "featurecache.finetuning.cached.PARITY_TOLERANCE_ACTIVATIONS"),
+    ],
+)
+def test_a_parity_failure_raises_parity_error(trained, source, tolerance, monkeypatch):
+    import featurecache
+    from featurecache.errors import ParityError
+
+    monkeypatch.setattr(tolerance, -1.0)
+    _, toml = trained
+    with pytest.raises(ParityError, match="parity check failed.*with this installation") as info:
+        featurecache.finetune(toml, source=source)
+    assert info.value.difference > info.value.tolerance == -1.0

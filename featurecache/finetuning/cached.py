@@ -1,5 +1,6 @@
-"""Fine-tuning from the cache: the layers after ``finetune_from`` and the head, trained
-on the cached activation maps instead of images.
+"""Fine-tuning from the cache (``[finetune] source = "cache"``): the layers after
+``finetune_from`` and the head, trained on the cached activation maps instead of images
+(:class:`CachedActivations`, a :class:`~featurecache.finetuning.source.Source`).
 
 Extraction ran the frozen prefix of the backbone (everything up to ``finetune_from``)
 once per image and stored its activation map (``activations``, and
@@ -14,8 +15,7 @@ stays flat however many images the data set has.
 from __future__ import annotations
 
 import logging
-import math
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,14 +25,12 @@ from featurecache.backbones.taps import tail_model
 from featurecache.cache import Cache, storable
 from featurecache.config import Augmentation, BackboneConfig, FinetuneConfig
 from featurecache.datasets import Listing
-from featurecache.deps import gpu_available, import_keras
+from featurecache.deps import import_keras
 from featurecache.errors import CacheError, ConfigError, ParityError
 from featurecache.finetuning import model as models
 from featurecache.finetuning.activations import activation_batches, predict_cached, view_array
 from featurecache.finetuning.data import read_pixels
-from featurecache.finetuning.run import PARITY_IMAGES, FinetuneResult, Run, load_dense_head
-from featurecache.metrics import evaluate
-from featurecache.runs import RunLayout
+from featurecache.finetuning.source import PARITY_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +69,37 @@ def trainable_layers(built: BuiltBackbone) -> list[str]:
     return [sub.name for sub in built.model.layers if sub.trainable and sub.weights]
 
 
-class CacheRun(Run):
-    """One data set x backbone fine-tuned from its cached activation maps.
+class CachedActivations:
+    """The cached activation maps of ``finetune_from``, streamed from zarr; the tail of
+    the backbone and the head are trained on them.
 
-    The stage's steps are :class:`~featurecache.finetuning.run.Run`'s (start, train with
-    early stopping and per-epoch checkpoints, finish); what differs is the model trained
-    (:func:`train_model`), the batches (:func:`activation_batches`), the parity check
-    (the assembled model on raw pixels against the tail on cached activations) and the
-    evaluation (from the cache, averaged over the cached views).
+    Every cached row is used (the images need not exist, but for the parity check); the
+    metrics come from the cache, averaged over the cached views. On a GPU it trains in
+    float32 (``mixed_precision`` is False).
+
+    Parameters
+    ----------
+    ft : FinetuneConfig
+        ``batch_size`` and ``seed`` are used here (``augment`` does not apply: the
+        cached flipped views are the augmentation).
+    cache : Cache
+    group : str
+        The cache group of ``listing``'s data set x ``backbone``.
+    listing : Listing
+        The data set as it is now, for the parity check's images.
+    backbone : BackboneConfig
+
+    Raises
+    ------
+    ConfigError
+        If the backbone has no ``finetune_from``.
+    CacheError
+        If the group holds no activation maps.
     """
+
+    name = "cache"
+    mixed_precision = False
+    warmup = True
 
     def __init__(
         self,
@@ -88,16 +108,14 @@ class CacheRun(Run):
         group: str,
         listing: Listing,
         backbone: BackboneConfig,
-        layout: RunLayout,
     ) -> None:
-        self.ft, self.listing, self.backbone = ft, listing, backbone
-        self.started = time.perf_counter()
         if not backbone.finetune_from:
             raise ConfigError(
                 f"fine-tuning {backbone.name} from the cache needs its activation maps: set "
                 "finetune_from = true on the backbone and extract again",
                 key="finetune_from",
             )
+        self.ft, self.listing, self.backbone = ft, listing, backbone
         self.features = cache.read(listing.name, group, with_features=False)
         stored = self.features.provenance.get("arrays", {})
         if "activations" not in stored:
@@ -107,83 +125,27 @@ class CacheRun(Run):
             )
         self.generation = cache.open_rows(listing.name, group)
         self.views = [v for v in backbone.views if view_array(v) in stored]
-        self.head_dir = layout.head_dir(listing.name, group, ft.head)
-        self.out = layout.finetune_dir(listing.name, group, ft.head, "cache")
         self.labels = self.features.y
         self.splits = np.asarray(self.features.split)
 
-    def start(self) -> CacheRun:
-        """Build the backbone, the full model and the tail + head; check parity."""
-        self.head, self.head_record = load_dense_head(self.head_dir)
-        self.built = self._build(self.head)
-        self.device = "GPU" if gpu_available() else "CPU"
-        self.model = train_model(self.built, self.head.model_, self.backbone.finetune_from)
-        self.parity = self._parity(self.model_on_pixels())
-        self.opened = trainable_layers(self.built)
-        log.info(
-            "training %d layers after %s and the head from the cache",
-            len(self.opened),
-            self.backbone.finetune_from,
-        )
-        train, _ = self._split_rows()
-        steps = math.ceil(len(train) / self.ft.batch_size)
-        steps = min(steps, self.ft.max_steps) if self.ft.max_steps else steps
-        models.compile_for_finetuning(
-            self.model,
-            self.ft.learning_rate,
-            self.ft.momentum,
-            self.ft.optimizer,
-            warmup_steps=steps,  # one epoch
-            total_steps=steps * self.ft.epochs,
-        )
-        return self
+    def model(self, built: BuiltBackbone, head: Any) -> Any:
+        """Activation maps -> tail -> head (:func:`train_model`)."""
+        return train_model(built, head, self.backbone.finetune_from)
 
-    def model_on_pixels(self) -> Any:
+    def on_pixels(self, built: BuiltBackbone, head: Any, trained: Any) -> Any:
         """The assembled model: raw pixels -> resize -> preprocessing -> backbone (its
-        tail as trained so far) -> head."""
-        return models.build_model(self.built, self.head.model_, Augmentation.off())
+        tail as trained so far, shared with ``trained``) -> head; no augmentation."""
+        return models.build_model(built, head, Augmentation.off())
 
-    def _batches(self) -> tuple[Any, Any]:
-        train, val = self._split_rows()
-        batch, gen = self.ft.batch_size, self.generation
-        return (
-            activation_batches(
-                gen,
-                train,
-                self.labels[train],
-                batch,
-                views=self.views,
-                shuffle=True,
-                seed=self.ft.seed,
-            ),
-            activation_batches(gen, val, self.labels[val], batch),
-        )
+    def parity(self, on_pixels: Any, trained: Any, head: Any, *, mixed: bool) -> float | None:
+        """:meth:`parity_after` on the untrained model (``head`` and ``mixed`` unused:
+        the tail carries the head, and this source is never mixed)."""
+        return self.parity_after(on_pixels, trained)
 
-    def _split_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`Run._split_rows`, ascending (the stream reads rows in chunk order)."""
-        train, val = super()._split_rows()
-        return np.sort(train), np.sort(val)
-
-    def finish(self) -> FinetuneResult:
-        """Assemble the whole model, check it against the cache path, save, evaluate."""
-        full = self.model_on_pixels()
-        full.save(self.out / "model.keras")  # kept even if the parity check below fails
-        after = self._parity(full)
-        self.parity = None if after is None else max(after, self.parity or 0.0)
-        metrics = {}
-        for split in ("train", "validation", "test"):
-            idx = np.flatnonzero(self.splits == split)
-            if len(idx):
-                proba = predict_cached(
-                    self.model, self.generation, idx, self.views, self.ft.batch_size
-                )
-                metrics[split] = evaluate(self.labels[idx], proba, self.features.class_names)
-        return self._write(metrics)
-
-    def _parity(self, full: Any) -> float | None:
+    def parity_after(self, on_pixels: Any, trained: Any) -> float | None:
         """Max |assembled model(raw pixels) - tail and head(cached activations)| over the
         first training images that are still in the data set's listing (``None``, and
-        a warning, if none is).
+        a warning, if none is), in probabilities.
 
         Raises
         ------
@@ -203,11 +165,10 @@ class CacheRun(Run):
             )
             return None
         records = [by_source[self.features.sources[i]] for i in rows]
-        live = np.asarray(
-            full.predict(read_pixels(self.listing, records, self.backbone.input_size), verbose=0)
-        )
+        pixels = read_pixels(self.listing, records, self.backbone.input_size)
+        live = np.asarray(on_pixels.predict(pixels, verbose=0))
         cached = predict_cached(
-            self.model, self.generation, np.asarray(rows), ("identity",), len(rows)
+            trained, self.generation, np.asarray(rows), ("identity",), len(rows)
         )
         diff = float(np.abs(live - cached).max())
         if diff > PARITY_TOLERANCE_ACTIVATIONS:
@@ -222,18 +183,46 @@ class CacheRun(Run):
         log.info("parity check passed: max abs difference %.2e on %d images", diff, len(rows))
         return diff
 
-    def _info(self) -> dict[str, Any]:
-        info = super()._info()
-        info["input"] = (
-            "RGB pixels 0-255, float32, (batch, h, w, 3); resized inside to "
-            f"{self.backbone.input_size} px"
+    def unfreeze(self, built: BuiltBackbone, extra: Sequence[str]) -> list[str]:
+        """The tail's layers, made trainable by :func:`train_model` already (``extra``
+        does not apply: the prefix was run at extraction)."""
+        opened = trainable_layers(built)
+        log.info(
+            "training %d layers after %s and the head from the cache",
+            len(opened),
+            self.backbone.finetune_from,
         )
-        info["finetune_from"] = self.backbone.finetune_from
-        info["views"] = self.views
-        info["metrics_from"] = (
-            "the cached activation maps, class probabilities averaged over the views "
-            f"{self.views}; model.keras predicts one view of raw pixels"
+        return opened
+
+    def batches(self, train: np.ndarray, val: np.ndarray) -> tuple[Any, Any]:
+        """Activation maps ``(batch, h, w, c)`` float32 and their labels, streamed
+        (:func:`activation_batches`; rows ascending, as the stream reads chunks in order);
+        training rows in a view drawn per row and epoch."""
+        train, val = np.sort(train), np.sort(val)
+        batch, gen = self.ft.batch_size, self.generation
+        return (
+            activation_batches(
+                gen,
+                train,
+                self.labels[train],
+                batch,
+                views=self.views,
+                shuffle=True,
+                seed=self.ft.seed,
+            ),
+            activation_batches(gen, val, self.labels[val], batch),
         )
-        info.pop("parity_max_abs_diff")
-        info["parity_max_abs_diff"] = self.parity
-        return info
+
+    def proba(self, model: Any, rows: np.ndarray) -> np.ndarray:
+        """``model`` on the cached activations of ``rows``, averaged over the views:
+        ``(len(rows), n_classes)`` float64."""
+        return predict_cached(model, self.generation, rows, self.views, self.ft.batch_size)
+
+    def info(self) -> dict[str, Any]:
+        """``finetune_from``, the views, and where the metrics come from."""
+        return {
+            "finetune_from": self.backbone.finetune_from,
+            "views": self.views,
+            "metrics_from": "the cached activation maps, class probabilities averaged over "
+            f"the views {self.views}; model.keras predicts one view of raw pixels",
+        }

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from featurecache.backbones import BuiltBackbone, preprocessing_layers
@@ -25,6 +26,26 @@ from featurecache.config import Augmentation
 from featurecache.deps import import_keras
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def mixed_precision(on: bool) -> Iterator[None]:
+    """Keras's global dtype policy set to ``mixed_float16`` inside the block when ``on``
+    (float16 compute, float32 variables), restored after.
+
+    The policy is global in Keras, and layers keep the policy they were built with
+    (``compile`` then adds loss scaling for it): so it is set for the build only.
+    """
+    if not on:
+        yield
+        return
+    keras = import_keras()
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def augmentation_layers(augment: Augmentation, seed: int = 0) -> list[Any]:

@@ -1,4 +1,5 @@
-"""What a fine-tuning run leaves in its folder, beside ``model.keras``.
+"""What a fine-tuning run leaves in its folder, beside ``model.keras``, and what it
+returns (:class:`FinetuneResult`, printed by ``finetune --json``).
 
 ``finetune.json`` and ``metrics.json`` (a :class:`featurecache.runs.HeadRecord` of kind
 ``finetuned``, same form as train-head's), ``curves.png``, a confusion matrix per split,
@@ -9,11 +10,42 @@ model side by side on the same splits.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from featurecache.plots import confusion_matrix_png, curves_png
 from featurecache.runs import HeadRecord
+
+
+@dataclass
+class FinetuneResult:
+    """One fine-tuned model; ``--json`` prints these. ``seconds`` is wall time; the
+    accuracies are top-1 per split, before (frozen-feature head) and after.
+    ``parity_max_abs_diff`` is in probabilities (0-1), ``None`` when no image could be
+    compared; ``source`` is ``"images"`` or ``"cache"``."""
+
+    dataset: str
+    backbone: str
+    group: str
+    folder: str
+    device: str
+    parity_max_abs_diff: float | None
+    trainable_layers: int
+    epochs_run: int
+    steps_per_epoch: int
+    resumed_from_epoch: int
+    seconds: float
+    frozen_accuracy: dict[str, float]
+    finetuned_accuracy: dict[str, float]
+    start_val_loss: float = float("nan")
+    best_val_loss: float = float("nan")
+    improved: bool = True
+    source: str = "images"
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def write_outputs(

@@ -1,17 +1,16 @@
-"""One fine-tuning run from images: the backbone's last block and the head, trained on
-decoded images (:class:`Run`), and what every run shares: the starting dense head, the
-parity check, the history and the result (:class:`FinetuneResult`).
+"""One fine-tuning run (:class:`Run`): the dense head back on the backbone, checked,
+trained and written, whatever the data comes from (a
+:class:`~featurecache.finetuning.source.Source`: images or cached activations).
 
 The stage and its steps are described in :mod:`featurecache.finetuning.train`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,59 +18,27 @@ from typing import Any
 import numpy as np
 
 from featurecache.backbones import BuiltBackbone, build_backbone
-from featurecache.cache import FeatureSet, recipe
+from featurecache.cache import recipe
 from featurecache.config import BackboneConfig, FinetuneConfig
-from featurecache.datasets import Listing, Record
 from featurecache.deps import gpu_available, import_keras
-from featurecache.errors import ConfigError, NoTrainedHeadError, ParityError, WeightsChangedError
+from featurecache.errors import ConfigError, NoTrainedHeadError, WeightsChangedError
 from featurecache.finetuning import model as models
 from featurecache.finetuning.activations import damage_named
-from featurecache.finetuning.data import cached_rows, image_batches, predict_images, read_pixels
-from featurecache.finetuning.outputs import write_outputs
+from featurecache.finetuning.callbacks import empty_history, history_writer, load_history, stopper
+from featurecache.finetuning.outputs import FinetuneResult, write_outputs
+from featurecache.finetuning.source import Source, split_rows
 from featurecache.heads.files import load_model
 from featurecache.metrics import evaluate
 from featurecache.runs import HeadRecord, RunLayout
-from featurecache.stopping import StopFlag, graceful_stop
+from featurecache.stopping import graceful_stop
 
 log = logging.getLogger(__name__)
 
-PARITY_IMAGES = 8
-PARITY_TOLERANCE = 1e-4
-#: Features cached as float16 carry rounding of about 1e-3 relative: the head's output
-#: on them may differ from the live float32 model's by more than 1e-4.
-PARITY_TOLERANCE_FLOAT16 = 5e-3
-
-
-@dataclass
-class FinetuneResult:
-    """One fine-tuned model; ``--json`` prints these. ``seconds`` is wall time; the
-    accuracies are top-1 per split, before (frozen-feature head) and after."""
-
-    dataset: str
-    backbone: str
-    group: str
-    folder: str
-    device: str
-    parity_max_abs_diff: float | None
-    trainable_layers: int
-    epochs_run: int
-    steps_per_epoch: int
-    resumed_from_epoch: int
-    seconds: float
-    frozen_accuracy: dict[str, float]
-    finetuned_accuracy: dict[str, float]
-    start_val_loss: float = float("nan")
-    best_val_loss: float = float("nan")
-    improved: bool = True
-    source: str = "images"
-    epoch_seconds: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def load_dense_head(folder: Path) -> tuple[Any, HeadRecord]:
-    """The trained dense head in ``folder`` (its Keras model wrapper) and its record.
+    """The trained dense head in ``folder`` (its Keras model wrapper: ``predict_proba``
+    and the Keras model ``model_``, features ``(batch, feature_dim)`` -> probabilities
+    ``(batch, n_classes)``) and its record.
 
     Raises
     ------
@@ -100,80 +67,119 @@ def load_dense_head(folder: Path) -> tuple[Any, HeadRecord]:
 
 
 class Run:
-    """One data set x backbone being fine-tuned: start (model and parity check), train,
-    finish (evaluate and write)."""
+    """One data set x backbone being fine-tuned from ``source``: :meth:`start` (model,
+    parity check, compile), :meth:`train`, :meth:`finish` (evaluate and write).
+
+    Parameters
+    ----------
+    ft : FinetuneConfig
+    source : Source
+        Where the batches come from, and what differs with it (the model trained, the
+        parity check, the evaluation, the output folder's kind).
+    backbone : BackboneConfig
+    layout : RunLayout
+        Where the starting head is read and the output folder written.
+    """
 
     def __init__(
-        self,
-        ft: FinetuneConfig,
-        features: FeatureSet,
-        listing: Listing,
-        backbone: BackboneConfig,
-        layout: RunLayout,
+        self, ft: FinetuneConfig, source: Source, backbone: BackboneConfig, layout: RunLayout
     ) -> None:
-        self.ft, self.features, self.listing, self.backbone = ft, features, listing, backbone
+        self.ft, self.source, self.backbone = ft, source, backbone
         self.started = time.perf_counter()
+        features = source.features
         self.head_dir = layout.head_dir(features.dataset, features.group, ft.head)
-        self.out = layout.finetune_dir(features.dataset, features.group, ft.head)
-        self.records, self.rows = cached_rows(features, listing)
-        self.labels = features.y[self.rows]
-        self.splits = np.asarray(features.split[self.rows])
+        self.out = layout.finetune_dir(features.dataset, features.group, ft.head, source.name)
+        # Set by start():
+        self.device = ""
+        self.head: Any = None
+        self.head_record: HeadRecord | None = None
+        self.built: BuiltBackbone | None = None
+        self.model: Any = None  # what model.fit trains (the source's inputs)
+        self.parity: float | None = None
+        self.opened: list[str] = []
+        self.train_rows = self.val_rows = np.zeros(0, dtype=int)
+        self.steps = 0
+        # Set by train():
+        self.history = empty_history()
+        self.resumed_from = 0
+        self.start_val_loss = self.best = float("nan")
 
     def start(self) -> Run:
-        """Build raw pixels -> backbone -> head, check parity, unfreeze, compile."""
-        keras = import_keras()
-        head, self.head_record = load_dense_head(self.head_dir)
-        built = self._build(head)
-        self.parity = _parity(
-            self.model, head, self.features, self.listing, self.records, self.rows
-        )
+        """Load the dense head, build the backbone and the source's model around them,
+        check parity, open the trained layers, compile.
+
+        The backbone is built once, in its final precision: on a GPU, for a source that
+        trains in mixed precision, it is built under ``mixed_float16`` and the parity
+        check runs on that model with the source's float16 tolerance (rather than
+        building a float32 copy for the check and the backbone again to train).
+
+        Raises
+        ------
+        NoTrainedHeadError, WeightsChangedError, ParityError
+            No dense head; other weights than the features'; the rebuilt model does not
+            reproduce the cache (all :class:`~featurecache.errors.CacheError`).
+        ConfigError
+            If the head is not a dense head, or no layer would be trained.
+        """
         self.device = "GPU" if gpu_available() else "CPU"
-        if self.device == "GPU":  # mixed precision on the GPU (the parity check ran in float32)
-            # The policy is global in Keras: set it for this build only, as the layers keep
-            # the policy they were built with (and compile adds loss scaling for it).
-            previous = keras.mixed_precision.global_policy()
-            keras.mixed_precision.set_global_policy("mixed_float16")
-            try:
-                built = self._build(load_dense_head(self.head_dir)[0])
-            finally:
-                keras.mixed_precision.set_global_policy(previous)
-        try:
-            self.opened = models.unfreeze(built, self.ft.unfreeze)
-        except ValueError as exc:
-            raise ConfigError(f"[finetune] unfreeze: {exc}") from exc
+        mixed = self.device == "GPU" and self.source.mixed_precision
+        with models.mixed_precision(mixed):
+            self.head, self.head_record = load_dense_head(self.head_dir)
+            self.built = self._build_backbone()
+            self.model = self.source.model(self.built, self.head.model_)
+            on_pixels = self.source.on_pixels(self.built, self.head.model_, self.model)
+        self.parity = self.source.parity(on_pixels, self.model, self.head, mixed=mixed)
+        self.opened = self.source.unfreeze(self.built, self.ft.unfreeze)
+        self.train_rows, self.val_rows = split_rows(
+            self.source.splits, self.source.labels, self.ft.seed
+        )
+        steps = math.ceil(len(self.train_rows) / self.ft.batch_size)
+        self.steps = min(steps, self.ft.max_steps) if self.ft.max_steps else steps
+        warmup = self.steps if self.source.warmup else 0  # one epoch
         models.compile_for_finetuning(
-            self.model, self.ft.learning_rate, self.ft.momentum, self.ft.optimizer
+            self.model,
+            self.ft.learning_rate,
+            self.ft.momentum,
+            self.ft.optimizer,
+            warmup_steps=warmup,
+            total_steps=warmup * self.ft.epochs,
         )
         return self
 
-    def _build(self, head: Any) -> BuiltBackbone:
-        """Build the backbone (refusing other weights than the features'), then seed with
-        ``[finetune] seed`` and build ``self.model`` around it and the head."""
+    def _build_backbone(self) -> BuiltBackbone:
+        """Build the backbone, refusing other weights than the features', then seed the
+        global random generators with ``[finetune] seed`` (after the backbone's own seed).
+
+        Raises
+        ------
+        WeightsChangedError
+            If the weights' SHA-256 differs from the one the features recorded.
+        """
         built = build_backbone(self.backbone)
-        if built.weights_sha256 != self.features.provenance["weights"].get("sha256"):
+        if built.weights_sha256 != self.source.features.provenance["weights"].get("sha256"):
             raise WeightsChangedError(
                 f"the {self.backbone.name} weights now loaded differ from those the features "
                 "were extracted with; extract again before fine-tuning"
             )
-        import_keras().utils.set_random_seed(self.ft.seed)  # after the backbone's own seed
-        self.model = models.build_model(built, head.model_, self.ft.augment, self.ft.seed)
+        import_keras().utils.set_random_seed(self.ft.seed)
         return built
 
     def train(self, progress: bool) -> Run:
-        """``model.fit`` with early stopping, a checkpoint per epoch, and resumption."""
+        """``model.fit`` with early stopping, a checkpoint per epoch, and resumption.
+
+        The starting point (the frozen-feature head on the backbone) is the baseline: if
+        no epoch improves on its validation loss, its weights are kept.
+        """
         keras, ft = import_keras(), self.ft
-        train, val = self._batches()
-        self.steps = min(len(train), ft.max_steps) if ft.max_steps else len(train)
+        train, val = self.source.batches(self.train_rows, self.val_rows)
         history_file, backup = self.out / "history.json", self.out / "backup"
         self.out.mkdir(parents=True, exist_ok=True)
         if not backup.exists():  # a fresh run, not the resumption of an interrupted one
             history_file.unlink(missing_ok=True)
-        self.history = _load_history(history_file)
+        self.history = load_history(history_file)
         self.resumed_from = len(self.history["loss"])
         if self.resumed_from:
             log.info("resuming fine-tuning after epoch %d (%s)", self.resumed_from, backup)
-        # The starting point (the frozen-feature head on the backbone) is the baseline: if
-        # no epoch improves on its validation loss, its weights are kept.
         start_weights = self.model.get_weights()
         self.start_val_loss = float(self.model.evaluate(val, verbose=0, return_dict=True)["loss"])
         with graceful_stop() as stop, damage_named():
@@ -188,8 +194,8 @@ class Run:
                     keras.callbacks.EarlyStopping(
                         monitor="val_loss", patience=ft.patience, restore_best_weights=True
                     ),
-                    _history_writer(keras, history_file, self.history),
-                    _stopper(keras, stop, ft.epochs),
+                    history_writer(keras, history_file, self.history),
+                    stopper(keras, stop, ft.epochs),
                 ],
             )
         self.best = min(self.history["val_loss"], default=float("inf"))
@@ -203,73 +209,48 @@ class Run:
             self.model.set_weights(start_weights)
         return self
 
-    def _split_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training and validation rows; without a validation split, 10% of train held
-        out (stratified), as the dense head does."""
-        train = np.flatnonzero(self.splits == "train")
-        val = np.flatnonzero(self.splits == "validation")
-        if len(val) == 0:
-            from sklearn.model_selection import train_test_split
-
-            train, val = train_test_split(
-                train, test_size=0.1, random_state=self.ft.seed, stratify=self.labels[train]
-            )
-        return train, val
-
-    def _batches(self) -> tuple[Any, Any]:
-        """Training (shuffled) and validation batches of images (:meth:`_split_rows`)."""
-        train_idx, val_idx = self._split_rows()
-        size, batch = self.backbone.input_size, self.ft.batch_size
-        pick = self.records
-        return (
-            image_batches(
-                self.listing,
-                [pick[i] for i in train_idx],
-                self.labels[train_idx],
-                size,
-                batch,
-                shuffle=True,
-                seed=self.ft.seed,
-            ),
-            image_batches(
-                self.listing, [pick[i] for i in val_idx], self.labels[val_idx], size, batch
-            ),
-        )
-
     def finish(self) -> FinetuneResult:
-        """Save the model, evaluate it on every split, write its folder."""
-        self.model.save(self.out / "model.keras")
+        """Save the model on raw pixels (``model.keras``), check it again where the
+        source can, evaluate every split, write the folder.
+
+        Raises
+        ------
+        ParityError
+            If the saved model no longer reproduces the cache (``model.keras`` stays).
+        """
+        saved = self.source.on_pixels(self.built, self.head.model_, self.model)
+        saved.save(self.out / "model.keras")  # kept even if the parity check below fails
+        after = self.source.parity_after(saved, self.model)
+        if after is not None:
+            self.parity = max(after, self.parity or 0.0)
         metrics = {}
         for split in ("train", "validation", "test"):
-            idx = np.flatnonzero(self.splits == split)
-            if len(idx):
-                metrics[split] = evaluate(
-                    self.labels[idx], self._proba(idx), self.features.class_names
-                )
+            rows = np.flatnonzero(self.source.splits == split)
+            if len(rows):
+                proba = self.source.proba(self.model, rows)
+                labels = self.source.labels[rows]
+                metrics[split] = evaluate(labels, proba, self.source.features.class_names)
         return self._write(metrics)
-
-    def _proba(self, idx: np.ndarray) -> np.ndarray:
-        """Class probabilities of the rows ``idx`` (of ``self.records``)."""
-        records = [self.records[i] for i in idx]
-        size, batch = self.backbone.input_size, self.ft.batch_size
-        return predict_images(self.model, self.listing, records, size, batch)
 
     def _write(self, metrics: dict[str, Any]) -> FinetuneResult:
         """Write the folder's records and plots; the result ``--json`` prints."""
-        record = HeadRecord(self.out, self._info(), metrics)
-        frozen = self.head_record.metrics
-        title = f"{self.features.dataset} / {self.backbone.name} / fine-tuned"
-        write_outputs(record, frozen, self.history, title)
+        features, frozen = self.source.features, self.head_record.metrics
+        write_outputs(
+            HeadRecord(self.out, self._info(), metrics),
+            frozen,
+            self.history,
+            f"{features.dataset} / {self.backbone.name} / fine-tuned",
+        )
         log.info(
             "fine-tuned %s x %s: test %s",
-            self.features.dataset,
+            features.dataset,
             self.backbone.name,
             metrics.get("test", {}).get("accuracy"),
         )
         return FinetuneResult(
-            dataset=self.features.dataset,
+            dataset=features.dataset,
             backbone=self.backbone.name,
-            group=self.features.group,
+            group=features.group,
             folder=str(self.out),
             device=self.device,
             parity_max_abs_diff=self.parity,
@@ -283,107 +264,31 @@ class Run:
             start_val_loss=self.start_val_loss,
             best_val_loss=self.best,
             improved=self.best < self.start_val_loss,
-            source=self.ft.source,
+            source=self.source.name,
             epoch_seconds=list(self.history.get("seconds", [])),
         )
 
     def _info(self) -> dict[str, Any]:
-        """``finetune.json``: what the model is, what it came from, how it was trained."""
-        ft, attrs = self.ft, self.features.provenance
+        """``finetune.json``: what the model is, what it came from, how it was trained,
+        then what the source adds (:meth:`Source.info`)."""
+        ft, features = self.ft, self.source.features
         return {
             "kind": "finetuned",
             "model_file": "model.keras",
             "input": "RGB pixels 0-255, float32, (batch, h, w, 3); resized inside to "
             f"{self.backbone.input_size} px",
-            "class_names": self.features.class_names,
+            "class_names": features.class_names,
             "backbone": self.backbone.describe(),
-            "weights": attrs["weights"],
-            "recipe_hash": attrs["recipe_hash"],
-            "cache_group": self.features.group,
+            "weights": features.provenance["weights"],
+            "recipe_hash": features.provenance["recipe_hash"],
+            "cache_group": features.group,
             "started_from_head": self.head_record.name,
             "finetune": {**asdict(ft), "augment": asdict(ft.augment)},
             "trainable_layers": len(self.opened),
             "parity_max_abs_diff": self.parity,
-            "source": ft.source,
+            "source": self.source.name,
             "seconds": round(time.perf_counter() - self.started, 1),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": recipe.versions(),
+            **self.source.info(),
         }
-
-
-def _parity(
-    model: Any,
-    head: Any,
-    features: FeatureSet,
-    listing: Listing,
-    records: list[Record],
-    rows: np.ndarray,
-) -> float:
-    """Max |model(pixels) - head(cached features)| over the first training images.
-
-    Raises
-    ------
-    ParityError
-        If it exceeds the tolerance: the cache and the live model disagree.
-    """
-    picks = list(range(min(PARITY_IMAGES, len(records))))
-    size = features.provenance["input_size"]
-    live = np.asarray(
-        model.predict(read_pixels(listing, [records[i] for i in picks], size), verbose=0)
-    )
-    cached = np.asarray(head.predict_proba(features.X[rows[picks]]))
-    diff = float(np.abs(live - cached).max())
-    float16 = features.provenance.get("backbone", {}).get("dtype") == "float16"
-    tolerance = PARITY_TOLERANCE_FLOAT16 if float16 else PARITY_TOLERANCE
-    if diff > tolerance:
-        raise ParityError(
-            f"parity check failed: the rebuilt model and the head on cached features differ by "
-            f"up to {diff:.2e} (> {tolerance:g}) on {len(picks)} images. The cache and "
-            "the live model disagree (preprocessing, weights or library versions): extract "
-            "and train the head again with this installation",
-            difference=diff,
-            tolerance=tolerance,
-        )
-    log.info("parity check passed: max abs difference %.2e on %d images", diff, len(picks))
-    return diff
-
-
-def _load_history(path: Path) -> dict[str, list[float]]:
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "seconds": []}
-
-
-def _stopper(keras: Any, stop: StopFlag, epochs: int) -> Any:
-    """A callback ending training after the current step on SIGTERM or SIGINT: the last
-    finished epoch's checkpoint (``BackupAndRestore``) stays for the next run to resume."""
-
-    class Stopper(keras.callbacks.Callback):
-        epoch = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch, logs=None):
-            stop.check(lambda: f"{self.epoch} of {epochs} epochs (checkpointed)")
-
-    return Stopper()
-
-
-def _history_writer(keras: Any, path: Path, history: dict[str, list[float]]) -> Any:
-    """A callback appending each epoch's logs, and its wall time in seconds
-    (``seconds``), to ``history`` and ``path`` (atomically)."""
-
-    class HistoryWriter(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = {**(logs or {}), "seconds": time.perf_counter() - self.started}
-            for key in history:
-                history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(history))
-            os.replace(tmp, path)
-
-    return HistoryWriter()

@@ -201,7 +201,7 @@ def test_finetune_refuses_other_weights_than_the_features(trained, source, monke
 @pytest.mark.parametrize(
     ("source", "tolerance"),
     [
-        ("images", "featurecache.finetuning.run.PARITY_TOLERANCE"),
+        ("images", "featurecache.finetuning.images.PARITY_TOLERANCE"),
         ("cache", "featurecache.finetuning.cached.PARITY_TOLERANCE_ACTIVATIONS"),
     ],
 )
@@ -214,3 +214,36 @@ def test_a_parity_failure_raises_parity_error(trained, source, tolerance, monkey
     with pytest.raises(ParityError, match="parity check failed.*with this installation") as info:
         featurecache.finetune(toml, source=source)
     assert info.value.difference > info.value.tolerance == -1.0
+
+
+@pytest.mark.parametrize(("source", "policy"), [("images", "mixed_float16"), ("cache", "float32")])
+def test_on_a_gpu_the_backbone_is_built_once_in_its_training_precision(
+    trained, source, policy, monkeypatch
+):
+    """No GPU here: ``gpu_available`` is stood in for, and every backbone build and head
+    load is counted with the Keras policy it ran under. Images train in mixed precision,
+    so the one build (and the parity check on it) is in mixed_float16; the cache's tail
+    in float32."""
+    import featurecache
+    from featurecache.backbones import build_backbone
+    from featurecache.finetuning.run import load_dense_head
+
+    keras = import_keras()
+    builds, heads = [], []
+
+    def counted_build(config):
+        builds.append(keras.mixed_precision.global_policy().name)
+        return build_backbone(config)
+
+    def counted_head(folder):
+        heads.append(keras.mixed_precision.global_policy().name)
+        return load_dense_head(folder)
+
+    monkeypatch.setattr("featurecache.finetuning.run.gpu_available", lambda: True)
+    monkeypatch.setattr("featurecache.finetuning.run.build_backbone", counted_build)
+    monkeypatch.setattr("featurecache.finetuning.run.load_dense_head", counted_head)
+    _, toml = trained
+    [result] = featurecache.finetune(toml, source=source, epochs=1, max_steps=1)
+    assert builds == heads == [policy]
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    assert result.device == "GPU" and result.parity_max_abs_diff is not None

@@ -75,7 +75,7 @@ def test_finetune_checks_parity_trains_and_predict_uses_the_model(trained, datas
 
 def test_a_parity_failure_stops_with_a_clear_message(trained, monkeypatch):
     work, common = trained
-    monkeypatch.setattr("featurecache.finetuning.run.PARITY_TOLERANCE", -1.0)
+    monkeypatch.setattr("featurecache.finetuning.images.PARITY_TOLERANCE", -1.0)
     result = invoke(
         "finetune", REPO / "pipelines" / "catvnoncat.toml", *common, "--epochs", 1, "--max-steps", 1
     )

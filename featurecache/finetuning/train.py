@@ -47,7 +47,10 @@ from featurecache.runs import RunLayout, output_errors
 
 #: ``[finetune] source`` -> its :class:`~featurecache.finetuning.source.Source`, made
 #: from ``(ft, cache, group, listing, backbone)``.
-SOURCES: dict[str, Callable[..., Source]] = {"images": ImageSource, "cache": CachedActivations}
+SOURCE_CLASSES: dict[str, Callable[..., Source]] = {
+    "images": ImageSource,
+    "cache": CachedActivations,
+}
 
 
 def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResult]:
@@ -92,7 +95,7 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
                         "`featurecache run` with the same pipeline first"
                     )
                 ft = pipeline.finetune
-                source = SOURCES[ft.source](ft, cache, found.group, listing, backbone)
+                source = SOURCE_CLASSES[ft.source](ft, cache, found.group, listing, backbone)
                 run = Run(ft, source, backbone, layout).start()
                 with output_errors(layout.output):
                     results.append(run.train(progress).finish())

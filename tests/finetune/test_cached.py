@@ -247,3 +247,31 @@ def test_on_a_gpu_the_backbone_is_built_once_in_its_training_precision(
     assert builds == heads == [policy]
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     assert result.device == "GPU" and result.parity_max_abs_diff is not None
+
+
+def test_when_no_epoch_improves_the_starting_weights_are_kept(trained, monkeypatch):
+    """A learning rate far too high makes every epoch worse than the starting model on
+    validation: the run hands back the weights it started from."""
+    import featurecache
+    from featurecache.finetuning.run import Run
+
+    weights = {}
+    start, finish = Run.start, Run.finish
+
+    def recording_start(self):
+        start(self)
+        weights["start"] = self.model.get_weights()
+        return self
+
+    def recording_finish(self):
+        weights["end"] = self.model.get_weights()
+        return finish(self)
+
+    monkeypatch.setattr(Run, "start", recording_start)
+    monkeypatch.setattr(Run, "finish", recording_finish)
+    _, toml = trained
+    [result] = featurecache.finetune(toml, source="cache", learning_rate=1.0, epochs=2)
+    assert np.isfinite(result.best_val_loss) and result.best_val_loss > result.start_val_loss
+    assert result.improved is False
+    for before, after in zip(weights["start"], weights["end"], strict=True):
+        np.testing.assert_array_equal(before, after)

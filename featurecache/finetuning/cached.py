@@ -115,6 +115,7 @@ class CachedActivations:
                 "finetune_from = true on the backbone and extract again",
                 key="finetune_from",
             )
+        self.layer: str = backbone.finetune_from  # where the cached activation maps come from
         self.ft, self.listing, self.backbone = ft, listing, backbone
         self.features = cache.read(listing.name, group, with_features=False)
         stored = self.features.provenance.get("arrays", {})
@@ -130,7 +131,7 @@ class CachedActivations:
 
     def model(self, built: BuiltBackbone, head: Any) -> Any:
         """Activation maps -> tail -> head (:func:`train_model`)."""
-        return train_model(built, head, self.backbone.finetune_from)
+        return train_model(built, head, self.layer)
 
     def on_pixels(self, built: BuiltBackbone, head: Any, trained: Any) -> Any:
         """The assembled model: raw pixels -> resize -> preprocessing -> backbone (its

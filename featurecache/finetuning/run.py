@@ -209,6 +209,18 @@ class Run:
             self.model.set_weights(start_weights)
         return self
 
+    def _started(self) -> tuple[BuiltBackbone, HeadRecord]:
+        """The backbone and the starting head's record that :meth:`start` made.
+
+        Raises
+        ------
+        RuntimeError
+            If :meth:`start` has not run (an internal error).
+        """
+        if self.built is None or self.head_record is None:
+            raise RuntimeError("internal error: Run.start() has not run")
+        return self.built, self.head_record
+
     def finish(self) -> FinetuneResult:
         """Save the model on raw pixels (``model.keras``), check it again where the
         source can, evaluate every split, write the folder.
@@ -218,7 +230,8 @@ class Run:
         ParityError
             If the saved model no longer reproduces the cache (``model.keras`` stays).
         """
-        saved = self.source.on_pixels(self.built, self.head.model_, self.model)
+        built, _ = self._started()
+        saved = self.source.on_pixels(built, self.head.model_, self.model)
         saved.save(self.out / "model.keras")  # kept even if the parity check below fails
         after = self.source.parity_after(saved, self.model)
         if after is not None:
@@ -234,7 +247,7 @@ class Run:
 
     def _write(self, metrics: dict[str, Any]) -> FinetuneResult:
         """Write the folder's records and plots; the result ``--json`` prints."""
-        features, frozen = self.source.features, self.head_record.metrics
+        features, frozen = self.source.features, self._started()[1].metrics
         write_outputs(
             HeadRecord(self.out, self._info(), metrics),
             frozen,
@@ -282,7 +295,7 @@ class Run:
             "weights": features.provenance["weights"],
             "recipe_hash": features.provenance["recipe_hash"],
             "cache_group": features.group,
-            "started_from_head": self.head_record.name,
+            "started_from_head": self._started()[1].name,
             "finetune": {**asdict(ft), "augment": asdict(ft.augment)},
             "trainable_layers": len(self.opened),
             "parity_max_abs_diff": self.parity,

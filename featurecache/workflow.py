@@ -127,7 +127,7 @@ def verify(
     A target is a cache (a URL, or a folder without pipeline files) or a pipeline file or
     a folder of them, which names its cache, limits the check to its groups and
     tells ``repair`` how to recompute them. ``repair`` recomputes a group no pipeline
-    declares as its provenance records (:func:`featurecache.extraction.repair.rebuild`),
+    declares as its provenance records (:func:`featurecache.extraction.provenance.rebuild`),
     so a cache alone is enough. No target: the default cache.
 
     Raises

@@ -248,3 +248,22 @@ def test_private_modules_of_dependencies_are_used_in_one_function_each():
         node = next(n for n in ast.walk(tree) if getattr(n, "name", None) == function)
         doc = ast.get_docstring(node) or ""
         assert re.search(r"\d+\.\d+", doc), f"{module}.{function}: name the version"
+
+
+#: Private methods of dependencies' objects called by featurecache: each from one
+#: function, which names the version it was written against and has a test.
+PRIVATE_CALLS = {"_validate_params": ("featurecache.heads.estimators", "_sklearn_check_params")}
+
+
+def test_private_methods_of_dependencies_are_called_from_one_function_each():
+    wrong = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                name = getattr(node, "attr", None)
+                if name in PRIVATE_CALLS and PRIVATE_CALLS[name] != (module, func.name):
+                    wrong.append(f"{module}:{node.lineno} {func.name} calls {name}")
+    assert not wrong, wrong

@@ -11,7 +11,8 @@
 - runners, each passing the loop its writer: :mod:`~featurecache.extraction.local` (this
   process) and :mod:`~featurecache.extraction.dask` (shards on a Dask cluster);
 - :mod:`~featurecache.extraction.commit`: the new generation, published atomically;
-  :mod:`~featurecache.extraction.repair`: ``verify --repair``.
+  :mod:`~featurecache.extraction.repair`: ``verify --repair`` (and
+  :mod:`~featurecache.extraction.provenance`: a group rebuilt from its provenance).
 """
 
 from featurecache.extraction.cluster import Cluster

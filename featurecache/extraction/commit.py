@@ -47,30 +47,7 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
             f"decoded (first: {stage.skipped[0]['reason'] if stage.skipped else 'none listed'})"
         )
     with cache.location.os_errors("write a new generation into"):
-        writer = CacheWriter(cache).generation_writer(
-            listing.name,
-            job.group,
-            arrays=job.arrays,
-            group_attrs={
-                "request_hash": recipe.request_hash(job.backbone),
-                "recipe_hash": job.recipe_hash,
-            },
-        )
-        try:
-            content, split_counts = _write_rows(writer, job, order, stage_rows, stage_keys)
-            writer.commit(
-                {
-                    **_provenance(job, split_counts),
-                    "content_hash": content,
-                    "engine": job.engine,
-                    # extraction_seconds covers the n_computed images of this generation only
-                    "n_computed": len(stage_rows),
-                    "n_reused": len(plan.reuse),
-                }
-            )
-        except BaseException:
-            writer.abort()
-            raise
+        content, split_counts = _write_generation(cache, job, order, stage_rows, stage_keys)
     stage.remove()
     result = _result(job, len(order), content, split_counts)
     log.info(
@@ -83,6 +60,44 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
         result.seconds,
     )
     return result
+
+
+def _write_generation(
+    cache: Cache,
+    job: ExtractJob,
+    order: Sequence[int],
+    stage_rows: dict[int, int],
+    stage_keys: Sequence[str],
+) -> tuple[str, dict[str, int]]:
+    """Write the rows of ``order`` and the provenance as the group's next generation and
+    make it ``current`` (removed again if anything fails); the content hash and split
+    counts."""
+    listing, plan = job.listing, job.plan
+    writer = CacheWriter(cache).generation_writer(
+        listing.name,
+        job.group,
+        arrays=job.arrays,
+        group_attrs={
+            "request_hash": recipe.request_hash(job.backbone),
+            "recipe_hash": job.recipe_hash,
+        },
+    )
+    try:
+        content, split_counts = _write_rows(writer, job, order, stage_rows, stage_keys)
+        writer.commit(
+            {
+                **_provenance(job, split_counts),
+                "content_hash": content,
+                "engine": job.engine,
+                # extraction_seconds covers the n_computed images of this generation only
+                "n_computed": len(stage_rows),
+                "n_reused": len(plan.reuse),
+            }
+        )
+    except BaseException:
+        writer.abort()
+        raise
+    return content, split_counts
 
 
 def _result(job: ExtractJob, n_images: int, content: str, split_counts: dict) -> ExtractResult:

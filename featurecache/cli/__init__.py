@@ -2,6 +2,7 @@
 
 - :mod:`~featurecache.cli.main`: the app, logging options, the error guard;
 - :mod:`~featurecache.cli.options`: every option, declared once;
+- :mod:`~featurecache.cli.groups`: options that go together, received as one object;
 - :mod:`~featurecache.cli.commands`: one short body per command;
 - :mod:`~featurecache.cli.render`: what the commands print.
 """

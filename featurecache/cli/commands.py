@@ -14,6 +14,12 @@ from typing import Any
 
 from featurecache import api
 from featurecache.cli import render
+from featurecache.cli.groups import (
+    ExtractionOptions,
+    FinetuneOptions,
+    PipelineOptions,
+    show_progress,
+)
 from featurecache.cli.main import Output, command
 from featurecache.cli.options import (
     BatchOpt,
@@ -21,14 +27,11 @@ from featurecache.cli.options import (
     CsvOpt,
     DataRootOpt,
     DryRunOpt,
-    ExtractionOptions,
-    FinetuneOptions,
     GcPipelinesArg,
     HeadFolderArg,
     HeadOpt,
     ImagesArg,
     OutputOpt,
-    PipelineOptions,
     PipelinesArg,
     ProgressOpt,
     RepairOpt,
@@ -38,7 +41,6 @@ from featurecache.cli.options import (
     TrustPickleOpt,
     VerifyTargetsArg,
     WaitOpt,
-    show_progress,
 )
 from featurecache.errors import EXIT_DAMAGED, EXIT_OK, EXIT_PARTIAL
 

@@ -24,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from featurecache import api
-from featurecache.cli.options import OutputOptions, with_options
+from featurecache.cli.groups import OutputOptions, with_options
 from featurecache.cli.render import emit
 from featurecache.errors import (
     EXIT_ERROR,
@@ -116,7 +116,7 @@ class Output:
 
 def command(name: str | None = None) -> Callable[[Callable[..., Output]], Any]:
     """Register a command. Its parameters annotated with an options group get the group's
-    options (:func:`featurecache.cli.options.with_options`), and ``--json`` is added; its
+    options (:func:`featurecache.cli.groups.with_options`), and ``--json`` is added; its
     errors become one line and an exit code (:func:`guard`) and its :class:`Output` is
     printed. A command that declares ``as_json`` receives it too."""
 

@@ -25,7 +25,6 @@ messages that say how to fix them (the CLI prints them as ``error: ...``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
     from featurecache.finetuning.outputs import FinetuneResult
     from featurecache.heads.train import HeadResult
     from featurecache.prediction import Prediction
-    from featurecache.reporting.collect import Collection
+    from featurecache.reporting.write import ReportResult as ReportResult
     from featurecache.workflow import RunResult, VerifyOutcome
 
 # The public names are listed once, in featurecache.__all__ (featurecache/__init__.py).
@@ -48,11 +47,15 @@ if TYPE_CHECKING:
 PipelineLike = Pipeline | str | Path
 
 
-def __getattr__(name: str) -> Any:  # Cache and FeatureSet load zarr: on first use only
+def __getattr__(name: str) -> Any:  # Cache, FeatureSet, ReportResult load zarr: on first use
     if name in ("Cache", "FeatureSet"):
         from featurecache import cache
 
         return getattr(cache, name)
+    if name == "ReportResult":  # a result type lives beside the stage that makes it
+        from featurecache.reporting.write import ReportResult
+
+        return ReportResult
     raise AttributeError(f"module 'featurecache.api' has no attribute {name!r}")
 
 
@@ -315,21 +318,6 @@ def predict(
     return results
 
 
-@dataclass
-class ReportResult:
-    """What :func:`report` wrote: the collected heads and the files (``markdown``,
-    ``html``, ``json``, plots)."""
-
-    collection: Collection
-    files: dict[str, Path]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every number of the report, and the files (``report --json``)."""
-        from featurecache.reporting.write import to_json
-
-        return {**to_json(self.collection), "files": {k: str(v) for k, v in self.files.items()}}
-
-
 def report(
     targets: Sequence[str | Path],
     *,
@@ -347,7 +335,7 @@ def report(
         If a target is neither a pipeline file nor a run folder with trained heads.
     """
     from featurecache.reporting.collect import collect
-    from featurecache.reporting.write import write_report
+    from featurecache.reporting.write import ReportResult, write_report
 
     collection = collect(list(targets), output=output)
     files = write_report(collection, Path(report or collection.default_report(output)))

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,19 @@ def draw_plots(collection: Collection, figures: Path) -> dict[int, Path]:
                 f"{block.dataset} / {block.backbone['name']}",
             )
     return plots
+
+
+@dataclass
+class ReportResult:
+    """What :func:`featurecache.api.report` wrote: the collected heads and the files
+    (``markdown``, ``html``, ``json``, plots)."""
+
+    collection: Collection
+    files: dict[str, Path]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every number of the report, and the files (``report --json``)."""
+        return {**to_json(self.collection), "files": {k: str(v) for k, v in self.files.items()}}
 
 
 def write_report(collection: Collection, out: Path) -> dict[str, Path]:

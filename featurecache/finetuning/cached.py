@@ -138,9 +138,9 @@ class CachedActivations:
         tail as trained so far, shared with ``trained``) -> head; no augmentation."""
         return models.build_model(built, head, Augmentation.off())
 
-    def parity(self, on_pixels: Any, trained: Any, head: Any, *, mixed: bool) -> float | None:
-        """:meth:`parity_after` on the untrained model (``head`` and ``mixed`` unused:
-        the tail carries the head, and this source is never mixed)."""
+    def parity(self, on_pixels: Any, trained: Any, head: Any) -> float | None:
+        """:meth:`parity_after` on the untrained model (``head`` unused: the tail
+        carries the head)."""
         return self.parity_after(on_pixels, trained)
 
     def parity_after(self, on_pixels: Any, trained: Any) -> float | None:

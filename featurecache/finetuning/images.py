@@ -29,12 +29,6 @@ PARITY_TOLERANCE = 1e-4
 #: Features cached as float16 carry rounding of about 1e-3 relative: the head's output
 #: on them may differ from the live float32 model's by more than 1e-4.
 PARITY_TOLERANCE_FLOAT16 = 5e-3
-#: The model built in ``mixed_float16`` (on a GPU) computes in float16 (11-bit
-#: significand) against features computed in float32. Measured with float16 computed on
-#: the CPU (Keras's mixed_float16 policy; MobileNetV2, ImageNet weights, catvnoncat's
-#: dense head): 8.6e-6 on the 8 parity images, 1.9e-3 at most over 64 training images;
-#: the bound leaves 5x over that. Not yet measured on a GPU.
-PARITY_TOLERANCE_MIXED = 1e-2
 
 
 class ImageSource:
@@ -84,12 +78,12 @@ class ImageSource:
         """``trained`` itself: it takes raw pixels (augmentation is off at inference)."""
         return trained
 
-    def parity(self, on_pixels: Any, trained: Any, head: Any, *, mixed: bool) -> float:
+    def parity(self, on_pixels: Any, trained: Any, head: Any) -> float:
         """Max |model(pixels) - head(cached features)| over the first training images
         (the first :data:`PARITY_IMAGES` rows), in probabilities.
 
         The tolerance is :data:`PARITY_TOLERANCE`, :data:`PARITY_TOLERANCE_FLOAT16` for
-        features cached as float16, :data:`PARITY_TOLERANCE_MIXED` when ``mixed``.
+        features cached as float16.
 
         Raises
         ------
@@ -102,7 +96,8 @@ class ImageSource:
         live = np.asarray(on_pixels.predict(pixels, verbose=0))
         cached = np.asarray(head.predict_proba(self.features.X[self.rows[picks]]))
         diff = float(np.abs(live - cached).max())
-        tolerance = self._tolerance(mixed)
+        float16 = self.features.provenance.get("backbone", {}).get("dtype") == "float16"
+        tolerance = PARITY_TOLERANCE_FLOAT16 if float16 else PARITY_TOLERANCE
         if diff > tolerance:
             raise ParityError(
                 f"parity check failed: the rebuilt model and the head on cached features "
@@ -114,12 +109,6 @@ class ImageSource:
             )
         log.info("parity check passed: max abs difference %.2e on %d images", diff, len(picks))
         return diff
-
-    def _tolerance(self, mixed: bool) -> float:
-        if mixed:
-            return PARITY_TOLERANCE_MIXED
-        float16 = self.features.provenance.get("backbone", {}).get("dtype") == "float16"
-        return PARITY_TOLERANCE_FLOAT16 if float16 else PARITY_TOLERANCE
 
     def parity_after(self, on_pixels: Any, trained: Any) -> None:
         """``None``: the cached features are the untrained backbone's, so nothing

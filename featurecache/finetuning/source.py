@@ -69,10 +69,10 @@ class Source(Protocol):
         weights of ``trained`` as they are now."""
         ...
 
-    def parity(self, on_pixels: Any, trained: Any, head: Any, *, mixed: bool) -> float | None:
+    def parity(self, on_pixels: Any, trained: Any, head: Any) -> float | None:
         """Before training: the largest absolute difference, in probabilities, between
         ``on_pixels`` on the first :data:`PARITY_IMAGES` training images and what the
-        cache says for them; ``mixed`` tells that the models compute in float16.
+        cache says for them (the models compute in float32).
 
         Raises
         ------

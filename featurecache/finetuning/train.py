@@ -6,8 +6,9 @@ For each data set x backbone of a pipeline, starting from the dense head that
 1. build raw images -> backbone -> head (:func:`featurecache.finetuning.model.build_model`);
 2. **parity check**: on a few training images, the rebuilt model's output must
    equal the head's output on the cached features (max absolute difference
-   <= 1e-4; 5e-3 on features cached as float16, 1e-2 on a GPU, where the model is
-   built once, in mixed precision); otherwise the cache and the live model disagree
+   <= 1e-4; 5e-3 on features cached as float16), in float32 on a GPU too (the model
+   is then built again in mixed precision to train); otherwise the cache and the live
+   model disagree
    (preprocessing, weights or library versions) and fine-tuning stops with a
    :class:`~featurecache.errors.ParityError`;
 3. unfreeze the last block, compile with SGD, train with augmentation and early

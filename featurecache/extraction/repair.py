@@ -231,6 +231,7 @@ def _repair_dataset(
             done = "rewritten with checksums"
         result.fixed.append(f"{key[0]}/{key[1]}: {done}")
         check.damage, check.checksummed = [], True
+        todo.pop(key)  # repaired: neither recomputed from provenance nor listed below
     result.extracted += extracted
 
 

@@ -253,3 +253,24 @@ def test_repair_with_the_cache_alone_names_what_is_gone_or_changed(tmp_path):
     assert f"its weights file {weights.resolve()} is gone; put it back" in not_repaired()
     (group / "current" / "zarr.json").write_text("\x00garbage")  # the only provenance
     assert "no generation's attributes are readable" in not_repaired()
+
+
+def test_a_group_with_no_pointer_and_no_clean_generation_is_rebuilt_once(tmp_path):
+    """``current`` lost and the only generation damaged: nothing clean to point at, so the
+    group is extracted again from its provenance, once, and reported repaired."""
+    folder = tmp_path / "photos"
+    for i in range(8):
+        make_image(folder / f"c{i % 2}" / f"{i}.png", (30 * i, 90, 160), size=(24, 24))
+    root = tmp_path / "cache"
+    args = ["--data", folder, "--weights", "none", "--input-size", 32, "--cache", root]
+    assert invoke("extract", *args).exit_code == 0
+    [group] = (p for p in (root / "photos").iterdir() if p.is_dir())
+    flip_bytes(group / "current" / "features/c/0/0")
+    (group / "current").unlink()
+
+    fixed = invoke("--quiet", "verify", root, "--repair", "--json")
+    assert fixed.exit_code == EXIT_OK, fixed.output
+    [repair] = json.loads(fixed.output)["repair"]
+    assert repair["unrepaired"] == []
+    assert [e["n_extracted"] for e in repair["extracted"]] == [8]
+    assert invoke("verify", root).exit_code == EXIT_OK

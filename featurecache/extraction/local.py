@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 class StageWriter:
     """Writes each finished batch into its job's stage, then records it, on one thread.
 
-    ``jobs`` maps each :class:`BatchWork`'s slot to its job. :meth:`write` waits for the
-    previous batch to be durable before handing over the next, and on SIGTERM or SIGINT
-    waits for this one too and stops the run (``stop``). :meth:`flush` waits for the last.
+    ``jobs`` maps each :class:`BatchWork`'s slot to its job (every job of the pass, also
+    those with nothing left to compute, whose images count in :meth:`progress`).
+    :meth:`write` waits for the previous batch to be durable before handing over the
+    next, and on SIGTERM or SIGINT waits for this one too and stops the run (``stop``).
+    :meth:`flush` waits for the last.
     """
 
     def __init__(self, jobs: dict[int, ExtractJob], stop: StopFlag, pool: ThreadPoolExecutor):
@@ -95,7 +97,7 @@ def run_local(
     names = " + ".join(job.backbone.name for job in pending.values())
     start = time.perf_counter()
     with graceful_stop() as stop, ThreadPoolExecutor(1, thread_name_prefix="write") as pool:
-        writer = StageWriter(pending, stop, pool)
+        writer = StageWriter(dict(enumerate(jobs)), stop, pool)  # progress over every job
         stop.check(writer.progress)
         label = f"{listing.name} x {names}"
         profile = run_batches(listing, work, batch_size, writer, progress=progress, label=label)

@@ -23,7 +23,8 @@ from typing import Any
 from featurecache.config import Pipeline
 from featurecache.extraction import Cluster, ExtractResult, extract
 from featurecache.heads import check_heads
-from featurecache.heads.train import HeadResult, train_heads, untried_heads
+from featurecache.heads.freshness import untried_heads
+from featurecache.heads.train import HeadResult, train_heads
 
 
 @dataclass

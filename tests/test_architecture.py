@@ -38,6 +38,7 @@ LAYERS = {
     "featurecache.plots": 2,
     "featurecache.cache.admin": 3,
     "featurecache.extraction": 3,
+    "featurecache.heads.freshness": 3,
     "featurecache.heads.train": 3,
     "featurecache.finetuning": 3,
     "featurecache.reporting": 3,

@@ -5,6 +5,7 @@ estimator contract (``fit``, ``predict_proba``, fitted ``classes_``).
 - :mod:`~featurecache.heads.dense`: the Keras dense head as a scikit-learn classifier;
 - :mod:`~featurecache.heads.tuning`: parameters chosen by stratified cross-validation;
 - :mod:`~featurecache.heads.files`: model files on disk;
+- :mod:`~featurecache.heads.freshness`: whether a trained head is up to date, which need training;
 - :mod:`~featurecache.heads.train`: the stage (``featurecache train-head``).
 """
 

@@ -26,13 +26,14 @@ import numpy as np
 from featurecache.cache import Cache, FeatureSet, cache_id
 from featurecache.cache import recipe as recipes
 from featurecache.config import HeadConfig, Pipeline
-from featurecache.errors import CacheError, ConfigError, FeaturecacheError
+from featurecache.errors import CacheError, FeaturecacheError
 from featurecache.heads.estimators import (
     build_head,
     canonical_kind,
     check_heads,
     predict_proba,
 )
+from featurecache.heads.freshness import fresh_record, grid_given
 from featurecache.runs import HeadRecord, RunLayout, output_errors
 
 log = logging.getLogger(__name__)
@@ -112,21 +113,10 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
 
 def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadResult | None:
     """The existing head's result if it was trained on exactly these inputs."""
-    try:
-        record = HeadRecord.read(folder)
-    except ConfigError:  # no head there yet, or unreadable: train it
-        return None
-    if not record.metrics:
+    record = fresh_record(folder, head, kind, attrs)
+    if record is None:
         return None
     info = record.info
-    same = (
-        info.get("content_hash") == attrs.get("content_hash")
-        and info.get("recipe_hash") == attrs.get("recipe_hash")
-        and _same_settings(info, head, kind)
-        and (folder / info.get("model_file", "-")).is_file()
-    )
-    if not same:
-        return None
     return HeadResult(
         dataset=info["cache"]["dataset"],
         backbone=attrs["backbone"]["name"],
@@ -138,43 +128,6 @@ def _unchanged(folder: Path, head: HeadConfig, kind: str, attrs: dict) -> HeadRe
         accuracy={s: m["accuracy"] for s, m in record.metrics.items()},
         trained=False,
     )
-
-
-def _same_settings(info: dict[str, Any], head: HeadConfig, kind: str) -> bool:
-    """Whether ``head.json``'s ``info`` records a head of exactly these settings."""
-    return (
-        info.get("kind") == kind
-        and info.get("params") == dict(head.params)
-        and info.get("taps", []) == list(head.taps)
-        and info.get("use_views", True) == head.views
-        and info.get("search", {}).get("grid_given") == _grid(head)
-        and info.get("search", {}).get("cv") == (head.cv if head.search else None)
-    )
-
-
-def untried_heads(pipeline: Pipeline) -> list[HeadConfig]:
-    """The heads of ``pipeline`` that no trained head of it (any data set, any cache
-    group) was trained with exactly these settings: new or edited heads, the ones a
-    refresh must check before it extracts. Reads ``head.json`` files only.
-
-    Raises
-    ------
-    ConfigError
-        For an unknown head kind.
-    """
-    layout = RunLayout.of(pipeline)
-    untried = []
-    for head in pipeline.heads:
-        kind = canonical_kind(head.kind)
-        records = [r for d in pipeline.datasets for r in layout.heads_named(d.name, head.name)]
-        if not any(r.metrics and _same_settings(r.info, head, kind) for r in records):
-            untried.append(head)
-    return untried
-
-
-def _grid(head: HeadConfig) -> dict[str, Any] | None:
-    grid: dict[str, Any] = {k: list(v) for k, v in head.search.items()}
-    return {**grid, "search_samples": head.search_samples} if grid else None
 
 
 def train_one(
@@ -293,7 +246,7 @@ def _fit(features: FeatureSet, config: HeadConfig, kind: str) -> tuple[Any, dict
                 max_samples=config.search_samples,
                 refit=augmented,
             )
-            search["grid_given"] = _grid(config)
+            search["grid_given"] = grid_given(config)
             log.info(
                 "head %s: cross-validation chose %s (%d-fold top-1 %.3f)",
                 config.name,

@@ -279,7 +279,7 @@ def test_several_backbones_decode_each_image_once_and_match_solo_runs(
 def test_a_changed_search_retrains_the_head(tmp_path):
     """refresh keeps a head only if its search (grid, folds, sample) is the one asked for."""
     from featurecache.config import HeadConfig
-    from featurecache.heads.train import _unchanged
+    from featurecache.heads.freshness import fresh_record
 
     head = HeadConfig(name="lr", kind="logistic_regression", search={"C": (0.1, 1.0)}, cv=5)
     attrs = {"content_hash": "c", "recipe_hash": "r", "backbone": {"name": "mobilenet_v2"}}
@@ -295,7 +295,7 @@ def test_a_changed_search_retrains_the_head(tmp_path):
         "search": {"cv": 5, "grid_given": {"C": [0.1, 1.0], "search_samples": 0}},
     }
     (tmp_path / "head.json").write_text(json.dumps(info))
-    assert _unchanged(tmp_path, head, "logistic_regression", attrs) is not None
+    assert fresh_record(tmp_path, head, "logistic_regression", attrs) is not None
     for changed in (
         HeadConfig(name="lr", kind="logistic_regression", search={"C": (0.1, 1.0)}, cv=3),
         HeadConfig(name="lr", kind="logistic_regression", search={"C": (1.0,)}, cv=5),
@@ -304,7 +304,7 @@ def test_a_changed_search_retrains_the_head(tmp_path):
         ),
         HeadConfig(name="lr", kind="logistic_regression"),
     ):
-        assert _unchanged(tmp_path, changed, "logistic_regression", attrs) is None
+        assert fresh_record(tmp_path, changed, "logistic_regression", attrs) is None
 
 
 def test_the_same_folder_through_a_link_or_dots_is_a_cache_hit(pipeline, split_folder, tmp_path):

@@ -130,26 +130,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, y = np.unique(y, return_inverse=True)
-        if validation_data is None:
-            X, X_val, y, y_val = _holdout(X, y, self.validation_fraction, self.seed)
-        else:
-            X_val, y_val = self._known_rows(*validation_data)
+        X, y, X_val, y_val = self._validation_split(X, y, validation_data)
         keras = import_keras()
         keras.utils.set_random_seed(self.seed)
         self.model_ = self._network(keras, X.shape[1])
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=self.patience, restore_best_weights=True
-        )
-        history = self.model_.fit(
-            X,
-            y,
-            validation_data=(X_val, y_val),
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            callbacks=[stop],
-            verbose=0,
-        )
-        self.history_ = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        self.history_ = self._train(keras, X, y, X_val, y_val)
         log.info(
             "dense head: %d epochs, best val_loss %.4f",
             len(self.history_["loss"]),
@@ -220,6 +205,44 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             metrics=["accuracy"],
         )
         return model
+
+    def _validation_split(
+        self,
+        X: np.ndarray,  # noqa: N803 - scikit-learn naming
+        y: np.ndarray,
+        validation_data: tuple | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(X, y, X_val, y_val)``: the rows to train on and the rows to stop on, either
+        ``validation_data`` (its known rows) or ``validation_fraction`` of ``(X, y)``."""
+        if validation_data is None:
+            X, X_val, y, y_val = _holdout(X, y, self.validation_fraction, self.seed)
+        else:
+            X_val, y_val = self._known_rows(*validation_data)
+        return X, y, X_val, y_val
+
+    def _train(
+        self,
+        keras: Any,
+        X: np.ndarray,  # noqa: N803 - scikit-learn naming
+        y: np.ndarray,
+        X_val: np.ndarray,  # noqa: N803
+        y_val: np.ndarray,
+    ) -> dict[str, list[float]]:
+        """Train ``model_`` until validation loss stops improving for ``patience`` epochs
+        (the best weights restored); the per-epoch history, as floats."""
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=self.patience, restore_best_weights=True
+        )
+        history = self.model_.fit(
+            X,
+            y,
+            validation_data=(X_val, y_val),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            callbacks=[stop],
+            verbose=0,
+        )
+        return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
     def _known_rows(self, X_val, y_val) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
         """``validation_data`` as float32 features and indices into ``classes_``, without

@@ -52,23 +52,43 @@ def tune(
         ``cv`` training images.
     """
     from sklearn.base import clone
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
 
     grid = {param: list(search[name]) for name, param in grid_names(head, search).items()}
     _check_folds(y, cv)
-    x_search, y_search = x, y
+    x_search, y_search = _search_rows(x, y, max_samples, seed)
+    searcher = _grid_search(head, grid, x_search, y_search, cv=cv, seed=seed)
+    best = clone(head).set_params(**searcher.best_params_).fit(*(refit or (x, y)))
+    return best, {"cv": cv, "n_searched": int(len(y_search)), "grid": grid, **_scores(searcher)}
+
+
+def _search_rows(
+    x: np.ndarray, y: np.ndarray, max_samples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the search runs on: all of ``(x, y)``, or a stratified, seeded sample of
+    ``max_samples`` of them when there are more."""
+    from sklearn.model_selection import train_test_split
+
     if 0 < max_samples < len(y):
         x_search, _, y_search, _ = train_test_split(
             x, y, train_size=max_samples, stratify=y, random_state=seed
         )
+        return x_search, y_search
+    return x, y
+
+
+def _grid_search(
+    head: Any, grid: dict[str, list[Any]], x: np.ndarray, y: np.ndarray, *, cv: int, seed: int
+) -> Any:
+    """The fitted ``GridSearchCV`` of ``head`` over ``grid``: top-1 accuracy over ``cv``
+    stratified folds, shuffled with ``seed``."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
     folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    # refit=False: refitted below on all of (x, y), sampled or not, or on ``refit``
+    # refit=False: tune refits on all of (x, y), sampled or not, or on ``refit``
     searcher = GridSearchCV(
         head, grid, scoring="accuracy", cv=folds, refit=False, error_score="raise"
     )
-    searcher.fit(x_search, y_search)
-    best = clone(head).set_params(**searcher.best_params_).fit(*(refit or (x, y)))
-    return best, {"cv": cv, "n_searched": int(len(y_search)), "grid": grid, **_scores(searcher)}
+    return searcher.fit(x, y)
 
 
 def _scores(searcher: Any) -> dict[str, Any]:

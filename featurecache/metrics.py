@@ -77,31 +77,50 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]) 
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    clipped = np.clip(proba, 1e-15, 1.0)
     return {
         "n_images": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "accuracy_ci95": list(accuracy_interval(np.asarray(y_true) == y_pred)),
-        "bootstrap": {
-            "method": "percentile",
-            "n_resamples": BOOTSTRAP_RESAMPLES,
-            "confidence": CONFIDENCE,
-            "seed": 0,
-        },
+        "bootstrap": _bootstrap_method(),
         # mean recall over the classes present: scikit-learn's balanced_accuracy_score
         "balanced_accuracy": float(recall[support > 0].mean()) if support.any() else 0.0,
-        "log_loss": float(
-            log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)
-        ),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(class_names)
-        },
+        "log_loss": _log_loss(y_true, proba, labels),
+        "per_class": _per_class(class_names, precision, recall, f1, support),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "class_names": list(class_names),
+    }
+
+
+def _bootstrap_method() -> dict[str, Any]:
+    """How ``accuracy_ci95`` was computed (:func:`accuracy_interval`'s defaults)."""
+    return {
+        "method": "percentile",
+        "n_resamples": BOOTSTRAP_RESAMPLES,
+        "confidence": CONFIDENCE,
+        "seed": 0,
+    }
+
+
+def _log_loss(y_true: np.ndarray, proba: np.ndarray, labels: list[int]) -> float:
+    """Cross-entropy (natural log) of ``proba`` clipped to [1e-15, 1] and renormalised."""
+    clipped = np.clip(proba, 1e-15, 1.0)
+    return float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels))
+
+
+def _per_class(
+    class_names: Sequence[str],
+    precision: np.ndarray,
+    recall: np.ndarray,
+    f1: np.ndarray,
+    support: np.ndarray,
+) -> dict[str, dict[str, float | int]]:
+    """``precision``, ``recall``, ``f1`` and ``support`` of each class, by name."""
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
     }

@@ -10,7 +10,7 @@ data set is handled under its writer lock, so gc never races a refresh.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,15 +50,7 @@ def collect_garbage(
     """
     cache = Cache(root)
     cache.check()
-    # on every backend: features extracted under JAX or PyTorch stay referenced under
-    # TensorFlow (each backend at the version installed here, as for TensorFlow itself)
-    referenced = {
-        (d.name, h)
-        for p in pipelines
-        for d in p.datasets
-        for b in p.backbones
-        for h in recipe.request_hashes(b)
-    }
+    referenced = _referenced(pipelines) if pipelines else None
     result = GcResult(dry_run=dry_run)
     writer = CacheWriter(cache)
 
@@ -75,21 +67,47 @@ def collect_garbage(
     staged = cache.staged_datasets()
     for dataset in sorted(set(datasets) | set(staged)):
         with writer.lock(dataset, wait=wait):
-            for group, path in datasets.get(dataset, []):
-                keep = cache.committed(dataset, group)
-                if pipelines:
-                    attrs = cache.attrs(dataset, group) if keep else {}
-                    if (dataset, attrs.get("request_hash")) not in referenced:
-                        remove(path)
-                        continue
-                for gen in cache.generations(dataset, group):
-                    if gen.rsplit("/", 1)[-1] != keep:
-                        remove(gen)
+            for path in _unused(cache, dataset, datasets.get(dataset, []), referenced):
+                remove(path)
             if dataset in staged:
                 remove(cache.staging_path(dataset))
     for path in cache.legacy_bookkeeping():  # .staging/.locks/.engines of versions < 0.2
         remove(path)
     return result
+
+
+def _referenced(pipelines: Sequence[Pipeline]) -> set[tuple[str, str]]:
+    """``(data set, request hash)`` of every group the pipelines declare."""
+    # on every backend: features extracted under JAX or PyTorch stay referenced under
+    # TensorFlow (each backend at the version installed here, as for TensorFlow itself)
+    return {
+        (d.name, h)
+        for p in pipelines
+        for d in p.datasets
+        for b in p.backbones
+        for h in recipe.request_hashes(b)
+    }
+
+
+def _unused(
+    cache: Cache,
+    dataset: str,
+    groups: list[tuple[str, str]],
+    referenced: set[tuple[str, str]] | None,
+) -> Iterator[str]:
+    """The paths to remove of ``dataset``'s ``(group, path)`` folders, one at a time (each
+    removed before the next is looked at): a whole group that no pipeline declares (when
+    ``referenced`` is given), else every generation of the group but its committed one."""
+    for group, path in groups:
+        keep = cache.committed(dataset, group)
+        if referenced is not None:
+            attrs = cache.attrs(dataset, group) if keep else {}
+            if (dataset, attrs.get("request_hash")) not in referenced:
+                yield path
+                continue
+        for gen in cache.generations(dataset, group):
+            if gen.rsplit("/", 1)[-1] != keep:
+                yield gen
 
 
 def describe_cache(root: str | Path) -> list[dict[str, Any]]:

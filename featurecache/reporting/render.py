@@ -102,6 +102,15 @@ def render(
 ) -> str:
     """The report as Markdown; ``plots`` are :func:`draw_plots`' figures."""
     w = _Writer(image)
+    _preamble(w, collection)
+    _summary(w, collection)
+    for index, block in enumerate(collection.blocks):
+        _block(w, collection, block, plots.get(index))
+    return "\n".join(w.lines) + "\n"
+
+
+def _preamble(w: _Writer, collection: Collection) -> None:
+    """The title, and what produced the report with which versions."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     versions = recipe.versions()
     backend = str(versions["backend"])
@@ -116,9 +125,12 @@ def render(
         "`featurecache train-head` wrote; accuracies are top-1 fractions, intervals 95% "
         "percentile-bootstrap intervals of test top-1 (2,000 resamples of the test images).",
         "",
-        "## Summary",
-        "",
     )
+
+
+def _summary(w: _Writer, collection: Collection) -> None:
+    """One row per data set x backbone: its best head, against the write-ups, and times."""
+    w.add("## Summary", "")
     summary = []
     for block in collection.blocks:
         best = block.best
@@ -152,9 +164,6 @@ def render(
         summary,
         "lllrrlrrl",
     )
-    for index, block in enumerate(collection.blocks):
-        _block(w, collection, block, plots.get(index))
-    return "\n".join(w.lines) + "\n"
 
 
 def _block(w: _Writer, collection: Collection, block: Block, plot: Path | None) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from featurecache.config import Pipeline
 from featurecache.extraction import Cluster, ExtractResult, extract
@@ -138,10 +138,36 @@ def verify(
     CacheError
         If a cache does not exist.
     """
-    from featurecache.cache import recipe
     from featurecache.cache.verify import verify_cache
-    from featurecache.config import cache_path, is_url, load_all
     from featurecache.extraction.repair import repair as run_repair
+
+    named = _read_targets(targets, cache=cache, data_root=data_root)
+    by_cache: dict[str, list[Pipeline]] = {c: [] for c in named.caches}
+    for pipeline in named.pipelines:
+        by_cache.setdefault(str(pipeline.cache), []).append(pipeline)
+    outcome = VerifyOutcome([], [])
+    for root, declared in by_cache.items():
+        wanted = _wanted(declared)
+        accept = _accept_all if root in named.caches else partial(_accept_wanted, wanted)
+        checked = verify_cache(root, accept=accept, progress=progress)
+        outcome.checks.append(checked)
+        if repair:
+            outcome.repairs.append(
+                run_repair(root, declared, checked, progress=progress, wait=wait)
+            )
+    return outcome
+
+
+class _Targets(NamedTuple):
+    """What ``verify``'s targets name: caches, and pipelines (each naming its cache)."""
+
+    caches: list[str]
+    pipelines: list[Pipeline]
+
+
+def _read_targets(targets: Sequence[str], *, cache: str | None, data_root: Any) -> _Targets:
+    """The caches and the pipelines ``targets`` name (no target: the default cache)."""
+    from featurecache.config import cache_path, is_url, load_all
 
     caches: list[str] = []
     pipelines: list[Pipeline] = []
@@ -153,26 +179,20 @@ def verify(
             pipelines += load_all([target], data_root=data_root, cache=cache)
     if not targets:
         caches.append(str(cache_path(cache)))
-    by_cache: dict[str, list[Pipeline]] = {c: [] for c in caches}
-    for pipeline in pipelines:
-        by_cache.setdefault(str(pipeline.cache), []).append(pipeline)
-    outcome = VerifyOutcome([], [])
-    for root, declared in by_cache.items():
-        wanted = {
-            (d.name, h)
-            for p in declared
-            for d in p.datasets
-            for b in p.backbones
-            for h in recipe.wanted_hashes(b)
-        }
-        accept = _accept_all if root in caches else partial(_accept_wanted, wanted)
-        checked = verify_cache(root, accept=accept, progress=progress)
-        outcome.checks.append(checked)
-        if repair:
-            outcome.repairs.append(
-                run_repair(root, declared, checked, progress=progress, wait=wait)
-            )
-    return outcome
+    return _Targets(caches, pipelines)
+
+
+def _wanted(declared: Sequence[Pipeline]) -> set[tuple[str, str]]:
+    """``(data set, request hash)`` of every group the ``declared`` pipelines accept."""
+    from featurecache.cache import recipe
+
+    return {
+        (d.name, h)
+        for p in declared
+        for d in p.datasets
+        for b in p.backbones
+        for h in recipe.wanted_hashes(b)
+    }
 
 
 def _accept_all(dataset: str, request_hash: str) -> bool:

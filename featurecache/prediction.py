@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -113,29 +114,51 @@ def predict(
     class_names = record.info["class_names"]
     results: list[Prediction] = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        ok, pixels = [], []
-        for path in chunk:
-            try:
-                pixels.append(decode_bytes(path.read_bytes(), config.input_size, source=str(path)))
-                ok.append(path)
-            except (ImageDecodeError, OSError) as exc:
-                log.warning("skipped %s", exc)
-                results.append(Prediction(str(path), None, None, str(exc)))
-        if not ok:
+        decoded = _decode(files[start : start + batch_size], config.input_size)
+        results.extend(decoded.skipped)
+        if not decoded.paths:
             continue
-        batch = np.stack(pixels).astype(np.float32)
-        if built is None:
-            proba = predict_proba(head, batch, len(class_names))
-        else:
-            views = [head_inputs(built, batch, record.info, view) for view in _views(record.info)]
-            proba = np.mean([predict_proba(head, x, len(class_names)) for x in views], axis=0)
-        for path, row in zip(ok, proba, strict=True):
+        batch = np.stack(decoded.pixels).astype(np.float32)
+        proba = _probabilities(head, built, batch, record.info, len(class_names))
+        for path, row in zip(decoded.paths, proba, strict=True):
             best = int(row.argmax())
             results.append(Prediction(str(path), class_names[best], float(row[best])))
     order = {str(p): i for i, p in enumerate(files)}
     results.sort(key=lambda p: order[p.source])
     return results
+
+
+class _Decoded(NamedTuple):
+    """A chunk of files decoded: the paths read, their pixels, and a result per skipped file."""
+
+    paths: list[Path]
+    pixels: list[np.ndarray]
+    skipped: list[Prediction]
+
+
+def _decode(chunk: Sequence[Path], size: int) -> _Decoded:
+    """Decode ``chunk`` to RGB ``(size, size, 3)`` pixels; a file that cannot be read or
+    decoded is logged and skipped with its error."""
+    decoded = _Decoded([], [], [])
+    for path in chunk:
+        try:
+            decoded.pixels.append(decode_bytes(path.read_bytes(), size, source=str(path)))
+            decoded.paths.append(path)
+        except (ImageDecodeError, OSError) as exc:
+            log.warning("skipped %s", exc)
+            decoded.skipped.append(Prediction(str(path), None, None, str(exc)))
+    return decoded
+
+
+def _probabilities(
+    head: Any, built: BuiltBackbone | None, batch: np.ndarray, info: dict, n_classes: int
+) -> np.ndarray:
+    """``(b, n_classes)`` probabilities of ``batch``: a fine-tuned model's (``built`` is
+    None) on the pixels, or a frozen head's averaged over the views it was trained on."""
+    if built is None:
+        return predict_proba(head, batch, n_classes)
+    views = [head_inputs(built, batch, info, view) for view in _views(info)]
+    return np.mean([predict_proba(head, x, n_classes) for x in views], axis=0)
 
 
 def write_csv(predictions: Sequence[Prediction], path: str | Path) -> None:

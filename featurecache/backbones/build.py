@@ -77,29 +77,14 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         parts = build_hub(config)
         return BuiltBackbone(config=config, outputs_model=parts["model"], **parts)
     keras = import_keras()
-    spec = config.spec
-    builder = getattr(keras.applications, spec.keras_name)
     weights: str | None = None if config.weights == "none" else config.weights
     if weights is None:
-        log.warning("backbone %s uses RANDOM weights (weights=none): for tests only", spec.name)
+        log.warning(
+            "backbone %s uses RANDOM weights (weights=none): for tests only", config.spec.name
+        )
         keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
-    kwargs = dict(
-        include_top=False,
-        weights=weights,
-        input_shape=(config.input_size, config.input_size, 3),
-        pooling=config.pooling,
-        **dict(config.args),
-    )
     with recording_weight_downloads() as fetched:
-        try:
-            model = builder(**kwargs)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"Keras cannot build {spec.keras_name} with {kwargs}: {exc}") from exc
-        except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
-            raise ConfigError(
-                f"could not load weights for {spec.keras_name}: {exc}. Offline? Set KERAS_HOME "
-                "to a folder whose models/ holds Keras's weight files (see README)"
-            ) from exc
+        model = _application(keras, config, weights)
     model.trainable = False
     weights_file = config.weights if weights not in (None, "imagenet") else None
     if weights == "imagenet" and fetched:
@@ -112,6 +97,29 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         weights_sha256=sha256_file(weights_file) if weights_file else None,
         outputs_model=outputs_model(model, config),
     )
+
+
+def _application(keras: Any, config: BackboneConfig, weights: str | None) -> Any:
+    """The ``keras.applications`` model of ``config``, headless, with global pooling and
+    ``weights`` (None: random); Keras's refusals become ConfigError."""
+    spec = config.spec
+    builder = getattr(keras.applications, spec.keras_name)
+    kwargs = dict(
+        include_top=False,
+        weights=weights,
+        input_shape=(config.input_size, config.input_size, 3),
+        pooling=config.pooling,
+        **dict(config.args),
+    )
+    try:
+        return builder(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"Keras cannot build {spec.keras_name} with {kwargs}: {exc}") from exc
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
+        raise ConfigError(
+            f"could not load weights for {spec.keras_name}: {exc}. Offline? Set KERAS_HOME "
+            "to a folder whose models/ holds Keras's weight files (see README)"
+        ) from exc
 
 
 @contextmanager

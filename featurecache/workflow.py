@@ -147,7 +147,9 @@ def verify(
         by_cache.setdefault(str(pipeline.cache), []).append(pipeline)
     outcome = VerifyOutcome([], [])
     for root, declared in by_cache.items():
-        wanted = _wanted(declared)
+        from featurecache.cache import recipe
+
+        wanted = recipe.declared_groups(declared, recipe.wanted_hashes)
         accept = _accept_all if root in named.caches else partial(_accept_wanted, wanted)
         checked = verify_cache(root, accept=accept, progress=progress)
         outcome.checks.append(checked)
@@ -180,19 +182,6 @@ def _read_targets(targets: Sequence[str], *, cache: str | None, data_root: Any) 
     if not targets:
         caches.append(str(cache_path(cache)))
     return _Targets(caches, pipelines)
-
-
-def _wanted(declared: Sequence[Pipeline]) -> set[tuple[str, str]]:
-    """``(data set, request hash)`` of every group the ``declared`` pipelines accept."""
-    from featurecache.cache import recipe
-
-    return {
-        (d.name, h)
-        for p in declared
-        for d in p.datasets
-        for b in p.backbones
-        for h in recipe.wanted_hashes(b)
-    }
 
 
 def _accept_all(dataset: str, request_hash: str) -> bool:

@@ -50,7 +50,9 @@ def collect_garbage(
     """
     cache = Cache(root)
     cache.check()
-    referenced = _referenced(pipelines) if pipelines else None
+    # on every backend: features extracted under JAX or PyTorch stay referenced under
+    # TensorFlow (each backend at the version installed here, as for TensorFlow itself)
+    referenced = recipe.declared_groups(pipelines, recipe.request_hashes) if pipelines else None
     result = GcResult(dry_run=dry_run)
     writer = CacheWriter(cache)
 
@@ -74,19 +76,6 @@ def collect_garbage(
     for path in cache.legacy_bookkeeping():  # .staging/.locks/.engines of versions < 0.2
         remove(path)
     return result
-
-
-def _referenced(pipelines: Sequence[Pipeline]) -> set[tuple[str, str]]:
-    """``(data set, request hash)`` of every group the pipelines declare."""
-    # on every backend: features extracted under JAX or PyTorch stay referenced under
-    # TensorFlow (each backend at the version installed here, as for TensorFlow itself)
-    return {
-        (d.name, h)
-        for p in pipelines
-        for d in p.datasets
-        for b in p.backbones
-        for h in recipe.request_hashes(b)
-    }
 
 
 def _unused(

@@ -25,12 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featurecache.cache.layout import Cache
-from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
+from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig, Pipeline
 from featurecache.config.hub import is_hub, preset_files
 from featurecache.deps import BACKENDS, backend, backend_version, package_version
 from featurecache.errors import EngineError
@@ -243,3 +244,14 @@ def weights_sha256(file: str | None, backbone: BackboneConfig) -> str | None:
     if file and Path(file, "config.json").is_file():
         return sha256_files(file, preset_files(file, with_weights=backbone.weights != "none"))
     return None
+
+
+def declared_groups(
+    pipelines: Sequence[Pipeline], hashes: Callable[[BackboneConfig], set[str]]
+) -> set[tuple[str, str]]:
+    """``(data set, request hash)`` of every group ``pipelines`` declare, each backbone's
+    hashes given by ``hashes`` (:func:`wanted_hashes` on this backend, or
+    :func:`request_hashes` on every backend)."""
+    return {
+        (d.name, h) for p in pipelines for d in p.datasets for b in p.backbones for h in hashes(b)
+    }

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 STAGING = "staging"
+#: The stat indexes of data sets whose objects hold many images (featurecache.datasets.index).
+OBJECTS = "objects"
 #: The row columns a :class:`FeatureSet` holds (:data:`featurecache.cache.arrays.ROW_COLUMNS`).
 FEATURESET_COLUMNS = ("labels", "split", "keys", "sources")
 
@@ -277,6 +279,15 @@ class Cache:
 
     def staging_path(self, dataset: str) -> str:
         return self.workspace.join(STAGING, dataset)
+
+    def object_index_url(self, dataset: str) -> str | None:
+        """Where the stat index of ``dataset``'s objects (tar shards, Parquet files) is kept:
+        a path or URL in the workspace (:class:`featurecache.datasets.index.ObjectIndex`);
+        None where the cache has no workspace (the root of a bucket)."""
+        try:
+            return self.workspace.url(self.workspace.join(OBJECTS, f"{dataset}.json.gz"))
+        except CacheError:
+            return None
 
     def legacy_bookkeeping(self) -> list[str]:
         """Bookkeeping folders earlier versions kept inside the cache root."""

@@ -25,7 +25,9 @@ from featurecache.errors import ConfigError
 Table: TypeAlias = Mapping[str, Sequence[Any]]
 
 SPLITS = ("train", "validation", "test")
-FORMATS = ("folder", "hdf5", "csv")
+FORMATS = ("folder", "hdf5", "csv", "webdataset", "parquet", "huggingface")
+#: Formats whose objects (tar shards, Parquet files) each hold many images.
+MEMBER_FORMATS = ("webdataset", "parquet")
 POOLINGS = ("avg", "max", "auto")  # auto: the family's own (keras-hub backbones)
 ENGINES = ("auto", "keras", "onnxruntime")
 #: Older spellings of an engine, mapped once, when a configuration is made: ``tensorflow``
@@ -101,6 +103,17 @@ class Strings:
 
     def __str__(self) -> str:
         return self.what
+
+
+@dataclass(frozen=True)
+class URL:
+    """An fsspec URL (``s3://bucket/prefix``), kept as a string."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and "://" in value
+
+    def __str__(self) -> str:
+        return "a path or a URL (s3://bucket/prefix)"
 
 
 @dataclass(frozen=True)
@@ -195,8 +208,11 @@ HDF5_SOURCE: Table = {"path": [Path], "images": [str], "labels": [str], "classes
 DATASET: Table = {
     "name": [str],
     "format": [Options(FORMATS)],
-    "path": [Path, None],
+    "path": [Path, URL(), None],
     "hdf5": [Mapping],
+    "files": [Mapping],
+    "image": [str],
+    "label": [str],
     "classes": [Strings("a list of class names")],
     "resplit": [bool],
 }

@@ -25,6 +25,7 @@ from featurecache.config.model import (
     Pipeline,
     Reference,
     cache_path,
+    is_url,
 )
 from featurecache.errors import ConfigError
 
@@ -202,6 +203,8 @@ def _resolve_root(raw: Mapping[str, Any], file: Path, data_root: str | Path | No
 def _under(root: Path, value: Any) -> Any:
     if not isinstance(value, str):
         return value  # the dataclass names the wrong type
+    if is_url(value):
+        return value
     path = Path(value).expanduser()
     return path if path.is_absolute() else root / path
 
@@ -210,12 +213,30 @@ def _dataset(table: Any, where: str, *, root: Path) -> DatasetConfig:
     values: dict[str, Any] = {}
     if isinstance(table, dict) and "path" in table:
         values["path"] = _under(root, table["path"])
+        if table.get("format") == "huggingface" and not values["path"].exists():
+            values["path"] = table["path"]  # a name on the Hugging Face hub
+    if isinstance(table, dict) and "files" in table:
+        values["files"] = _files_under(root, table["files"])
     if isinstance(table, dict) and isinstance(table.get("hdf5"), dict):
         values["hdf5"] = {
             split: _hdf5_source(source, root, where, split)
             for split, source in table["hdf5"].items()
         }
     return _build(DatasetConfig, table, where, **values)
+
+
+def _files_under(root: Path, files: Any) -> Any:
+    """``files`` (a list, or lists by split) with relative local paths under ``root``."""
+
+    def under(value: Any) -> Any:
+        return str(_under(root, value)) if isinstance(value, str) else value
+
+    if isinstance(files, dict):
+        return {
+            split: [under(v) for v in value] if isinstance(value, list) else under(value)
+            for split, value in files.items()
+        }
+    return [under(v) for v in files] if isinstance(files, list) else under(files)
 
 
 def _hdf5_source(source: Any, root: Path, where: str, split: str) -> Hdf5Source:

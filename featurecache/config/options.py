@@ -20,6 +20,7 @@ from featurecache.config.model import (
     HeadConfig,
     Pipeline,
     cache_path,
+    is_url,
 )
 from featurecache.errors import ConfigError
 
@@ -27,7 +28,10 @@ from featurecache.errors import ConfigError
 def dataset_from_option(values: Sequence[str], name: str | None = None) -> DatasetConfig:
     """A data set from ``--data`` values.
 
-    ``--data PATH`` takes a class folder, a CSV manifest or an HDF5 file;
+    ``--data PATH`` takes a class folder, a CSV manifest, an HDF5 file, a WebDataset tar
+    shard, a Parquet file, or a folder of shards or Parquet files (give ``--data`` once per
+    shard, or a brace pattern, ``train-{000..009}.tar``); any of them but HDF5 may be an
+    fsspec URL (``s3://bucket/prefix``);
     ``--data train=a.h5 --data test=b.h5`` gives one HDF5 file per split. HDF5 keys are
     found in the file: the one 3- or 4-d uint8 array is the images, the 1-d integer array
     of the same length the labels, ``list_classes`` the class names.
@@ -37,7 +41,12 @@ def dataset_from_option(values: Sequence[str], name: str | None = None) -> Datas
     ConfigError
         For an unknown split name, or several paths that are not HDF5 splits.
     """
-    pairs = [v.split("=", 1) if "=" in v else ["", v] for v in values]
+    pairs = [
+        v.split("=", 1) if "=" in v and "://" not in v.split("=", 1)[0] else ["", v] for v in values
+    ]
+    suffixes = {v.rpartition(".")[2].lower() for _, v in pairs}
+    if suffixes and suffixes <= {"tar", "parquet"}:
+        return _files_dataset(pairs, name)
     paths = [Path(p).expanduser() for _, p in pairs]
     if any(p.suffix.lower() in (".h5", ".hdf5") for p in paths):
         hdf5 = {}
@@ -49,8 +58,29 @@ def dataset_from_option(values: Sequence[str], name: str | None = None) -> Datas
         return DatasetConfig(name=name or paths[0].stem, format="hdf5", hdf5=hdf5)
     if len(paths) != 1:
         raise ConfigError("give one --data folder or CSV file (several only for HDF5 splits)")
+    given = pairs[0][1]
+    if is_url(given):
+        return DatasetConfig(
+            name=name or given.rstrip("/").rsplit("/", 1)[-1] or "data", path=given
+        )
     path = paths[0]
     return DatasetConfig(name=name or path.resolve().name or "data", path=path)
+
+
+def _files_dataset(pairs: Sequence[Sequence[str]], name: str | None) -> DatasetConfig:
+    """Tar shards or Parquet files, each ``split=PATH`` or ``PATH`` (no split declared)."""
+    files: dict[str, list[str]] = {}
+    for split, value in pairs:
+        if split and split not in SPLITS:
+            raise ConfigError(f"--data {split}=...: split names are {', '.join(SPLITS)}")
+        files.setdefault(split, []).append(
+            value if is_url(value) else str(Path(value).expanduser().absolute())
+        )
+    if "" in files and len(files) > 1:
+        raise ConfigError("give a split to every --data file (train=..., test=...) or to none")
+    stem = pairs[0][1].rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0].split("-", 1)[0]
+    by_split = {split: tuple(paths) for split, paths in files.items()}
+    return DatasetConfig(name=name or stem or "data", files=by_split)
 
 
 def pipeline_from_options(

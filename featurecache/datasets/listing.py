@@ -1,4 +1,4 @@
-"""Listing data sets: class folders, CSV manifests and HDF5 arrays.
+"""Listing data sets: class folders, CSV manifests, HDF5 arrays, WebDataset shards, Parquet.
 
 Listing only looks at names, sizes and modification times (no image is decoded), so
 it is cheap enough to run before every extraction to decide whether the cache already
@@ -19,10 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from featurecache.config import DatasetConfig
-from featurecache.datasets.files import keep_classes, list_csv, list_folder
+from featurecache.config import DatasetConfig, is_url
+from featurecache.datasets.files import keep_classes, list_csv, list_folder, list_folder_url
 from featurecache.datasets.hdf5 import RowReader, hdf5_records
+from featurecache.datasets.huggingface import HFRows, hf_records
+from featurecache.datasets.index import ObjectIndex
+from featurecache.datasets.objects import (
+    ObjectGoneError,
+    ObjectStat,
+    ObjectUnreadableError,
+    fetch,
+    stat_objects,
+)
 from featurecache.datasets.records import RawImage, Record
+from featurecache.datasets.sharded import Mapper, ObjectReader, list_members
 from featurecache.datasets.splits import assign_splits
 from featurecache.errors import DatasetError, ImageDecodeError
 from featurecache.images import content_key, decode
@@ -35,6 +45,9 @@ class Listing:
     The fingerprint is a BLAKE2b hash of every record's source, size and
     modification time (nanoseconds), label and split, and of the data set
     configuration: it changes when any input file changes, without reading them.
+    ``skipped`` names what listing found unusable (a shard gone or cut short, a sample
+    without a label), as ``{"source", "reason"}``; extraction reports it with the images
+    it could not decode.
     """
 
     name: str
@@ -42,7 +55,10 @@ class Listing:
     records: list[Record]
     fingerprint: str
     config: DatasetConfig
+    skipped: list[dict[str, str]] = field(default_factory=list)
     _arrays: dict[str, RowReader] = field(default_factory=dict, repr=False)
+    _objects: ObjectReader | HFRows | None = field(default=None, repr=False)
+    _remote: dict[str, ObjectStat] = field(default_factory=dict, repr=False)
 
     def split_counts(self) -> dict[str, int]:
         return dict(Counter(r.split for r in self.records))
@@ -91,17 +107,29 @@ class Listing:
         return RawImage(content_key(data), data, record.source)
 
     def content_key(self, record: Record) -> str | None:
-        """The record's content key without decoding; ``None`` if it cannot be read."""
+        """The record's content key without decoding (as the stat index recorded it, or
+        by reading the image's bytes); ``None`` if it cannot be read."""
+        if record.key:
+            return record.key
         try:
             return content_key(self._load(record))
         except ImageDecodeError:
             return None
 
     def _load(self, record: Record) -> np.ndarray | bytes:
-        """The record's raw content: an HDF5 row, or a file's bytes."""
+        """The record's raw content: an HDF5 row, or a file's or object member's bytes."""
         if self.config.format == "hdf5":
             path, index = record.source.rsplit("[", 1)
             return self._arrays[path][int(index.rstrip("]"))]
+        if self._objects is not None:
+            return self._objects.read(record.source)
+        if record.source in self._remote:
+            try:
+                data = fetch(self._remote[record.source])
+            except (ObjectGoneError, ObjectUnreadableError) as exc:
+                raise ImageDecodeError(str(exc)) from exc
+            assert isinstance(data, bytes)
+            return data
         try:
             return Path(record.source).read_bytes()
         except OSError as exc:
@@ -113,47 +141,81 @@ class Listing:
         self._arrays.clear()
 
 
-def list_dataset(config: DatasetConfig) -> Listing:
+def list_dataset(
+    config: DatasetConfig, index: ObjectIndex | None = None, mapper: Mapper | None = None
+) -> Listing:
     """List a data set without decoding any image.
+
+    WebDataset shards and Parquet files are objects of many images: those ``index`` (the
+    cache's stat index) does not know at their current stat are read whole, through
+    ``mapper`` (threads here, or Dask workers), to list and hash their images
+    (:mod:`featurecache.datasets.sharded`); without ``index`` every one is read.
 
     Raises
     ------
     DatasetError
         If the path does not exist, an HDF5 key is missing, a class folder is
-        empty, or there are fewer than two classes; the message says how to fix it.
+        empty, there are fewer than two classes, or storage cannot be listed (no
+        credentials, server unreachable); the message says how to fix it.
     """
     config = canonical(config)
-    arrays: dict[str, RowReader] = {}
+    listing = Listing(name=config.name, class_names=[], records=[], fingerprint="", config=config)
     if config.format == "hdf5":
-        records, class_names, arrays = hdf5_records(config)
+        listing.records, listing.class_names, listing._arrays = hdf5_records(config)
+    elif config.format == "huggingface":
+        listing.records, listing.class_names, listing._objects = hf_records(config)
+    elif config.format in ("webdataset", "parquet"):
+        found = list_members(config, index, mapper)
+        listing.records, listing.class_names = found.records, found.class_names
+        listing.skipped = found.skipped
+        listing._objects = ObjectReader(config, found.objects)
     else:
-        records, class_names = _list_files(config)
-    check_classes(config.name, class_names, [r.label for r in records])
-    return Listing(
-        name=config.name,
-        class_names=class_names,
-        records=records,
-        fingerprint=fingerprint(config, records, class_names),
-        config=config,
-        _arrays=arrays,
-    )
+        listing.records, listing.class_names = _list_files(config)
+        listing.records, listing._remote, listing.skipped = _stat_urls(listing.records)
+    check_classes(config.name, listing.class_names, [r.label for r in listing.records])
+    listing.fingerprint = fingerprint(config, listing.records, listing.class_names)
+    return listing
+
+
+def _stat_urls(
+    records: list[Record],
+) -> tuple[list[Record], dict[str, ObjectStat], list[dict[str, str]]]:
+    """Records at URLs with their objects' stats (one listing per folder); those not found
+    are left out and named."""
+    urls = [r.source for r in records if is_url(r.source)]
+    if not urls:
+        return records, {}, []
+    stats = stat_objects(urls)
+    kept, skipped = [], []
+    for record in records:
+        stat = stats.get(record.source) if is_url(record.source) else None
+        if stat is not None:
+            record = dataclasses.replace(record, size=stat.size, mtime_ns=stat.version)
+        elif is_url(record.source):
+            skipped.append({"source": record.source, "reason": f"{record.source}: not found"})
+            continue
+        kept.append(record)
+    return kept, stats, skipped
 
 
 def _list_files(config: DatasetConfig) -> tuple[list[Record], list[str]]:
-    if config.path is None or not config.path.exists():
+    path = config.path
+    if isinstance(path, Path) and not path.exists() or path is None:
         raise DatasetError(
-            f"data set {config.name!r}: path {str(config.path)!r} does not exist "
+            f"data set {config.name!r}: path {str(path)!r} does not exist "
             "(relative paths are resolved against --data-root / FEATURECACHE_DATA_ROOT)"
         )
     if config.format == "csv":
-        entries, class_names = list_csv(config.path)
+        entries, class_names = list_csv(path)
+    elif isinstance(path, str):  # a folder at a URL
+        entries, class_names = list_folder_url(path)
     else:
-        entries, class_names = list_folder(config.path)
+        entries, class_names = list_folder(path)
     if config.classes:
         entries, class_names = keep_classes(config, entries, class_names)
     if config.resplit:
-        entries = [(path, label, None) for path, label, _ in entries]
-    records = assign_splits(entries, config.path, config.split)
+        entries = [(entry, label, None) for entry, label, _ in entries]
+    records = assign_splits(entries, path, config.split)
     if config.format == "csv":  # after the split: locators stay the rows as written
         records = _canonical_rows(records)
     return records, class_names
@@ -172,7 +234,7 @@ def canonical(config: DatasetConfig) -> DatasetConfig:
     for the error that names it.
     """
     path = config.path
-    if path is not None and path.exists():
+    if isinstance(path, Path) and path.exists():
         path = path.parent.resolve() / path.name if config.format == "csv" else path.resolve()
     hdf5 = {
         split: dataclasses.replace(s, path=s.path.resolve()) if s.path.exists() else s
@@ -187,6 +249,9 @@ def _canonical_rows(records: list[Record]) -> list[Record]:
     folders: dict[Path, Path] = {}
     out = []
     for record in records:
+        if is_url(record.source):
+            out.append(record)
+            continue
         path = Path(record.source)
         if path.parent not in folders:
             folders[path.parent] = path.parent.resolve()

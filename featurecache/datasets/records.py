@@ -17,7 +17,11 @@ class Record:
     ``validation`` or ``test``; ``locator`` is the relative path (or row index)
     used for the seeded split; ``size`` (bytes) and ``mtime_ns`` are the source
     file's, as ``os.stat`` gives them (-1 when it cannot be read), so that an
-    unchanged file is recognised without reading it (as git's index does).
+    unchanged file is recognised without reading it (as git's index does). For an
+    image inside an object (a tar shard, a Parquet file) ``source`` is
+    ``<object URL>#<member>``, the stat is the object's (``mtime_ns``: its version, see
+    :mod:`featurecache.datasets.objects`) and ``key`` its content key as the stat index
+    recorded it (``""`` where it is not known without reading the image).
     """
 
     source: str
@@ -26,6 +30,7 @@ class Record:
     locator: str
     size: int = -1
     mtime_ns: int = -1
+    key: str = ""
 
 
 def file_stat(path: Path) -> tuple[int, int]:

@@ -45,20 +45,30 @@ def stratified_split(
     return splits
 
 
-def assign_splits(entries: list[Entry], root: Path, ratios: SplitRatios) -> list[Record]:
-    base = root if root.is_dir() else root.parent
+def assign_splits(entries: list[Entry], root: Path | str, ratios: SplitRatios) -> list[Record]:
+    """Records of ``entries`` with their splits: as declared, or stratified by locator (the
+    path relative to ``root``'s folder). The stat of a URL is filled in by the caller."""
+    if isinstance(root, str):  # a folder or manifest at a URL
+        base: Path | str = root if not root.endswith(".csv") else root.rsplit("/", 1)[0]
+    else:
+        base = root if root.is_dir() else root.parent
     locators = [_relative(path, base) for path, _, _ in entries]
     if entries and entries[0][2] is None:
         splits = stratified_split(locators, [label for _, label, _ in entries], ratios)
     else:
         splits = [split or "train" for _, _, split in entries]
     return [
-        Record(str(path), label, split, loc, *file_stat(path))
+        Record(
+            str(path), label, split, loc, *(file_stat(path) if isinstance(path, Path) else (-1, -1))
+        )
         for (path, label, _), split, loc in zip(entries, splits, locators, strict=True)
     ]
 
 
-def _relative(path: Path, base: Path) -> str:
+def _relative(path: Path | str, base: Path | str) -> str:
+    if isinstance(path, str) or isinstance(base, str):
+        path, base = str(path), str(base).rstrip("/") + "/"
+        return path[len(base) :] if path.startswith(base) else path
     try:
         return path.relative_to(base).as_posix()
     except ValueError:

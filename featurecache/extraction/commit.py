@@ -56,7 +56,7 @@ def commit(cache: Cache, job: ExtractJob) -> ExtractResult:
         job.group,
         job.n_computed,
         len(plan.reuse),
-        len(stage.skipped),
+        len(result.skipped),
         result.seconds,
     )
     return result
@@ -118,7 +118,7 @@ def _result(job: ExtractJob, n_images: int, content: str, split_counts: dict) ->
         n_removed=plan.n_removed,
         images_per_second=job.n_computed / job.compute_seconds if job.n_computed else None,
         split_counts=split_counts,
-        skipped=job.stage.skipped,
+        skipped=[*job.listing.skipped, *job.stage.skipped],
         content_hash=content,
         engine=job.engine,
         profile={k: round(v, 3) for k, v in asdict(job.profile).items()} if job.profile else {},
@@ -202,5 +202,5 @@ def _provenance(job: ExtractJob, split_counts: dict[str, int]) -> dict[str, Any]
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "extraction_seconds": round(job.compute_seconds, 3),
         "split_counts": split_counts,
-        "skipped": list(job.stage.skipped),
+        "skipped": [*job.listing.skipped, *job.stage.skipped],
     }

@@ -44,7 +44,7 @@ from featurecache.backbones import build_backbone
 from featurecache.cache import Cache, recipe
 from featurecache.cache.staging import write_stage_batch
 from featurecache.config import BackboneConfig, DatasetConfig
-from featurecache.datasets import Listing, list_dataset
+from featurecache.datasets import Listing, ObjectIndex, list_dataset
 from featurecache.errors import ClusterError, DatasetError, EngineError
 from featurecache.extraction.cluster import LazyClient
 from featurecache.extraction.engines import Extractor, open_extractor
@@ -77,6 +77,7 @@ class ShardSpec:
     dataset: DatasetConfig
     fingerprint: str
     backbone: BackboneConfig
+    index_url: str | None  # the data set's stat index (tar shards, Parquet files)
     engine: str  # as recorded (recipe.recorded_engine)
     engine_dir: str
     recipe_hash: str
@@ -108,7 +109,7 @@ _WORKER_STATE: dict[Any, Any] = {}
 def _listing(spec: ShardSpec) -> Listing:
     key = ("listing", spec.fingerprint)
     if key not in _WORKER_STATE:
-        listing = list_dataset(spec.dataset)
+        listing = list_dataset(spec.dataset, ObjectIndex(spec.index_url))
         if listing.fingerprint != spec.fingerprint:
             listing.close()
             raise DatasetError(
@@ -138,6 +139,19 @@ def _extractor(spec: ShardSpec) -> Extractor:
             built, engine, Path(spec.engine_dir), model_id, spec.batch_size
         )
     return _WORKER_STATE[key]
+
+
+def object_mapper(client: Any, retries: int) -> Any:
+    """A :data:`~featurecache.datasets.sharded.Mapper` that reads new objects (tar shards,
+    Parquet files) on the Dask workers, each straight from storage, with Dask's retries:
+    the client only lists them."""
+
+    def mapper(function: Any, items: Any) -> list[Any]:
+        connected = client.get() if isinstance(client, LazyClient) else client
+        futures = connected.map(function, items, retries=retries, pure=False)
+        return list(connected.gather(futures))
+
+    return mapper
 
 
 def _worker_name() -> str:
@@ -236,6 +250,7 @@ def _submit(
                 stage_path=job.stage.path,
                 dataset=listing.config,
                 fingerprint=listing.fingerprint,
+                index_url=cache.object_index_url(listing.name),
                 backbone=job.backbone,
                 engine=job.engine,
                 engine_dir=str(cache.location.engine_dir()),

@@ -29,7 +29,7 @@ from typing import Any
 from featurecache.cache import Cache
 from featurecache.cache.writing import CacheWriter
 from featurecache.config import BackboneConfig, Pipeline
-from featurecache.datasets import Listing, list_dataset
+from featurecache.datasets import Listing, ObjectIndex, list_dataset
 from featurecache.extraction import cluster as clusters
 from featurecache.extraction import dask
 from featurecache.extraction.commit import commit
@@ -72,7 +72,9 @@ def extract(
             # Connected (a LocalCluster started) only when something must be computed.
             client = clusters.LazyClient(cluster, stack)
         for dataset in pipeline.datasets:
-            listing = list_dataset(dataset)
+            index = ObjectIndex(cache.object_index_url(dataset.name))
+            mapper = dask.object_mapper(client, cluster.retries) if client and cluster else None
+            listing = list_dataset(dataset, index, mapper)
             try:
                 results += extract_dataset(
                     cache,

@@ -35,7 +35,7 @@ from featurecache.cache.store import open_group, read_arrays, read_attrs, rewrit
 from featurecache.cache.verify import GroupCheck, VerifyResult, check_group, verify_cache
 from featurecache.cache.writing import CacheWriter
 from featurecache.config import Pipeline
-from featurecache.datasets import list_dataset
+from featurecache.datasets import ObjectIndex, list_dataset
 from featurecache.errors import FeaturecacheError
 from featurecache.extraction.extract import extract_dataset
 from featurecache.extraction.provenance import Recompute, rebuild
@@ -197,7 +197,7 @@ def _repair_dataset(
     }
     if not mine:
         return
-    listing = list_dataset(how.dataset)
+    listing = list_dataset(how.dataset, ObjectIndex(cache.object_index_url(how.dataset.name)))
     try:
         for key, check in mine.items():
             rows = damaged.get(key)

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from featurecache.cache import Cache, recipe
 from featurecache.config import Pipeline
-from featurecache.datasets import list_dataset
+from featurecache.datasets import ObjectIndex, list_dataset
 from featurecache.errors import CacheError, ConfigError
 from featurecache.finetuning.cached import CachedActivations
 from featurecache.finetuning.images import ImageSource
@@ -86,7 +86,7 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
     layout = RunLayout.of(pipeline)
     results = []
     for dataset in pipeline.datasets:
-        listing = list_dataset(dataset)
+        listing = list_dataset(dataset, ObjectIndex(cache.object_index_url(dataset.name)))
         try:
             for backbone in pipeline.backbones:
                 found = recipe.find_group(cache, dataset.name, backbone)

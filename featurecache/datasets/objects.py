@@ -1,0 +1,379 @@
+"""Objects where images live: local files, or objects at fsspec URLs (``s3://``, ``gs://``).
+
+Three operations, each shaped by what goes wrong at scale:
+
+- :func:`expand` turns what a pipeline names (paths, URLs, brace patterns
+  ``train-{000000..000127}.tar``, folders) into object URLs. Brace patterns are expanded
+  by ``braceexpand`` (WebDataset's own dependency); only a named *folder* is listed.
+- :func:`stat_objects` gets every object's size and version from **one listing per
+  folder** (S3 ``ListObjectsV2`` returns 1,000 objects with their ETags per request), never
+  one request per object and never a GET: a no-op refresh reads no image bytes.
+- :func:`fetch` reads a **whole** object, checks it against the listing (size, and the
+  MD5 of an S3 single-part ETag) and retries with exponential backoff (``tenacity``)
+  when the connection drops or the bytes do not match: a stream cut mid-object cannot
+  resume, so the object is fetched again, whole, before any of it is used.
+
+An object's *version* is its modification time in ns for a local file, and a 63-bit
+BLAKE2b of its ETag in object storage (ETags change whenever the content does; S3
+``LastModified`` has one-second resolution). Together with the size it is the stat that
+the cache's stat index and generations record (``sizes``, ``mtimes`` columns).
+
+Credentials and endpoints are read by the file system packages themselves (s3fs: the
+``AWS_*`` variables, ``~/.aws``; gcsfs: ``GOOGLE_APPLICATION_CREDENTIALS``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from featurecache.config import is_url
+from featurecache.errors import DatasetError, DependencyError
+
+log = logging.getLogger(__name__)
+
+#: Attempts to fetch one object (the first included) before it is given up.
+FETCH_ATTEMPTS = 5
+#: Seconds of the first wait between attempts; doubled each time, at most 16 s.
+FETCH_BACKOFF = 0.5
+
+#: The variables a missing-credentials error names, by URL scheme.
+CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials; "
+    "AWS_ENDPOINT_URL for an S3-compatible server other than AWS)",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS (or gcloud's application-default login)",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (or gcloud's application-default login)",
+}
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """One object as a listing saw it: ``url`` (a local absolute path or a URL), ``size``
+    in bytes, ``version`` (int: mtime in ns locally, 63-bit BLAKE2b of the ETag in object
+    storage) and the ETag itself (``""`` for a local file)."""
+
+    url: str
+    size: int
+    version: int
+    etag: str = ""
+
+
+class StorageError(DatasetError):
+    """Storage cannot be used at all (no credentials, server unreachable): the run stops."""
+
+
+class ObjectGoneError(DatasetError):
+    """An object that was listed is not there any more (deleted between listing and reading)."""
+
+
+class ObjectUnreadableError(DatasetError):
+    """An object could not be read whole and unchanged after :data:`FETCH_ATTEMPTS` attempts."""
+
+
+def etag_version(etag: str) -> int:
+    """The version number of an ETag: the first 63 bits of its BLAKE2b (an int64 >= 0)."""
+    digest = hashlib.blake2b(etag.strip('"').encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(protocol: str, environment: tuple[str | None, ...]) -> Any:
+    import fsspec
+
+    del environment  # part of the cache key: a new endpoint or key gets a new client
+    try:
+        return fsspec.filesystem(protocol, skip_instance_cache=True)
+    except ImportError as exc:
+        raise DependencyError(
+            f"reading {protocol}:// needs a package that is not installed ({exc}); for s3:// "
+            "install 'featurecache[data]' (s3fs)"
+        ) from exc
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec file system of ``url`` and the path on it (one client per scheme and
+    endpoint, made once per process).
+
+    Raises
+    ------
+    DependencyError
+        If the scheme's package (s3fs, gcsfs) is not installed.
+    """
+    from fsspec.core import split_protocol
+
+    protocol, path = split_protocol(url)
+    environment = tuple(
+        os.environ.get(name)
+        for name in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        )
+    )
+    fs = _filesystem(protocol or "file", environment)
+    return fs, fs._strip_protocol(url)
+
+
+def _url(fs: Any, path: str) -> str:
+    return fs.unstrip_protocol(path)
+
+
+def expand(patterns: Iterable[str], suffixes: Sequence[str]) -> list[str]:
+    """Object URLs (or absolute local paths) named by ``patterns``, in the order given.
+
+    A pattern is a path or URL with optional brace ranges (``a-{000..009}.tar``); one
+    that names a folder (no suffix from ``suffixes``, such as ``.tar``) is listed, its
+    objects with those suffixes sorted by name. Duplicates are kept once.
+
+    Raises
+    ------
+    DatasetError
+        If a folder holds no such object, or cannot be listed (the message says why).
+    """
+    from braceexpand import braceexpand
+
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        for item in braceexpand(pattern):
+            if item.lower().endswith(tuple(suffixes)):
+                found.setdefault(item if is_url(item) else str(Path(item).absolute()), None)
+                continue
+            for url in _list_folder(item, suffixes):
+                found.setdefault(url, None)
+    return list(found)
+
+
+def _list_folder(folder: str, suffixes: Sequence[str]) -> list[str]:
+    if not is_url(folder):
+        root = Path(folder)
+        if not root.is_dir():
+            raise DatasetError(f"{folder}: no such file or folder of {', '.join(suffixes)} files")
+        listed = sorted(str(p.absolute()) for p in root.rglob("*") if p.suffix.lower() in suffixes)
+    else:
+        fs, path = filesystem(folder)
+        with remote_errors(folder):
+            fs.invalidate_cache(path)
+            listed = sorted(
+                _url(fs, p) for p in fs.find(path) if p.lower().endswith(tuple(suffixes))
+            )
+    if not listed:
+        raise DatasetError(f"{folder}: holds no {' or '.join(suffixes)} files")
+    return listed
+
+
+def stat_objects(urls: Sequence[str]) -> dict[str, ObjectStat]:
+    """The stat of each of ``urls`` that exists, from one listing of each folder they are in.
+
+    Raises
+    ------
+    DatasetError
+        If a folder cannot be listed (no credentials, server unreachable); the message
+        names the URL, the cause and, for credentials, the variables read.
+    """
+    stats: dict[str, ObjectStat] = {}
+    by_folder: dict[str, list[str]] = {}
+    for url in urls:
+        by_folder.setdefault(url.rsplit("/", 1)[0], []).append(url)
+    for folder, members in by_folder.items():
+        if not is_url(folder):
+            for url in members:
+                try:
+                    st = os.stat(url)
+                except OSError:
+                    continue
+                stats[url] = ObjectStat(url, st.st_size, st.st_mtime_ns)
+            continue
+        stats.update(list_stats(folder, recursive=False))
+    return {url: stats[url] for url in urls if url in stats}
+
+
+def list_stats(folder: str, recursive: bool = True) -> dict[str, ObjectStat]:
+    """Every object under the URL ``folder`` (recursively, or only its own objects) with
+    its stat, from listing requests only (no object is read)."""
+    fs, path = filesystem(folder)
+    with remote_errors(folder):
+        fs.invalidate_cache(path)
+        if recursive:
+            entries = fs.find(path, detail=True).values()
+        else:
+            try:
+                entries = fs.ls(path, detail=True)
+            except FileNotFoundError:
+                entries = []
+    out = {}
+    for entry in entries:
+        if entry.get("type", "file") != "file":
+            continue
+        url = _url(fs, entry["name"])
+        etag = str(entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or "")
+        version = etag_version(etag) if etag else _mtime_ns(entry)
+        out[url] = ObjectStat(url, int(entry["size"]), version, etag.strip('"'))
+    return out
+
+
+def _mtime_ns(entry: dict[str, Any]) -> int:
+    modified: Any = entry.get("LastModified") or entry.get("mtime") or entry.get("updated")
+    if hasattr(modified, "timestamp"):
+        return int(modified.timestamp() * 1e9)
+    try:
+        return int(float(modified) * 1e9)
+    except (TypeError, ValueError):
+        return -1
+
+
+@contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Turn what a remote file system raises into one line: missing credentials (naming
+    the variables read), an unreachable server, or a denied request.
+
+    Raises
+    ------
+    StorageError
+        In place of such an error; any other passes through unchanged.
+    """
+    try:
+        yield
+    except (DatasetError, DependencyError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        message = describe_remote_error(url, exc)
+        if message is None:
+            raise
+        raise StorageError(message) from exc
+
+
+def describe_remote_error(url: str, exc: BaseException) -> str | None:
+    """One line for an error of a remote file system, or None for one that is not."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    scheme = url.split("://", 1)[0]
+    if "NoCredentialsError" in names or "PartialCredentialsError" in names:
+        needed = CREDENTIALS.get(scheme, "the credentials its file system package reads")
+        return f"{url}: no credentials to read it; set {needed}"
+    if isinstance(exc, PermissionError):
+        return f"{url}: access denied ({exc}); check the credentials and the bucket's policy"
+    if isinstance(exc, (OSError, TimeoutError)) or names & {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+    }:
+        return (
+            f"{url}: cannot reach the storage server ({type(exc).__name__}: {exc}); "
+            "check the network and AWS_ENDPOINT_URL"
+        )
+    return None
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+class _MismatchError(OSError):
+    """The fetched bytes are not the listed object's (short read, other content)."""
+
+
+def fetch(stat: ObjectStat, into: Path | None = None) -> bytes | Path:
+    """The whole object ``stat`` names, checked against the listing, retried with backoff.
+
+    With ``into`` (a file path) the object is downloaded there and the path returned;
+    without, its bytes. Local files are read as they are (no retry).
+
+    Raises
+    ------
+    ObjectGoneError
+        If the object no longer exists (deleted since the listing; not retried).
+    ObjectUnreadableError
+        If it still cannot be read whole, or differs from the listing (changed since;
+        size or MD5 of its ETag), after :data:`FETCH_ATTEMPTS` attempts.
+    StorageError
+        Without credentials, or when the server cannot be reached (after the attempts).
+    """
+    import tenacity
+
+    if not is_url(stat.url):
+        try:
+            return Path(stat.url).read_bytes() if into is None else Path(stat.url)
+        except FileNotFoundError as exc:
+            raise ObjectGoneError(f"{stat.url}: gone since it was listed") from exc
+    fs, path = filesystem(stat.url)
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(FETCH_ATTEMPTS),
+        wait=tenacity.wait_exponential(multiplier=FETCH_BACKOFF, max=16),
+        retry=tenacity.retry_if_exception(_transient),
+        before_sleep=partial(_log_retry, stat.url),
+        reraise=True,
+    )
+    try:
+        return retrying(_fetch_once, fs, path, stat, into)
+    except FileNotFoundError as exc:
+        raise ObjectGoneError(f"{stat.url}: gone since it was listed") from exc
+    except _MismatchError as exc:
+        raise ObjectUnreadableError(f"{stat.url}: {exc} after {FETCH_ATTEMPTS} attempts") from exc
+    except Exception as exc:
+        message = describe_remote_error(stat.url, exc)
+        if message is None:
+            raise ObjectUnreadableError(
+                f"{stat.url}: cannot be read after {FETCH_ATTEMPTS} attempts: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        raise StorageError(message) from exc
+
+
+def _log_retry(url: str, state: Any) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning("%s: attempt %d failed (%s), retrying", url, state.attempt_number, error)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another attempt: anything but a missing object or missing credentials."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    return not (
+        isinstance(exc, (FileNotFoundError, PermissionError, DatasetError))
+        or names & {"NoCredentialsError", "PartialCredentialsError"}
+    )
+
+
+def _fetch_once(fs: Any, path: str, stat: ObjectStat, into: Path | None) -> bytes | Path:
+    if into is None:
+        data = fs.cat_file(path)
+        _check(stat, len(data), lambda: hashlib.md5(data, usedforsecurity=False).hexdigest())
+        return data
+    part = into.with_name(into.name + ".part")
+    fs.get_file(path, str(part))
+    _check(stat, part.stat().st_size, lambda: _md5_file(part))
+    part.replace(into)
+    return into
+
+
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _check(stat: ObjectStat, size: int, md5: Any) -> None:
+    if size != stat.size:
+        raise _MismatchError(f"read {size} bytes of the {stat.size} listed")
+    if stat.url.startswith("s3://") and _MD5_ETAG.match(stat.etag) and md5() != stat.etag:
+        raise _MismatchError("its bytes do not match its ETag (changed since it was listed?)")
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

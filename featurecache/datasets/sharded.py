@@ -1,0 +1,349 @@
+"""Data sets whose objects hold many images (WebDataset shards, Parquet files): listing and reading.
+
+Listing (:func:`list_members`) stats every object with listing requests only, takes the
+members of unchanged objects from the :class:`~featurecache.datasets.index.ObjectIndex`,
+and reads only new or changed objects, each whole (fetched, checked, retried), through a
+``mapper``: a local thread pool, or Dask workers, so that on a cluster the client never
+reads an image. Each image becomes one :class:`Record` whose source is
+``<object URL>#<member name>``, whose stat is its object's, and whose content key is
+known from the index, so planning matches it by stat or by key without reading it.
+
+Reading (:class:`ObjectReader`) serves one image's bytes during extraction from a local
+copy of its object, fetched once per process (:class:`FetchCache`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from featurecache.config import DatasetConfig, is_url
+from featurecache.datasets.index import ObjectIndex, describe_reader
+from featurecache.datasets.members import (
+    SUFFIXES,
+    Label,
+    Members,
+    ParquetRows,
+    TarSample,
+    image_extension,
+    read_members,
+    read_range,
+    tar_samples,
+)
+from featurecache.datasets.objects import (
+    ObjectGoneError,
+    ObjectStat,
+    ObjectUnreadableError,
+    StorageError,
+    expand,
+    fetch,
+    stat_objects,
+)
+from featurecache.datasets.records import Record
+from featurecache.datasets.splits import stratified_split
+from featurecache.errors import DatasetError, ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+#: Skipped images named in the log one by one (all of them are in the result).
+LOGGED_SKIPS = 5
+#: Bytes of fetched objects one process keeps on local disk (least recently used first out).
+FETCH_CACHE_BYTES = 4 << 30
+
+#: ``mapper(function, items)`` -> results in order: how new objects are read (locally by
+#: threads, or on Dask workers).
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+@dataclass
+class MemberListing:
+    """What :func:`list_members` found: the records, class names, objects by URL, and
+    the images (or objects) that cannot be used, each ``{"source", "reason"}``."""
+
+    records: list[Record]
+    class_names: list[str]
+    objects: dict[str, ObjectStat]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def thread_mapper(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """Read objects on a few threads of this process (downloads overlap, and hashing
+    releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="index") as pool:
+        return list(pool.map(function, items))
+
+
+def list_members(
+    config: DatasetConfig, index: ObjectIndex | None = None, mapper: Mapper | None = None
+) -> MemberListing:
+    """List a WebDataset or Parquet data set, reading only the objects ``index`` lacks.
+
+    Raises
+    ------
+    DatasetError
+        If no object is found, the objects cannot be listed (credentials, server), or
+        the labels cannot be named (the message says how).
+    """
+    index = index if index is not None else ObjectIndex()
+    sources = config.files or {"": (str(config.path),)}
+    urls = {split: expand(patterns, SUFFIXES[config.format]) for split, patterns in sources.items()}
+    everything = [u for found in urls.values() for u in found]
+    stats = stat_objects(everything)
+    skipped = [
+        {"source": u, "reason": f"{u}: not found (listed by the data set, absent from storage)"}
+        for u in everything
+        if u not in stats
+    ]
+    if not stats:
+        raise DatasetError(
+            f"data set {config.name!r}: none of its {len(everything)} objects exist "
+            f"(the first: {everything[0]})"
+        )
+    reader = describe_reader(config.format, config.image, config.label)
+    stale = [stats[u] for u in everything if u in stats and index.get(stats[u], reader) is None]
+    if stale:
+        log.info("%s: reading %d new or changed objects of %d", config.name, len(stale), len(stats))
+        for stat, outcome in zip(
+            stale,
+            (mapper or thread_mapper)(partial(index_object, config=config), stale),
+            strict=True,
+        ):
+            if isinstance(outcome, Members):
+                index.put(stat, reader, outcome)
+            else:
+                skipped.append({"source": stat.url, "reason": outcome})
+                del stats[stat.url]
+    index.forget(set(index.entries) - set(stats))
+    index.save()
+    contents = {u: index.get(s, reader) for u, s in stats.items()}
+    for url, members in contents.items():
+        assert members is not None
+        skipped += members.skipped
+        if members.damage:
+            skipped.append(
+                {"source": url, "reason": f"{url}: {members.damage}; the images before it are kept"}
+            )
+    for item in skipped[:LOGGED_SKIPS]:
+        log.warning("skipped %s", item["reason"])
+    if len(skipped) > LOGGED_SKIPS:
+        log.warning("... and %d more skipped (all are in the result)", len(skipped) - LOGGED_SKIPS)
+    records, class_names = _records(config, urls, contents, stats)
+    return MemberListing(records, class_names, stats, skipped)
+
+
+def index_object(stat: ObjectStat, config: DatasetConfig) -> Members | str:
+    """Read one object whole and hash its images (runs on a thread or a Dask worker).
+
+    Returns its :class:`Members`, or a one-line reason why it cannot be used (gone since
+    listing, unreadable after the retries, not a shard or Parquet file).
+
+    Raises
+    ------
+    DatasetError
+        When storage cannot be used at all (credentials, server down): the run stops.
+    """
+    try:
+        return read_members(FETCHED.path(stat), stat.url, config)
+    except (ObjectGoneError, ObjectUnreadableError) as exc:
+        return str(exc)
+    except StorageError:
+        raise
+    except DatasetError as exc:
+        return str(exc)
+
+
+def _records(
+    config: DatasetConfig,
+    urls: dict[str, list[str]],
+    contents: dict[str, Members | None],
+    stats: dict[str, ObjectStat],
+) -> tuple[list[Record], list[str]]:
+    rows = []  # (url, member name, key, label, split or "")
+    metadata_names: list[str] = []
+    for split, found in urls.items():
+        for url in found:
+            members = contents.get(url)
+            if members is None:
+                continue
+            metadata_names = metadata_names or members.class_names
+            rows += [(url, m.name, m.key, m.label, split) for m in members.members]
+    labels, class_names = _class_indices([r[3] for r in rows], config, metadata_names)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    locators = [f"{rows[i][0].rsplit('/', 1)[-1]}#{rows[i][1]}" for i in keep]
+    declared = all(rows[i][4] for i in keep) and not config.resplit
+    splits = (
+        [rows[i][4] for i in keep]
+        if declared
+        else stratified_split(locators, [labels[i] or 0 for i in keep], config.split)
+    )
+    records = []
+    for i, split, locator in zip(keep, splits, locators, strict=True):
+        url, name, key, _, _ = rows[i]
+        stat, label = stats[url], labels[i]
+        assert label is not None
+        records.append(Record(f"{url}#{name}", label, split, locator, stat.size, stat.version, key))
+    return records, class_names
+
+
+def _class_indices(
+    labels: Sequence[Label], config: DatasetConfig, metadata_names: Sequence[str]
+) -> tuple[list[int | None], list[str]]:
+    """Each label's class index (None: a class ``config.classes`` leaves out) and the names.
+
+    Integer labels index ``config.classes``, else the ``ClassLabel`` names, else they are
+    their own names (``"0"``, ``"1"``...); string labels are class names, sorted, or
+    kept in ``config.classes``' order.
+
+    Raises
+    ------
+    DatasetError
+        If labels mix integers and names, or an integer has no name in ``classes``.
+    """
+    numbers = [label for label in labels if isinstance(label, int)]
+    if numbers and len(numbers) != len(labels):
+        raise DatasetError(f"data set {config.name!r}: labels mix integers and class names")
+    if numbers:
+        names = list(config.classes or metadata_names)
+        names = names or [str(i) for i in range(max(numbers) + 1)]
+        too_big = [label for label in numbers if label >= len(names)]
+        if too_big:
+            raise DatasetError(
+                f"data set {config.name!r}: label {too_big[0]} has no name among the "
+                f"{len(names)} classes ({', '.join(names)}); list every class in 'classes'"
+            )
+        return list(numbers), names
+    names = list(config.classes) or sorted({str(label) for label in labels})
+    position = {name: i for i, name in enumerate(names)}
+    return [position.get(str(label)) for label in labels], names
+
+
+class FetchCache:
+    """Local copies of remote objects, fetched whole once per process (one download per
+    object however many threads ask), kept up to :data:`FETCH_CACHE_BYTES` (least
+    recently used first out) in a temporary folder removed when the process ends."""
+
+    def __init__(self, budget: int = FETCH_CACHE_BYTES) -> None:
+        self.budget = budget
+        self._folder: Path | None = None
+        self._files: OrderedDict[tuple[str, int], Path] = OrderedDict()
+        self._locks: dict[tuple[str, int], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def path(self, stat: ObjectStat) -> Path:
+        """A local file holding the object ``stat`` names (the file itself if it is local).
+
+        Raises
+        ------
+        ObjectGoneError, ObjectUnreadableError, DatasetError
+            As :func:`~featurecache.datasets.objects.fetch`.
+        """
+        if not is_url(stat.url):
+            if not Path(stat.url).exists():
+                raise ObjectGoneError(f"{stat.url}: gone since it was listed")
+            return Path(stat.url)
+        key = (stat.url, stat.version)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._files:
+                    self._files.move_to_end(key)
+                    return self._files[key]
+            target = self._dir() / f"{len(self._locks):08d}-{stat.url.rsplit('/', 1)[-1]}"
+            fetch(stat, into=target)
+            with self._lock:
+                self._files[key] = target
+                self._evict()
+            return target
+
+    def _dir(self) -> Path:
+        with self._lock:
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="featurecache-fetch-"))
+                weakref.finalize(self, shutil.rmtree, self._folder, True)
+            return self._folder
+
+    def _evict(self) -> None:
+        total = sum(p.stat().st_size for p in self._files.values() if p.exists())
+        while len(self._files) > 1 and total > self.budget:
+            _, oldest = self._files.popitem(last=False)
+            total -= oldest.stat().st_size if oldest.exists() else 0
+            oldest.unlink(missing_ok=True)
+
+
+#: This process's fetched objects (shared by listing and reading, so that an object read
+#: to be indexed is not downloaded again to be extracted).
+FETCHED = FetchCache()
+
+
+class ObjectReader:
+    """One image's bytes by record source (``<object URL>#<member>``), from local copies of
+    the objects (safe from several decoding threads)."""
+
+    def __init__(self, config: DatasetConfig, objects: dict[str, ObjectStat]) -> None:
+        self.config = config
+        self.objects = objects
+        self._tars: dict[str, dict[str, tuple[int, int]]] = {}
+        self._parquet: dict[str, tuple[threading.Lock, ParquetRows]] = {}
+        self._failed: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def read(self, source: str) -> bytes:
+        """The image's bytes.
+
+        Raises
+        ------
+        ImageDecodeError
+            If its object is gone, unreadable, or no longer holds it (named).
+        DatasetError
+            If storage cannot be used at all (credentials, server down).
+        """
+        url, _, name = source.rpartition("#")
+        if url in self._failed:
+            raise ImageDecodeError(self._failed[url])
+        try:
+            local = FETCHED.path(self.objects[url])
+        except (ObjectGoneError, ObjectUnreadableError) as exc:
+            self._failed[url] = str(exc)
+            raise ImageDecodeError(str(exc)) from exc
+        if self.config.format == "parquet":
+            return self._parquet_row(url, local, int(name))
+        offsets = self._tar(url, local)
+        if name not in offsets:
+            raise ImageDecodeError(f"{source}: not in the shard any more")
+        return read_range(local, *offsets[name])
+
+    def _tar(self, url: str, local: Path) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            if url not in self._tars:
+                samples, _ = tar_samples(local, url)
+                self._tars[url] = dict(_image_offsets(samples, self.config))
+            return self._tars[url]
+
+    def _parquet_row(self, url: str, local: Path, row: int) -> bytes:
+        with self._lock:
+            if url not in self._parquet:
+                self._parquet[url] = (threading.Lock(), ParquetRows(local, url, self.config))
+            lock, rows = self._parquet[url]
+        with lock:
+            return rows.read(row)
+
+
+def _image_offsets(
+    samples: Iterable[TarSample], config: DatasetConfig
+) -> Iterable[tuple[str, tuple[int, int]]]:
+    for sample in samples:
+        ext = image_extension(sample, config)
+        if ext is not None:
+            yield f"{sample.key}.{ext}", sample.files[ext]

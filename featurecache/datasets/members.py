@@ -57,6 +57,10 @@ SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet", ".pq")}
 Label = int | str
 
 
+class DamagedObjectError(DatasetError):
+    """An object that is not the tar shard or Parquet file it should be (skipped, named)."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One image of an object: its ``name`` inside it (a WebDataset image file name such
@@ -88,8 +92,10 @@ def read_members(path: Path, url: str, config: DatasetConfig) -> Members:
 
     Raises
     ------
+    DamagedObjectError
+        If the file is not a tar shard / Parquet file.
     DatasetError
-        If the file is not a tar shard / Parquet file of images, or names no image column.
+        If a Parquet file has no image or label column (the message names its columns).
     """
     if config.format == "parquet":
         return _parquet_members(path, url, config)
@@ -118,7 +124,7 @@ def tar_samples(path: Path, url: str) -> tuple[list[TarSample], str]:
 
     Raises
     ------
-    DatasetError
+    DamagedObjectError
         If the file is a compressed tar (read by offsets, shards must be plain tar, as
         ``ShardWriter`` and img2dataset write them) or not a tar at all.
     """
@@ -129,7 +135,9 @@ def tar_samples(path: Path, url: str) -> tuple[list[TarSample], str]:
         tar = tarfile.open(path, "r:")
     except tarfile.ReadError as exc:
         kind = "a compressed tar" if tarfile.is_tarfile(path) else "not a tar file"
-        raise DatasetError(f"{url}: {kind} ({exc}); WebDataset shards must be plain .tar") from exc
+        raise DamagedObjectError(
+            f"{url}: {kind} ({exc}); WebDataset shards must be plain .tar"
+        ) from exc
     with tar:
         while True:
             try:
@@ -284,7 +292,7 @@ def _parquet_members(path: Path, url: str, config: DatasetConfig) -> Members:
     try:
         handle = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a bad file
-        raise DatasetError(f"{url}: not a readable Parquet file: {exc}") from exc
+        raise DamagedObjectError(f"{url}: not a readable Parquet file: {exc}") from exc
     layout = parquet_layout(handle.schema_arrow, url, config)
     out = Members(class_names=list(layout.class_names))
     row = 0

@@ -30,6 +30,7 @@ from featurecache.config import DatasetConfig, is_url
 from featurecache.datasets.index import ObjectIndex, describe_reader
 from featurecache.datasets.members import (
     SUFFIXES,
+    DamagedObjectError,
     Label,
     Members,
     ParquetRows,
@@ -43,7 +44,6 @@ from featurecache.datasets.objects import (
     ObjectGoneError,
     ObjectStat,
     ObjectUnreadableError,
-    StorageError,
     expand,
     fetch,
     stat_objects,
@@ -150,16 +150,14 @@ def index_object(stat: ObjectStat, config: DatasetConfig) -> Members | str:
 
     Raises
     ------
-    DatasetError
+    StorageError
         When storage cannot be used at all (credentials, server down): the run stops.
+    DatasetError
+        When the data set names columns the object lacks: the run stops.
     """
     try:
         return read_members(FETCHED.path(stat), stat.url, config)
-    except (ObjectGoneError, ObjectUnreadableError) as exc:
-        return str(exc)
-    except StorageError:
-        raise
-    except DatasetError as exc:
+    except (ObjectGoneError, ObjectUnreadableError, DamagedObjectError) as exc:
         return str(exc)
 
 

@@ -22,7 +22,11 @@ its scheduler address, or a ``LocalCluster`` of worker processes):
   committed and every finished shard stays in staging for the next run.
 
 Shard size: :data:`MAX_SHARD_BATCHES` batches at most, fewer to give each worker
-:data:`SHARDS_PER_WORKER` shards.
+:data:`SHARDS_PER_WORKER` shards. Where the images come from objects of many images
+(WebDataset tar shards, Parquet files), a shard of work also starts at each new object
+(:func:`_tasks`), so that a worker fetches one object per shard of work; the objects
+new to the stat index are read on the workers too (:func:`object_mapper`), so the
+client lists objects but never reads an image.
 """
 
 from __future__ import annotations
@@ -243,8 +247,7 @@ def _submit(
     for job in jobs:
         batches = job.missing()
         per_shard = shard_batches(len(batches), n_workers)
-        for first in range(0, len(batches), per_shard):
-            numbers = tuple(batches[first : first + per_shard])
+        for numbers in _tasks(job, listing, batches, per_shard):
             spec = ShardSpec(
                 cache_url=job.stage.location.url(),  # the cache's workspace, beside it
                 stage_path=job.stage.path,
@@ -273,6 +276,23 @@ def _submit(
                 n_workers,
             )
     return submitted
+
+
+def _tasks(
+    job: ExtractJob, listing: Listing, batches: Sequence[int], per_shard: int
+) -> list[tuple[int, ...]]:
+    """The shards of work: consecutive batches, at most ``per_shard`` each, and a new one
+    at each new object (tar shard, Parquet file) where the images come from objects."""
+    tasks: list[list[int]] = []
+    last = None
+    for number in batches:
+        source = listing.records[job.rows(number)[0]].source
+        obj = source.rpartition("#")[0] if "#" in source else None
+        if not tasks or len(tasks[-1]) >= per_shard or (obj is not None and obj != last):
+            tasks.append([])
+        tasks[-1].append(number)
+        last = obj
+    return [tuple(t) for t in tasks]
 
 
 def _collect(

@@ -10,6 +10,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Input size of the random-weights MobileNetV2 the format tests extract with.
+SIZE = 64
+
 CLASSES = (
     "dress",
     "hat",
@@ -141,3 +144,16 @@ def corrupt_jpeg() -> bytes:
     Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, format="JPEG")
     data = buf.getvalue()
     return data[:200] + b"\x00" * 50
+
+
+def pipeline_for(dataset, cache):
+    """One data set, MobileNetV2 with random weights at :data:`SIZE` px, batches of 8."""
+    from featurecache.config import BackboneConfig, Pipeline
+
+    return Pipeline(
+        name="formats",
+        datasets=(dataset,),
+        backbones=(BackboneConfig(name="mobilenet_v2", weights="none", input_size=SIZE),),
+        cache=cache,
+        batch_size=8,
+    )

@@ -14,14 +14,14 @@ import tarfile
 import pytest
 
 from featurecache.cache import Cache
-from featurecache.config import BackboneConfig, DatasetConfig, Pipeline, dataset_from_option
+from featurecache.config import DatasetConfig, dataset_from_option
 from featurecache.config.load import load_pipeline
 from featurecache.datasets import ObjectIndex, list_dataset, sharded
 from featurecache.errors import ConfigError, DatasetError
 from featurecache.extraction import extract
 from tests.conftest import assert_same_numbers, invoke
 from tests.datasets import sources
-from tests.datasets.sources import CLASSES
+from tests.datasets.sources import CLASSES, pipeline_for
 
 SIZE = 64
 
@@ -49,16 +49,6 @@ def layouts(tmp_path_factory, datasets_dir):
         "hf_saved": DatasetConfig(name="hf_saved", format="huggingface", path=saved),
     }
     return photos, shards, configs
-
-
-def pipeline_for(dataset: DatasetConfig, cache) -> Pipeline:
-    return Pipeline(
-        name="formats",
-        datasets=(dataset,),
-        backbones=(BackboneConfig(name="mobilenet_v2", weights="none", input_size=SIZE),),
-        cache=cache,
-        batch_size=8,
-    )
 
 
 def by_key(cache, result):

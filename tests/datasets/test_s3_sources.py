@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from featurecache.cache import Cache
-from featurecache.config import BackboneConfig, DatasetConfig, Pipeline
+from featurecache.config import BackboneConfig, DatasetConfig
 from featurecache.datasets import list_dataset, objects, sharded
 from featurecache.extraction import extract
 from tests.conftest import assert_same_numbers, invoke, json_or_none, sigkill_when, workspace
 from tests.datasets import sources
-from tests.datasets.sources import CLASSES
+from tests.datasets.sources import CLASSES, pipeline_for
 from tests.s3server import s3_fixture
 
 BUCKET = "images"
@@ -49,16 +49,6 @@ def local(tmp_path_factory, photos):
     reference = dict(zip(fs.keys, fs.X, strict=True))
     labels = {k: fs.class_names[y] for k, y in zip(fs.keys, fs.y, strict=True)}
     return folder, shards, reference, labels
-
-
-def pipeline_for(dataset: DatasetConfig, cache) -> Pipeline:
-    return Pipeline(
-        name="s3",
-        datasets=(dataset,),
-        backbones=(BackboneConfig(name="mobilenet_v2", weights="none", input_size=SIZE),),
-        cache=cache,
-        batch_size=8,
-    )
 
 
 def upload(server, local_files: dict[str, list[Path]], prefix: str) -> dict[str, list[str]]:

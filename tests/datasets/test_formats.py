@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 
 import pytest
@@ -224,3 +225,19 @@ def test_parquet_without_an_image_column_names_its_columns(tmp_path):
         )
     )
     assert found.class_names == ["a", "b"] and found.records[0].label == 1
+
+
+def test_a_huggingface_name_goes_through_load_dataset(layouts, tmp_path):
+    """A name that is not a save_to_disk folder is passed to ``datasets.load_dataset``: a
+    hub name with the internet, here (offline) a local folder of the data set's Parquet
+    files, which load_dataset reads with its own builder."""
+    photos, _, configs = layouts
+    hub = tmp_path / "hub_like" / "data"
+    hub.mkdir(parents=True)
+    for split, files in configs["hf_parquet"].files.items():
+        shutil.copy(files[0], hub / f"{split}-00000-of-00001.parquet")
+    listing = list_dataset(DatasetConfig(name="hub", format="huggingface", path=hub.parent))
+    assert listing.class_names == list(CLASSES)
+    assert listing.split_counts() == {"train": 40, "test": 20}
+    keys = {listing.content_key(r) for r in listing.records}
+    assert keys == {r.key for r in list_dataset(configs["hf_parquet"]).records}

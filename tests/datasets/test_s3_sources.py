@@ -320,3 +320,25 @@ def test_shards_on_s3_on_two_dask_workers_match_the_local_folder(s3server, local
     assert {r.key for r in s3server.object_gets()} == {
         u.split("/", 3)[3] for v in urls.values() for u in v
     }
+
+
+def test_a_csv_manifest_on_s3_whose_rows_are_urls(s3server, local, tmp_path):
+    folder, _, reference, labels = local
+    client = s3server.client()
+    rows = ["path,label,split"]
+    for path in sorted(folder.rglob("*.jpg")):
+        split, label = path.relative_to(folder).parts[:2]
+        key = f"manifest/{split}/{label}/{path.name}"
+        client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+        # half the rows as full URLs, half relative to the manifest
+        rows.append(
+            f"{f's3://{BUCKET}/{key}' if len(rows) % 2 else key.split('/', 1)[1]},{label},{split}"
+        )
+    client.put_object(Bucket=BUCKET, Key="manifest/images.csv", Body="\n".join(rows).encode())
+    dataset = DatasetConfig(name="manifest", path=f"s3://{BUCKET}/manifest/images.csv")
+    assert dataset.format == "csv"
+    cache = tmp_path / "cache"
+    [result] = extract(pipeline_for(dataset, cache))
+    found, found_labels = features_by_key(cache, result)
+    assert found.keys() == reference.keys() and found_labels == labels
+    assert result.split_counts == {"train": 40, "test": 20}

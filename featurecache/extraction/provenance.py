@@ -17,7 +17,7 @@ from featurecache.cache import Cache, recipe
 from featurecache.cache.generations import is_partial
 from featurecache.cache.store import read_attrs
 from featurecache.cache.verify import GroupCheck
-from featurecache.config import BackboneConfig, DatasetConfig
+from featurecache.config import BackboneConfig, DatasetConfig, is_url
 from featurecache.errors import ConfigError
 
 
@@ -61,8 +61,9 @@ def rebuild(cache: Cache, check: GroupCheck) -> Recompute:
             f"its provenance is not a data set and backbone configuration ({exc}); run "
             "`featurecache verify --repair PIPELINE` with the pipeline file that extracts it"
         ) from exc
+    # local paths only: objects at URLs and shards are checked by listing them
     sources = [dataset.path] if dataset.path else [s.path for s in dataset.hdf5.values()]
-    missing = [str(path) for path in sources if not Path(path).exists()]
+    missing = [str(p) for p in sources if not is_url(p) and not Path(p).exists()]
     if missing:
         raise ConfigError(
             f"its images ({', '.join(missing)}, the data set {dataset.name!r} its provenance "

@@ -255,7 +255,7 @@ class FetchCache:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             with self._lock:
-                if key in self._files:
+                if key in self._files and self._files[key].exists():
                     self._files.move_to_end(key)
                     return self._files[key]
             target = self._dir() / f"{len(self._locks):08d}-{stat.url.rsplit('/', 1)[-1]}"
@@ -320,7 +320,10 @@ class ObjectReader:
         offsets = self._tar(url, local)
         if name not in offsets:
             raise ImageDecodeError(f"{source}: not in the shard any more")
-        return read_range(local, *offsets[name])
+        try:
+            return read_range(local, *offsets[name])
+        except FileNotFoundError:  # evicted from the fetch cache meanwhile: fetch it again
+            return read_range(FETCHED.path(self.objects[url]), *offsets[name])
 
     def _tar(self, url: str, local: Path) -> dict[str, tuple[int, int]]:
         with self._lock:

@@ -28,10 +28,11 @@ from featurecache.errors import ConfigError
 def dataset_from_option(values: Sequence[str], name: str | None = None) -> DatasetConfig:
     """A data set from ``--data`` values.
 
-    ``--data PATH`` takes a class folder, a CSV manifest, an HDF5 file, a WebDataset tar
-    shard, a Parquet file, or a folder of shards or Parquet files (give ``--data`` once per
-    shard, or a brace pattern, ``train-{000..009}.tar``); any of them but HDF5 may be an
-    fsspec URL (``s3://bucket/prefix``);
+    ``--data PATH`` takes a class folder, a CSV manifest, an HDF5 file, WebDataset tar
+    shards or Parquet files (``--data`` once per file, or a brace pattern,
+    ``train-{000..009}.tar``; ``split=PATH`` to declare splits); any of them but HDF5
+    may be an fsspec URL (``s3://bucket/prefix``). A folder of shards or Parquet files
+    goes in a pipeline file (``format`` and ``path``);
     ``--data train=a.h5 --data test=b.h5`` gives one HDF5 file per split. HDF5 keys are
     found in the file: the one 3- or 4-d uint8 array is the images, the 1-d integer array
     of the same length the labels, ``list_classes`` the class names.

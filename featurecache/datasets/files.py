@@ -9,10 +9,14 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from featurecache.config import DatasetConfig
 from featurecache.errors import DatasetError
 from featurecache.images import PLUGIN_SUFFIXES, register_plugins
+
+if TYPE_CHECKING:
+    from featurecache.datasets.objects import ObjectStat
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +101,17 @@ def check_split_folders(root: str, names: list[str]) -> None:
         )
 
 
-def list_folder_url(url: str) -> tuple[list[Entry], list[str]]:
-    """:func:`list_folder` of a folder at a URL (``s3://bucket/prefix``): one recursive
-    listing (its requests return every object's stat; no image is read)."""
+def list_folder_url(url: str) -> tuple[list[Entry], list[str], dict[str, ObjectStat]]:
+    """:func:`list_folder` of a folder at a URL (``s3://bucket/prefix``), and each image's
+    stat: one recursive listing (its requests return every object's stat; no image is
+    read)."""
     from featurecache.datasets.objects import list_stats
 
     root = url.rstrip("/")
     suffixes = image_suffixes()
+    stats = list_stats(root)
     files = sorted(
-        u
-        for u in list_stats(root)
-        if u.startswith(root + "/") and Path(u).suffix.lower() in suffixes
+        u for u in stats if u.startswith(root + "/") and Path(u).suffix.lower() in suffixes
     )
     parts = [u[len(root) + 1 :].split("/") for u in files]
     check_split_folders(url, sorted({p[0] for p in parts if len(p) > 1}))
@@ -127,7 +131,7 @@ def list_folder_url(url: str) -> tuple[list[Entry], list[str]]:
     entries: list[Entry] = [
         (u, class_names.index(name), split) for name in class_names for u, split in per_class[name]
     ]
-    return entries, class_names
+    return entries, class_names, stats
 
 
 def list_csv(manifest: Path | str) -> tuple[list[Entry], list[str]]:

@@ -8,7 +8,9 @@ names are the class names. A ``DatasetDict``'s splits are the data set's splits
 (``train``, ``validation``/``valid``, ``test``); a single ``Dataset`` is split by
 :func:`~featurecache.datasets.splits.stratified_split`.
 
-An image's source is ``<path or name>#<split>/<row>``; its stat is the split's Arrow
+Rows without a label (``ClassLabel``'s -1) are left out. An image's bytes are the row's,
+or the file its ``path`` names where the row holds none (``load_dataset`` of an image
+folder). An image's source is ``<path or name>#<split>/<row>``; its stat is the split's Arrow
 files' (total size, latest mtime), so a refresh of an unchanged data set reads nothing.
 """
 
@@ -116,6 +118,8 @@ def hf_records(config: DatasetConfig) -> tuple[list[Record], list[str], HFRows]:
         rows.add(split, ds, image)
         size, mtime = _stat(ds)
         for row, value in enumerate(ds[label]):
+            if value is None or (isinstance(value, int) and value < 0):
+                continue  # unlabelled (ClassLabel's -1)
             entries.append((f"{config.path}#{split or 'all'}/{row}", value, split, size, mtime))
     if not class_names:
         class_names = sorted({str(v) for _, v, _, _, _ in entries})
@@ -160,6 +164,10 @@ class HFRows:
         with self._lock:
             value = ds[int(row)][image]
         data = value.get("bytes") if isinstance(value, dict) else None
-        if not data:
-            raise ImageDecodeError(f"{source}: the row holds no image bytes")
-        return bytes(data)
+        if data:
+            return bytes(data)
+        path = value.get("path") if isinstance(value, dict) else None
+        if path and os.path.isfile(path):  # load_dataset's image folders: files on disk
+            with open(path, "rb") as fh:
+                return fh.read()
+        raise ImageDecodeError(f"{source}: the row holds no image bytes ({path or 'no path'})")

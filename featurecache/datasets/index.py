@@ -42,6 +42,7 @@ class ObjectIndex:
         self.path = None if path is None else str(path)
         self.entries: dict[str, dict] = {}
         self._dirty = False
+        self._forgotten: set[str] = set()
         if self.path is not None:
             self.entries = self._read()
 
@@ -64,6 +65,7 @@ class ObjectIndex:
 
     def put(self, stat: ObjectStat, reader: str, members: Members) -> None:
         """Record what ``stat``'s object holds (replacing an older version's entry)."""
+        self._forgotten.discard(stat.url)
         self.entries[stat.url] = {
             "size": stat.size,
             "version": stat.version,
@@ -78,13 +80,17 @@ class ObjectIndex:
     def forget(self, urls: Iterable[str]) -> None:
         """Drop the entries of objects that are gone."""
         for url in urls:
-            self._dirty |= self.entries.pop(url, None) is not None
+            if self.entries.pop(url, None) is not None:
+                self._dirty = True
+                self._forgotten.add(url)
 
     def save(self) -> None:
         """Write the index if it changed (merged with entries another process saved since)."""
         if self.path is None or not self._dirty:
             return
         merged = {**self._read(), **self.entries}
+        for url in self._forgotten - set(self.entries):
+            merged.pop(url, None)
         data = gzip.compress(
             json.dumps({"version": INDEX_VERSION, "objects": merged}).encode(), mtime=0
         )
@@ -98,7 +104,7 @@ class ObjectIndex:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)
-        self.entries, self._dirty = merged, False
+        self.entries, self._dirty, self._forgotten = merged, False, set()
 
     def _read(self) -> dict[str, dict]:
         assert self.path is not None

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,20 +136,26 @@ class Listing:
             raise ImageDecodeError(f"{record.source}: cannot read file: {exc.strerror}") from exc
 
     def close(self) -> None:
+        if isinstance(self._objects, ObjectReader):
+            self._objects.close()
         for handle in {id(r.file): r.file for r in self._arrays.values()}.values():
             handle.close()
         self._arrays.clear()
 
 
 def list_dataset(
-    config: DatasetConfig, index: ObjectIndex | None = None, mapper: Mapper | None = None
+    config: DatasetConfig,
+    index: ObjectIndex | None = None,
+    mapper: Mapper | None = None,
+    exclude: Collection[str] = (),
 ) -> Listing:
     """List a data set without decoding any image.
 
     WebDataset shards and Parquet files are objects of many images: those ``index`` (the
     cache's stat index) does not know at their current stat are read whole, through
     ``mapper`` (threads here, or Dask workers), to list and hash their images
-    (:mod:`featurecache.datasets.sharded`); without ``index`` every one is read.
+    (:mod:`featurecache.datasets.sharded`); without ``index`` every one is read. Objects
+    in ``exclude`` are left out unread (a Dask worker leaves out what its client skipped).
 
     Raises
     ------
@@ -165,27 +171,27 @@ def list_dataset(
     elif config.format == "huggingface":
         listing.records, listing.class_names, listing._objects = hf_records(config)
     elif config.format in ("webdataset", "parquet"):
-        found = list_members(config, index, mapper)
+        found = list_members(config, index, mapper, exclude)
         listing.records, listing.class_names = found.records, found.class_names
         listing.skipped = found.skipped
         listing._objects = ObjectReader(config, found.objects)
     else:
-        listing.records, listing.class_names = _list_files(config)
-        listing.records, listing._remote, listing.skipped = _stat_urls(listing.records)
+        listing.records, listing.class_names, known = _list_files(config)
+        listing.records, listing._remote, listing.skipped = _stat_urls(listing.records, known)
     check_classes(config.name, listing.class_names, [r.label for r in listing.records])
     listing.fingerprint = fingerprint(config, listing.records, listing.class_names)
     return listing
 
 
 def _stat_urls(
-    records: list[Record],
+    records: list[Record], known: dict[str, ObjectStat]
 ) -> tuple[list[Record], dict[str, ObjectStat], list[dict[str, str]]]:
-    """Records at URLs with their objects' stats (one listing per folder); those not found
-    are left out and named."""
+    """Records at URLs with their objects' stats (``known`` from listing their folder, or
+    stat'ed now); those not found are left out and named."""
     urls = [r.source for r in records if is_url(r.source)]
     if not urls:
         return records, {}, []
-    stats = stat_objects(urls)
+    stats = {**known, **stat_objects([u for u in urls if u not in known])}
     kept, skipped = [], []
     for record in records:
         stat = stats.get(record.source) if is_url(record.source) else None
@@ -198,7 +204,12 @@ def _stat_urls(
     return kept, stats, skipped
 
 
-def _list_files(config: DatasetConfig) -> tuple[list[Record], list[str]]:
+def _list_files(
+    config: DatasetConfig,
+) -> tuple[list[Record], list[str], dict[str, ObjectStat]]:
+    """A folder's or CSV manifest's records and class names, and the stats of the images
+    at URLs that listing the folder gave (the rest are stat'ed by :func:`_stat_urls`)."""
+    known: dict[str, ObjectStat] = {}
     path = config.path
     if isinstance(path, Path) and not path.exists() or path is None:
         raise DatasetError(
@@ -208,7 +219,7 @@ def _list_files(config: DatasetConfig) -> tuple[list[Record], list[str]]:
     if config.format == "csv":
         entries, class_names = list_csv(path)
     elif isinstance(path, str):  # a folder at a URL
-        entries, class_names = list_folder_url(path)
+        entries, class_names, known = list_folder_url(path)
     else:
         entries, class_names = list_folder(path)
     if config.classes:
@@ -218,7 +229,7 @@ def _list_files(config: DatasetConfig) -> tuple[list[Record], list[str]]:
     records = assign_splits(entries, path, config.split)
     if config.format == "csv":  # after the split: locators stay the rows as written
         records = _canonical_rows(records)
-    return records, class_names
+    return records, class_names, known
 
 
 def canonical(config: DatasetConfig) -> DatasetConfig:

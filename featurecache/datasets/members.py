@@ -20,14 +20,14 @@ Both are read from a local file (a local object, or a remote one fetched whole b
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from featurecache.config import DatasetConfig
 from featurecache.errors import DatasetError, DependencyError, ImageDecodeError
@@ -52,7 +52,7 @@ IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 #: Label columns (and WebDataset label members / json fields) picked when ``label`` is empty.
 LABEL_NAMES = ("cls", "label", "labels", "class")
 #: File suffixes of each member format.
-SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet", ".pq")}
+SUFFIXES = {"webdataset": (".tar", ".tar.gz", ".tgz"), "parquet": (".parquet", ".pq")}
 
 Label = int | str
 
@@ -87,8 +87,9 @@ class Members:
     class_names: list[str] = field(default_factory=list)
 
 
-def read_members(path: Path, url: str, config: DatasetConfig) -> Members:
-    """Every image of the object at local ``path`` (``url`` names it in messages), hashed.
+def read_members(fh: BinaryIO, url: str, config: DatasetConfig) -> Members:
+    """Every image of the object open as ``fh`` (a local file; ``url`` names it in
+    messages), hashed.
 
     Raises
     ------
@@ -98,8 +99,8 @@ def read_members(path: Path, url: str, config: DatasetConfig) -> Members:
         If a Parquet file has no image or label column (the message names its columns).
     """
     if config.format == "parquet":
-        return _parquet_members(path, url, config)
-    return _tar_members(path, url, config)
+        return _parquet_members(fh, url, config)
+    return _tar_members(fh, url, config)
 
 
 # WebDataset tar shards
@@ -113,14 +114,18 @@ class TarSample:
     files: dict[str, tuple[int, int]]
 
 
+#: Bytes of tar's end-of-archive marker (two zero blocks of 512).
+END_OF_ARCHIVE = 1024
 _BASE_PLUS_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
 
-def tar_samples(path: Path, url: str) -> tuple[list[TarSample], str]:
-    """The samples of a plain tar shard in file order, and its damage (``""`` if none).
+def tar_samples(fh: BinaryIO, url: str) -> tuple[list[TarSample], str]:
+    """The samples of a plain tar shard (open as ``fh``) in file order, and its damage
+    (``""`` if none).
 
     Only the tar headers are read. A shard cut short (or damaged) keeps the samples whose
-    files all lie before the damage.
+    files all lie before the damage; a shard that ends without tar's end-of-archive
+    blocks (two zero blocks) was cut short at a header.
 
     Raises
     ------
@@ -129,52 +134,50 @@ def tar_samples(path: Path, url: str) -> tuple[list[TarSample], str]:
         ``ShardWriter`` and img2dataset write them) or not a tar at all.
     """
     samples: dict[str, dict[str, tuple[int, int]]] = {}
-    end = os.path.getsize(path)
+    end = os.fstat(fh.fileno()).st_size
     damage = ""
+    fh.seek(0)
     try:
-        tar = tarfile.open(path, "r:")
+        tar = tarfile.open(fileobj=fh, mode="r:")
     except tarfile.ReadError as exc:
-        kind = "a compressed tar" if tarfile.is_tarfile(path) else "not a tar file"
+        fh.seek(0)
+        kind = "a compressed tar" if tarfile.is_tarfile(fh) else "not a tar file"
         raise DamagedObjectError(
             f"{url}: {kind} ({exc}); WebDataset shards must be plain .tar"
         ) from exc
-    with tar:
-        while True:
-            try:
-                info = tar.next()
-            except (tarfile.ReadError, EOFError, OSError) as exc:
-                damage = f"damaged after byte {tar.offset} of {end} ({exc})"
-                break
-            if info is None:
-                break
-            if not info.isreg():
-                continue
-            if info.offset_data + info.size > end:
-                damage = (
-                    f"cut short: {info.name} ends at byte {info.offset_data + info.size} of {end}"
-                )
-                break
-            match = _BASE_PLUS_EXT.match(info.name)
-            if match is None or "__" in info.name.rsplit("/", 1)[-1][:2]:
-                continue
-            samples.setdefault(match.group(1), {})[match.group(2).lower()] = (
-                info.offset_data,
-                info.size,
-            )
+    while True:
+        try:
+            info = tar.next()
+        except (tarfile.ReadError, EOFError, OSError) as exc:
+            damage = f"damaged after byte {tar.offset} of {end} ({exc})"
+            break
+        if info is None:
+            if end - tar.offset < END_OF_ARCHIVE:
+                damage = f"cut short at byte {end}: no end-of-archive after the last file"
+            break
+        if not info.isreg():
+            continue
+        if info.offset_data + info.size > end:
+            damage = f"cut short: {info.name} ends at byte {info.offset_data + info.size} of {end}"
+            break
+        match = _BASE_PLUS_EXT.match(info.name)
+        if match is None or info.name.rsplit("/", 1)[-1].startswith("__"):
+            continue
+        samples.setdefault(match.group(1), {})[match.group(2).lower()] = (
+            info.offset_data,
+            info.size,
+        )
     if damage and samples:  # the last sample may have lost its other files
         samples.popitem()
     return [TarSample(k, v) for k, v in samples.items()], damage
 
 
-def read_range(path: Path, offset: int, size: int) -> bytes:
-    """``size`` bytes of ``path`` from ``offset`` (one ``pread``; safe from several threads)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
+def read_range(fh: BinaryIO, offset: int, size: int) -> bytes:
+    """``size`` bytes of the open file ``fh`` from ``offset`` (one ``pread``: safe from
+    several threads, and unaffected by the file being unlinked meanwhile)."""
+    data = os.pread(fh.fileno(), size, offset)
     if len(data) != size:
-        raise ImageDecodeError(f"{path}: {size} bytes at {offset} could not be read")
+        raise ImageDecodeError(f"{fh.name}: {size} bytes at {offset} could not be read")
     return data
 
 
@@ -185,42 +188,52 @@ def image_extension(sample: TarSample, config: DatasetConfig) -> str | None:
     return next((ext for ext in wanted if ext in sample.files), None)
 
 
-def _tar_members(path: Path, url: str, config: DatasetConfig) -> Members:
-    samples, damage = tar_samples(path, url)
+def _tar_members(fh: BinaryIO, url: str, config: DatasetConfig) -> Members:
+    samples, damage = tar_samples(fh, url)
     out = Members(damage=damage)
     for sample in samples:
         ext = image_extension(sample, config)
         if ext is None:
             out.skipped.append(_skip(url, sample.key, "no image file in the sample"))
             continue
-        label = _tar_label(path, sample, config)
+        label = _tar_label(fh, sample, config)
         if label is None:
             out.skipped.append(_skip(url, f"{sample.key}.{ext}", "no label (.cls or .json)"))
             continue
-        data = read_range(path, *sample.files[ext])
+        data = read_range(fh, *sample.files[ext])
         out.members.append(Member(f"{sample.key}.{ext}", content_key(data), label))
     return out
 
 
-def _tar_label(path: Path, sample: TarSample, config: DatasetConfig) -> Label | None:
+def _tar_label(fh: BinaryIO, sample: TarSample, config: DatasetConfig) -> Label | None:
+    """The sample's class: a label member's text, else a field of its ``json`` member;
+    None where there is none (or it is not text, or a negative number: unlabelled)."""
     names = (config.label,) if config.label else LABEL_NAMES
     for name in names:
         if name in sample.files and name != "json":
-            return _label(read_range(path, *sample.files[name]).decode("utf-8").strip())
+            try:
+                return _label(read_range(fh, *sample.files[name]).decode("utf-8").strip())
+            except UnicodeDecodeError:
+                return None
     if "json" in sample.files:
         try:
-            doc = json.loads(read_range(path, *sample.files["json"]))
-        except ValueError:
+            doc = json.loads(read_range(fh, *sample.files["json"]))
+        except ValueError:  # UnicodeDecodeError included
             return None
         for name in names:
             if isinstance(doc, dict) and doc.get(name) not in (None, ""):
                 value = doc[name]
-                return value if isinstance(value, int) else _label(str(value))
+                return _label(str(value)) if not isinstance(value, int) else _known(value)
     return None
 
 
-def _label(text: str) -> Label:
-    return int(text) if re.fullmatch(r"\d+", text) else text
+def _label(text: str) -> Label | None:
+    return _known(int(text)) if re.fullmatch(r"-?\d+", text) else text or None
+
+
+def _known(label: int) -> int | None:
+    """An integer class index; negative ones (``-1``: Hugging Face's unlabelled) are none."""
+    return label if label >= 0 else None
 
 
 def _skip(url: str, name: str, reason: str) -> dict[str, str]:
@@ -287,17 +300,17 @@ def _pyarrow() -> Any:
     return pq
 
 
-def _parquet_members(path: Path, url: str, config: DatasetConfig) -> Members:
-    pq = _pyarrow()
-    try:
-        handle = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a bad file
-        raise DamagedObjectError(f"{url}: not a readable Parquet file: {exc}") from exc
+def _parquet_members(fh: BinaryIO, url: str, config: DatasetConfig) -> Members:
+    handle = _parquet_file(fh, url)
     layout = parquet_layout(handle.schema_arrow, url, config)
     out = Members(class_names=list(layout.class_names))
     row = 0
     for group in range(handle.num_row_groups):
-        table = handle.read_row_group(group, columns=[layout.image, layout.label])
+        try:
+            table = handle.read_row_group(group, columns=[layout.image, layout.label])
+        except Exception as exc:  # pyarrow: ArrowInvalid, OSError for damaged pages
+            out.damage = f"row group {group} (from row {row}) cannot be read: {exc}"
+            break
         images = table.column(layout.image).to_pylist()
         labels = table.column(layout.label).to_pylist()
         for image, label in zip(images, labels, strict=True):
@@ -305,11 +318,12 @@ def _parquet_members(path: Path, url: str, config: DatasetConfig) -> Members:
             if not data:
                 elsewhere = image.get("path") if layout.struct and image else None
                 out.skipped.append(_skip(url, str(row), _no_bytes(elsewhere)))
-            elif label is None:
-                out.skipped.append(_skip(url, str(row), "no label"))
             else:
-                value = label if isinstance(label, int) else _label(str(label))
-                out.members.append(Member(str(row), content_key(data), value))
+                value = _known(label) if isinstance(label, int) else _label(str(label or ""))
+                if value is None:
+                    out.skipped.append(_skip(url, str(row), "no label"))
+                else:
+                    out.members.append(Member(str(row), content_key(data), value))
             row += 1
     return out
 
@@ -323,15 +337,26 @@ def _no_bytes(path: str | None) -> str:
     return "no image bytes in the row"
 
 
-class ParquetRows:
-    """Random access to a local Parquet file's image bytes by row, one row group in memory
-    at a time per reader (rows are read in order, so a group is decoded once)."""
+def _parquet_file(fh: BinaryIO, url: str) -> Any:
+    pq = _pyarrow()
+    fh.seek(0)
+    try:
+        return pq.ParquetFile(fh)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a bad file
+        raise DamagedObjectError(f"{url}: not a readable Parquet file: {exc}") from exc
 
-    def __init__(self, path: Path, url: str, config: DatasetConfig) -> None:
-        pq = _pyarrow()
-        self.handle = pq.ParquetFile(path)
-        self.layout = parquet_layout(self.handle.schema_arrow, url, config)
-        meta = self.handle.metadata
+
+class ParquetRows:
+    """Random access to a Parquet file's image bytes by row, one row group in memory at a
+    time (rows are read in order, so a group is decoded once). The file is opened only to
+    read a new row group, by ``opener``. Not safe from several threads: its caller holds
+    a lock."""
+
+    def __init__(self, fh: BinaryIO, url: str, config: DatasetConfig) -> None:
+        handle = _parquet_file(fh, url)
+        self.url = url
+        self.layout = parquet_layout(handle.schema_arrow, url, config)
+        meta = handle.metadata
         self.starts = []
         start = 0
         for group in range(meta.num_row_groups):
@@ -340,15 +365,28 @@ class ParquetRows:
         self._group = -1
         self._images: list[Any] = []
 
-    def read(self, row: int) -> bytes:
-        import bisect
+    def read(self, row: int, opener: Callable[[], BinaryIO]) -> bytes:
+        """Row ``row``'s image bytes; ``opener()`` opens the file when a new group is needed.
 
+        Raises
+        ------
+        ImageDecodeError
+            If the row holds no image bytes, or its row group cannot be read.
+        """
         group = bisect.bisect_right(self.starts, row) - 1
         if group != self._group:
-            table = self.handle.read_row_group(group, columns=[self.layout.image])
+            try:
+                with opener() as fh:
+                    table = _parquet_file(fh, self.url).read_row_group(
+                        group, columns=[self.layout.image]
+                    )
+            except Exception as exc:  # damaged pages: this image is skipped, named
+                raise ImageDecodeError(
+                    f"{self.url}#{row}: its row group cannot be read: {exc}"
+                ) from exc
             self._images, self._group = table.column(self.layout.image).to_pylist(), group
         image = self._images[row - self.starts[group]]
         data = image.get("bytes") if self.layout.struct and image else image
         if not data:
-            raise ImageDecodeError(f"row {row}: no image bytes")
+            raise ImageDecodeError(f"{self.url}#{row}: no image bytes")
         return bytes(data)

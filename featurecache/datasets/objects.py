@@ -29,9 +29,11 @@ import hashlib
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,9 @@ FETCH_ATTEMPTS = 5
 #: Seconds of the first wait between attempts; doubled each time, at most 16 s.
 FETCH_BACKOFF = 0.5
 
+#: Objects of one folder stat'ed by a HEAD each; more are stat'ed by listing the folder
+#: (1,000 a request), so that a manifest naming a few objects of a huge prefix never lists it.
+HEAD_AT_MOST = 100
 #: The variables a missing-credentials error names, by URL scheme.
 CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials; "
@@ -192,9 +197,33 @@ def stat_objects(urls: Sequence[str]) -> dict[str, ObjectStat]:
                 except OSError:
                     continue
                 stats[url] = ObjectStat(url, st.st_size, st.st_mtime_ns)
-            continue
-        stats.update(list_stats(folder, recursive=False))
+        elif len(members) > HEAD_AT_MOST:
+            stats.update(list_stats(folder, recursive=False))
+        else:  # a few objects of a folder that may hold millions: never list it
+            stats.update(_head_stats(members))
     return {url: stats[url] for url in urls if url in stats}
+
+
+def _head_stats(urls: Sequence[str]) -> dict[str, ObjectStat]:
+    """The stat of each of ``urls`` that exists, by one HEAD request each (on threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def head(url: str) -> ObjectStat | None:
+        fs, path = filesystem(url)
+        with remote_errors(url):
+            try:
+                return _stat_of(_url(fs, path), fs.info(path, refresh=True))
+            except FileNotFoundError:
+                return None
+
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="head") as pool:
+        return {s.url: s for s in pool.map(head, urls) if s is not None}
+
+
+def _stat_of(url: str, entry: dict[str, Any]) -> ObjectStat:
+    etag = str(entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or "")
+    version = etag_version(etag) if etag else _mtime_ns(entry)
+    return ObjectStat(url, int(entry["size"]), version, etag.strip('"'))
 
 
 def list_stats(folder: str, recursive: bool = True) -> dict[str, ObjectStat]:
@@ -212,23 +241,27 @@ def list_stats(folder: str, recursive: bool = True) -> dict[str, ObjectStat]:
                 entries = []
     out = {}
     for entry in entries:
-        if entry.get("type", "file") != "file":
-            continue
-        url = _url(fs, entry["name"])
-        etag = str(entry.get("ETag") or entry.get("etag") or entry.get("md5Hash") or "")
-        version = etag_version(etag) if etag else _mtime_ns(entry)
-        out[url] = ObjectStat(url, int(entry["size"]), version, etag.strip('"'))
+        if entry.get("type", "file") == "file":
+            url = _url(fs, entry["name"])
+            out[url] = _stat_of(url, entry)
     return out
 
 
 def _mtime_ns(entry: dict[str, Any]) -> int:
+    """The entry's modification time in ns; where it cannot be told, a version that
+    matches nothing (so the object is read again rather than taken as unchanged)."""
     modified: Any = entry.get("LastModified") or entry.get("mtime") or entry.get("updated")
+    if isinstance(modified, str):
+        try:
+            modified = datetime.fromisoformat(modified.replace("Z", "+00:00"))
+        except ValueError:
+            modified = None
     if hasattr(modified, "timestamp"):
         return int(modified.timestamp() * 1e9)
     try:
         return int(float(modified) * 1e9)
     except (TypeError, ValueError):
-        return -1
+        return etag_version(f"unknown {uuid.uuid4()}")
 
 
 @contextmanager
@@ -352,11 +385,13 @@ def _transient(exc: BaseException) -> bool:
 def _fetch_once(fs: Any, path: str, stat: ObjectStat, into: Path | None) -> bytes | Path:
     if into is None:
         data = fs.cat_file(path)
-        _check(stat, len(data), lambda: hashlib.md5(data, usedforsecurity=False).hexdigest())
+        _check(
+            fs, path, stat, len(data), lambda: hashlib.md5(data, usedforsecurity=False).hexdigest()
+        )
         return data
     part = into.with_name(into.name + ".part")
     fs.get_file(path, str(part))
-    _check(stat, part.stat().st_size, lambda: _md5_file(part))
+    _check(fs, path, stat, part.stat().st_size, lambda: _md5_file(part))
     part.replace(into)
     return into
 
@@ -364,11 +399,16 @@ def _fetch_once(fs: Any, path: str, stat: ObjectStat, into: Path | None) -> byte
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _check(stat: ObjectStat, size: int, md5: Any) -> None:
+def _check(fs: Any, path: str, stat: ObjectStat, size: int, md5: Any) -> None:
+    """That the bytes read are the listed object's: its size, and the MD5 a single-part
+    S3 ETag is. Where the MD5 differs but the object's ETag is still the listed one, the
+    ETag is not an MD5 (SSE-KMS or SSE-C encrypted objects): the bytes are accepted."""
     if size != stat.size:
         raise _MismatchError(f"read {size} bytes of the {stat.size} listed")
     if stat.url.startswith("s3://") and _MD5_ETAG.match(stat.etag) and md5() != stat.etag:
-        raise _MismatchError("its bytes do not match its ETag (changed since it was listed?)")
+        current = str(fs.info(path, refresh=True).get("ETag", "")).strip('"')
+        if current != stat.etag:
+            raise _MismatchError("its bytes do not match its ETag (changed since it was listed)")
 
 
 def _md5_file(path: Path) -> str:

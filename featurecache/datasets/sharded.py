@@ -14,19 +14,22 @@ copy of its object, fetched once per process (:class:`FetchCache`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
 import tempfile
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from featurecache.config import DatasetConfig, is_url
+from featurecache.datasets.files import SPLIT_ALIASES
 from featurecache.datasets.index import ObjectIndex, describe_reader
 from featurecache.datasets.members import (
     SUFFIXES,
@@ -85,9 +88,15 @@ def thread_mapper(function: Callable[[Any], Any], items: Sequence[Any]) -> list[
 
 
 def list_members(
-    config: DatasetConfig, index: ObjectIndex | None = None, mapper: Mapper | None = None
+    config: DatasetConfig,
+    index: ObjectIndex | None = None,
+    mapper: Mapper | None = None,
+    exclude: Collection[str] = (),
 ) -> MemberListing:
     """List a WebDataset or Parquet data set, reading only the objects ``index`` lacks.
+
+    Objects in ``exclude`` are left out unread: those another process (a Dask client)
+    found unusable, so that a worker lists what its client listed.
 
     Raises
     ------
@@ -98,7 +107,14 @@ def list_members(
     index = index if index is not None else ObjectIndex()
     sources = config.files or {"": (str(config.path),)}
     urls = {split: expand(patterns, SUFFIXES[config.format]) for split, patterns in sources.items()}
+    if "" in urls:
+        urls = {**{k: v for k, v in urls.items() if k}, **_splits_by_name(urls[""])}
     everything = [u for found in urls.values() for u in found]
+    twice = {u for u in everything if everything.count(u) > 1} if len(urls) > 1 else set()
+    if twice:
+        raise DatasetError(
+            f"data set {config.name!r}: {sorted(twice)[0]} is listed under two splits"
+        )
     stats = stat_objects(everything)
     skipped = [
         {"source": u, "reason": f"{u}: not found (listed by the data set, absent from storage)"}
@@ -111,6 +127,9 @@ def list_members(
             f"(the first: {everything[0]})"
         )
     reader = describe_reader(config.format, config.image, config.label)
+    for url in exclude:
+        if stats.pop(url, None) is not None:
+            skipped.append({"source": url, "reason": f"{url}: left out by the client"})
     stale = [stats[u] for u in everything if u in stats and index.get(stats[u], reader) is None]
     if stale:
         log.info("%s: reading %d new or changed objects of %d", config.name, len(stale), len(stats))
@@ -142,6 +161,23 @@ def list_members(
     return MemberListing(records, class_names, stats, skipped)
 
 
+def _splits_by_name(urls: list[str]) -> dict[str, list[str]]:
+    """Objects given without a split, by the split their path names, as split folders do:
+    a folder ``train/`` (``validation``, ``val``, ``test``...) on the way, or a file name
+    that starts with one (``train-000000.tar``, Hugging Face's ``test-00000-of-00001.parquet``).
+    Where not every object names one, they all stay unsplit (``""``)."""
+    found: dict[str, list[str]] = {}
+    for url in urls:
+        parts = url.split("://", 1)[-1].split("/")
+        named = [SPLIT_ALIASES[p.lower()] for p in parts[1:-1] if p.lower() in SPLIT_ALIASES]
+        stem = re.split(r"[-_.]", parts[-1], maxsplit=1)[0].lower()
+        split = named[-1] if named else SPLIT_ALIASES.get(stem)
+        if split is None:
+            return {"": urls}
+        found.setdefault(split, []).append(url)
+    return found
+
+
 def index_object(stat: ObjectStat, config: DatasetConfig) -> Members | str:
     """Read one object whole and hash its images (runs on a thread or a Dask worker).
 
@@ -156,7 +192,8 @@ def index_object(stat: ObjectStat, config: DatasetConfig) -> Members | str:
         When the data set names columns the object lacks: the run stops.
     """
     try:
-        return read_members(FETCHED.path(stat), stat.url, config)
+        with FETCHED.open(stat) as fh:
+            return read_members(fh, stat.url, config)
     except (ObjectGoneError, ObjectUnreadableError, DamagedObjectError) as exc:
         return str(exc)
 
@@ -229,7 +266,11 @@ def _class_indices(
 class FetchCache:
     """Local copies of remote objects, fetched whole once per process (one download per
     object however many threads ask), kept up to :data:`FETCH_CACHE_BYTES` (least
-    recently used first out) in a temporary folder removed when the process ends."""
+    recently used first out) in a temporary folder removed when the process ends.
+
+    Objects are handed out as open files (:meth:`open`): a copy evicted while a thread
+    still reads it is unlinked, and the open file keeps working.
+    """
 
     def __init__(self, budget: int = FETCH_CACHE_BYTES) -> None:
         self.budget = budget
@@ -238,18 +279,19 @@ class FetchCache:
         self._locks: dict[tuple[str, int], threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def path(self, stat: ObjectStat) -> Path:
-        """A local file holding the object ``stat`` names (the file itself if it is local).
+    def open(self, stat: ObjectStat) -> BinaryIO:
+        """The object ``stat`` names, open for reading (a local object: its own file).
 
         Raises
         ------
-        ObjectGoneError, ObjectUnreadableError, DatasetError
+        ObjectGoneError, ObjectUnreadableError, StorageError
             As :func:`~featurecache.datasets.objects.fetch`.
         """
         if not is_url(stat.url):
-            if not Path(stat.url).exists():
-                raise ObjectGoneError(f"{stat.url}: gone since it was listed")
-            return Path(stat.url)
+            try:
+                return open(stat.url, "rb")  # noqa: SIM115 (the caller closes it)
+            except FileNotFoundError as exc:
+                raise ObjectGoneError(f"{stat.url}: gone since it was listed") from exc
         key = (stat.url, stat.version)
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -257,13 +299,15 @@ class FetchCache:
             with self._lock:
                 if key in self._files and self._files[key].exists():
                     self._files.move_to_end(key)
-                    return self._files[key]
-            target = self._dir() / f"{len(self._locks):08d}-{stat.url.rsplit('/', 1)[-1]}"
+                    return open(self._files[key], "rb")  # noqa: SIM115
+            name = hashlib.blake2b(f"{stat.url}\0{stat.version}".encode(), digest_size=12)
+            target = self._dir() / f"{name.hexdigest()}-{stat.url.rsplit('/', 1)[-1]}"
             fetch(stat, into=target)
             with self._lock:
                 self._files[key] = target
+                handle = open(target, "rb")  # noqa: SIM115 (opened before any eviction)
                 self._evict()
-            return target
+            return handle
 
     def _dir(self) -> Path:
         with self._lock:
@@ -284,16 +328,30 @@ class FetchCache:
 #: to be indexed is not downloaded again to be extracted).
 FETCHED = FetchCache()
 
+#: Objects whose member offsets (or Parquet row group) an :class:`ObjectReader` keeps.
+KNOWN_OBJECTS = 16
+
+
+@dataclass
+class _Known:
+    """What a reader keeps of one object: a tar's member ranges, or a Parquet file's rows
+    (used under ``lock``). No file stays open: each read opens the local copy."""
+
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rows: ParquetRows | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
 
 class ObjectReader:
     """One image's bytes by record source (``<object URL>#<member>``), from local copies of
-    the objects (safe from several decoding threads)."""
+    the objects (safe from several decoding threads). It keeps what it learnt of the last
+    :data:`KNOWN_OBJECTS` objects (member ranges, a Parquet row group); each read opens
+    the local copy, so no file is left open."""
 
     def __init__(self, config: DatasetConfig, objects: dict[str, ObjectStat]) -> None:
         self.config = config
         self.objects = objects
-        self._tars: dict[str, dict[str, tuple[int, int]]] = {}
-        self._parquet: dict[str, tuple[threading.Lock, ParquetRows]] = {}
+        self._known: OrderedDict[str, _Known] = OrderedDict()
         self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -304,41 +362,55 @@ class ObjectReader:
         ------
         ImageDecodeError
             If its object is gone, unreadable, or no longer holds it (named).
-        DatasetError
+        StorageError
             If storage cannot be used at all (credentials, server down).
         """
         url, _, name = source.rpartition("#")
-        if url in self._failed:
-            raise ImageDecodeError(self._failed[url])
-        try:
-            local = FETCHED.path(self.objects[url])
-        except (ObjectGoneError, ObjectUnreadableError) as exc:
-            self._failed[url] = str(exc)
-            raise ImageDecodeError(str(exc)) from exc
-        if self.config.format == "parquet":
-            return self._parquet_row(url, local, int(name))
-        offsets = self._tar(url, local)
-        if name not in offsets:
+        known = self._object(url)
+        opener = partial(self._open, url)
+        if known.rows is not None:
+            with known.lock:
+                return known.rows.read(int(name), opener)
+        if name not in known.offsets:
             raise ImageDecodeError(f"{source}: not in the shard any more")
+        with opener() as fh:
+            return read_range(fh, *known.offsets[name])
+
+    def _open(self, url: str) -> BinaryIO:
         try:
-            return read_range(local, *offsets[name])
-        except FileNotFoundError:  # evicted from the fetch cache meanwhile: fetch it again
-            return read_range(FETCHED.path(self.objects[url]), *offsets[name])
+            return FETCHED.open(self.objects[url])
+        except (ObjectGoneError, ObjectUnreadableError) as exc:
+            with self._lock:
+                self._failed[url] = str(exc)
+            raise ImageDecodeError(str(exc)) from exc
 
-    def _tar(self, url: str, local: Path) -> dict[str, tuple[int, int]]:
+    def _object(self, url: str) -> _Known:
         with self._lock:
-            if url not in self._tars:
-                samples, _ = tar_samples(local, url)
-                self._tars[url] = dict(_image_offsets(samples, self.config))
-            return self._tars[url]
+            if url in self._failed:
+                raise ImageDecodeError(self._failed[url])
+            if url in self._known:
+                self._known.move_to_end(url)
+                return self._known[url]
+        with self._open(url) as fh:
+            try:
+                if self.config.format == "parquet":
+                    known = _Known(rows=ParquetRows(fh, url, self.config))
+                else:
+                    known = _Known(dict(_image_offsets(tar_samples(fh, url)[0], self.config)))
+            except DamagedObjectError as exc:
+                with self._lock:
+                    self._failed[url] = str(exc)
+                raise ImageDecodeError(str(exc)) from exc
+        with self._lock:
+            known = self._known.setdefault(url, known)
+            while len(self._known) > KNOWN_OBJECTS:
+                self._known.popitem(last=False)
+            return known
 
-    def _parquet_row(self, url: str, local: Path, row: int) -> bytes:
+    def close(self) -> None:
+        """Forget what was learnt of the objects (their row groups' bytes, mainly)."""
         with self._lock:
-            if url not in self._parquet:
-                self._parquet[url] = (threading.Lock(), ParquetRows(local, url, self.config))
-            lock, rows = self._parquet[url]
-        with lock:
-            return rows.read(row)
+            self._known.clear()
 
 
 def _image_offsets(

@@ -82,6 +82,7 @@ class ShardSpec:
     fingerprint: str
     backbone: BackboneConfig
     index_url: str | None  # the data set's stat index (tar shards, Parquet files)
+    skipped_objects: tuple[str, ...]  # objects the client left out (gone, unreadable)
     engine: str  # as recorded (recipe.recorded_engine)
     engine_dir: str
     recipe_hash: str
@@ -113,7 +114,9 @@ _WORKER_STATE: dict[Any, Any] = {}
 def _listing(spec: ShardSpec) -> Listing:
     key = ("listing", spec.fingerprint)
     if key not in _WORKER_STATE:
-        listing = list_dataset(spec.dataset, ObjectIndex(spec.index_url))
+        listing = list_dataset(
+            spec.dataset, ObjectIndex(spec.index_url), exclude=spec.skipped_objects
+        )
         if listing.fingerprint != spec.fingerprint:
             listing.close()
             raise DatasetError(
@@ -243,6 +246,7 @@ def _submit(
 ) -> dict[Any, tuple[ExtractJob, ShardSpec]]:
     """One Dask task per shard of whole batches; futures -> (job, shard)."""
     token = uuid.uuid4().hex[:8]
+    left_out = tuple(s["source"] for s in listing.skipped if "#" not in s["source"])
     submitted: dict[Any, tuple[ExtractJob, ShardSpec]] = {}
     for job in jobs:
         batches = job.missing()
@@ -254,6 +258,7 @@ def _submit(
                 dataset=listing.config,
                 fingerprint=listing.fingerprint,
                 index_url=cache.object_index_url(listing.name),
+                skipped_objects=left_out,
                 backbone=job.backbone,
                 engine=job.engine,
                 engine_dir=str(cache.location.engine_dir()),

@@ -135,6 +135,26 @@ def test_a_truncated_shard_keeps_the_images_before_the_damage_and_names_it(layou
             assert listing.load(index).key == record.key
 
 
+def test_a_shard_cut_at_a_header_is_named_too(layouts, tmp_path):
+    """tarfile reads a tar cut exactly at a member's header as a clean end: the missing
+    end-of-archive blocks tell it was cut."""
+    (
+        _,
+        shards,
+        _,
+    ) = layouts
+    with tarfile.open(shards["test"][0]) as tar:
+        members = tar.getmembers()
+    whole = shards["test"][0].read_bytes()
+    for cut_at in (members[6].offset, members[6].offset + 100):
+        cut = tmp_path / f"cut-{cut_at}.tar"
+        cut.write_bytes(whole[:cut_at])
+        listing = list_dataset(DatasetConfig(name="cut", files=[str(cut)], classes=CLASSES))
+        [damage] = [s for s in listing.skipped if s["source"] == str(cut)]
+        assert "cut short" in damage["reason"]
+        assert len(listing.records) == 1  # samples 0-1 of 3 files each; the last one dropped
+
+
 def test_a_damaged_member_is_skipped_and_named_and_the_rest_of_the_shard_kept(layouts, tmp_path):
     import webdataset as wds
 
@@ -241,3 +261,12 @@ def test_a_huggingface_name_goes_through_load_dataset(layouts, tmp_path):
     assert listing.split_counts() == {"train": 40, "test": 20}
     keys = {listing.content_key(r) for r in listing.records}
     assert keys == {r.key for r in list_dataset(configs["hf_parquet"]).records}
+
+
+def test_objects_given_without_a_split_take_the_split_their_names_say(layouts):
+    _, shards, configs = layouts
+    flat = [str(p) for paths in shards.values() for p in paths]  # train-*.tar, test-*.tar
+    listing = list_dataset(DatasetConfig(name="w", files=flat, classes=CLASSES))
+    assert listing.split_counts() == {"train": 40, "test": 20}
+    with pytest.raises(DatasetError, match="listed under two splits"):
+        list_dataset(DatasetConfig(name="w", files={"train": flat, "test": flat[:1]}))

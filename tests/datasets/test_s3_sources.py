@@ -224,7 +224,7 @@ def test_the_server_down_stops_with_one_line_and_a_rerun_resumes(
     # shards already read, and commits nothing
     s3server.start()
     monkeypatch.setattr(objects, "FETCH_ATTEMPTS", 2)
-    real = sharded.FETCHED.path
+    real = sharded.FETCHED.open
     fetched = []
 
     def stop_after_two(stat):
@@ -233,7 +233,7 @@ def test_the_server_down_stops_with_one_line_and_a_rerun_resumes(
         fetched.append(stat.url)
         return real(stat)
 
-    monkeypatch.setattr(sharded.FETCHED, "path", stop_after_two)
+    monkeypatch.setattr(sharded.FETCHED, "open", stop_after_two)
     done = invoke("extract", pipeline, "--cache", cache)
     assert done.exit_code == 1, done.output
     assert "cannot reach the storage server" in done.output.strip().splitlines()[-1]
@@ -342,3 +342,26 @@ def test_a_csv_manifest_on_s3_whose_rows_are_urls(s3server, local, tmp_path):
     found, found_labels = features_by_key(cache, result)
     assert found.keys() == reference.keys() and found_labels == labels
     assert result.split_counts == {"train": 40, "test": 20}
+
+
+def test_objects_with_the_same_name_in_two_folders_stay_apart(s3server, local):
+    """Fetched copies are named by URL and version: train/000000.tar and test/000000.tar
+    are two objects, whatever is fetched or evicted in between."""
+    _, shards, _, _ = local
+    client = s3server.client()
+    urls: dict[str, list[str]] = {}
+    expected = {}
+    for split, paths in shards.items():
+        for number, path in enumerate(paths):
+            key = f"same/{split}/{number:06d}.tar"
+            client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+            urls.setdefault(split, []).append(f"s3://{BUCKET}/{key}")
+        expected[split] = {
+            r.key for r in list_dataset(shard_dataset({split: [str(p) for p in paths]})).records
+        }
+    listing = list_dataset(shard_dataset(urls))
+    for split, keys in expected.items():
+        assert {r.key for r in listing.records if r.split == split} == keys
+        for index, record in enumerate(listing.records):
+            if record.split == split:
+                assert listing.load(index).key == record.key

@@ -20,17 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from featurecache.config import DatasetConfig, is_url
+from featurecache.datasets.fetching import ObjectGoneError, ObjectUnreadableError, fetch
 from featurecache.datasets.files import keep_classes, list_csv, list_folder, list_folder_url
 from featurecache.datasets.hdf5 import RowReader, hdf5_records
 from featurecache.datasets.huggingface import HFRows, hf_records
 from featurecache.datasets.index import ObjectIndex
-from featurecache.datasets.objects import (
-    ObjectGoneError,
-    ObjectStat,
-    ObjectUnreadableError,
-    fetch,
-    stat_objects,
-)
+from featurecache.datasets.objects import ObjectStat, stat_objects
 from featurecache.datasets.records import RawImage, Record
 from featurecache.datasets.sharded import Mapper, ObjectReader, list_members
 from featurecache.datasets.splits import assign_splits

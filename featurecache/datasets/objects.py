@@ -28,13 +28,11 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +40,6 @@ from featurecache.config import is_url
 from featurecache.errors import DatasetError, DependencyError
 
 log = logging.getLogger(__name__)
-
-#: Attempts to fetch one object (the first included) before it is given up.
-FETCH_ATTEMPTS = 5
-#: Seconds of the first wait between attempts; doubled each time, at most 16 s.
-FETCH_BACKOFF = 0.5
 
 #: Objects of one folder stat'ed by a HEAD each; more are stat'ed by listing the folder
 #: (1,000 a request), so that a manifest naming a few objects of a huge prefix never lists it.
@@ -74,14 +67,6 @@ class ObjectStat:
 
 class StorageError(DatasetError):
     """Storage cannot be used at all (no credentials, server unreachable): the run stops."""
-
-
-class ObjectGoneError(DatasetError):
-    """An object that was listed is not there any more (deleted between listing and reading)."""
-
-
-class ObjectUnreadableError(DatasetError):
-    """An object could not be read whole and unchanged after :data:`FETCH_ATTEMPTS` attempts."""
 
 
 def etag_version(etag: str) -> int:
@@ -287,7 +272,7 @@ def remote_errors(url: str) -> Iterator[None]:
 
 def describe_remote_error(url: str, exc: BaseException) -> str | None:
     """One line for an error of a remote file system, or None for one that is not."""
-    names = {type(e).__name__ for e in _chain(exc)}
+    names = error_names(exc)
     scheme = url.split("://", 1)[0]
     if "NoCredentialsError" in names or "PartialCredentialsError" in names:
         needed = CREDENTIALS.get(scheme, "the credentials its file system package reads")
@@ -308,6 +293,12 @@ def describe_remote_error(url: str, exc: BaseException) -> str | None:
     return None
 
 
+def error_names(exc: BaseException) -> set[str]:
+    """The class names of ``exc`` and of the exceptions it was raised from or during
+    (botocore's and aiohttp's errors, told apart without importing them)."""
+    return {type(e).__name__ for e in _chain(exc)}
+
+
 def _chain(exc: BaseException) -> Iterable[BaseException]:
     seen = set()
     current: BaseException | None = exc
@@ -315,105 +306,3 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
-
-
-class _MismatchError(OSError):
-    """The fetched bytes are not the listed object's (short read, other content)."""
-
-
-def fetch(stat: ObjectStat, into: Path | None = None) -> bytes | Path:
-    """The whole object ``stat`` names, checked against the listing, retried with backoff.
-
-    With ``into`` (a file path) the object is downloaded there and the path returned;
-    without, its bytes. Local files are read as they are (no retry).
-
-    Raises
-    ------
-    ObjectGoneError
-        If the object no longer exists (deleted since the listing; not retried).
-    ObjectUnreadableError
-        If it still cannot be read whole, or differs from the listing (changed since;
-        size or MD5 of its ETag), after :data:`FETCH_ATTEMPTS` attempts.
-    StorageError
-        Without credentials, or when the server cannot be reached (after the attempts).
-    """
-    import tenacity
-
-    if not is_url(stat.url):
-        try:
-            return Path(stat.url).read_bytes() if into is None else Path(stat.url)
-        except FileNotFoundError as exc:
-            raise ObjectGoneError(f"{stat.url}: gone since it was listed") from exc
-    fs, path = filesystem(stat.url)
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(FETCH_ATTEMPTS),
-        wait=tenacity.wait_exponential(multiplier=FETCH_BACKOFF, max=16),
-        retry=tenacity.retry_if_exception(_transient),
-        before_sleep=partial(_log_retry, stat.url),
-        reraise=True,
-    )
-    try:
-        return retrying(_fetch_once, fs, path, stat, into)
-    except FileNotFoundError as exc:
-        raise ObjectGoneError(f"{stat.url}: gone since it was listed") from exc
-    except _MismatchError as exc:
-        raise ObjectUnreadableError(f"{stat.url}: {exc} after {FETCH_ATTEMPTS} attempts") from exc
-    except Exception as exc:
-        message = describe_remote_error(stat.url, exc)
-        if message is None:
-            raise ObjectUnreadableError(
-                f"{stat.url}: cannot be read after {FETCH_ATTEMPTS} attempts: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        raise StorageError(message) from exc
-
-
-def _log_retry(url: str, state: Any) -> None:
-    error = state.outcome.exception() if state.outcome is not None else None
-    log.warning("%s: attempt %d failed (%s), retrying", url, state.attempt_number, error)
-
-
-def _transient(exc: BaseException) -> bool:
-    """Worth another attempt: anything but a missing object or missing credentials."""
-    names = {type(e).__name__ for e in _chain(exc)}
-    return not (
-        isinstance(exc, (FileNotFoundError, PermissionError, DatasetError))
-        or names & {"NoCredentialsError", "PartialCredentialsError"}
-    )
-
-
-def _fetch_once(fs: Any, path: str, stat: ObjectStat, into: Path | None) -> bytes | Path:
-    if into is None:
-        data = fs.cat_file(path)
-        _check(
-            fs, path, stat, len(data), lambda: hashlib.md5(data, usedforsecurity=False).hexdigest()
-        )
-        return data
-    part = into.with_name(into.name + ".part")
-    fs.get_file(path, str(part))
-    _check(fs, path, stat, part.stat().st_size, lambda: _md5_file(part))
-    part.replace(into)
-    return into
-
-
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _check(fs: Any, path: str, stat: ObjectStat, size: int, md5: Any) -> None:
-    """That the bytes read are the listed object's: its size, and the MD5 a single-part
-    S3 ETag is. Where the MD5 differs but the object's ETag is still the listed one, the
-    ETag is not an MD5 (SSE-KMS or SSE-C encrypted objects): the bytes are accepted."""
-    if size != stat.size:
-        raise _MismatchError(f"read {size} bytes of the {stat.size} listed")
-    if stat.url.startswith("s3://") and _MD5_ETAG.match(stat.etag) and md5() != stat.etag:
-        current = str(fs.info(path, refresh=True).get("ETag", "")).strip('"')
-        if current != stat.etag:
-            raise _MismatchError("its bytes do not match its ETag (changed since it was listed)")
-
-
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -14,21 +14,17 @@ copy of its object, fetched once per process (:class:`FetchCache`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import shutil
-import tempfile
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, BinaryIO
 
-from featurecache.config import DatasetConfig, is_url
+from featurecache.config import DatasetConfig
+from featurecache.datasets.fetching import FETCHED, ObjectGoneError, ObjectUnreadableError
 from featurecache.datasets.files import SPLIT_ALIASES
 from featurecache.datasets.index import ObjectIndex, describe_reader
 from featurecache.datasets.members import (
@@ -43,14 +39,7 @@ from featurecache.datasets.members import (
     read_range,
     tar_samples,
 )
-from featurecache.datasets.objects import (
-    ObjectGoneError,
-    ObjectStat,
-    ObjectUnreadableError,
-    expand,
-    fetch,
-    stat_objects,
-)
+from featurecache.datasets.objects import ObjectStat, expand, stat_objects
 from featurecache.datasets.records import Record
 from featurecache.datasets.splits import stratified_split
 from featurecache.errors import DatasetError, ImageDecodeError
@@ -59,9 +48,6 @@ log = logging.getLogger(__name__)
 
 #: Skipped images named in the log one by one (all of them are in the result).
 LOGGED_SKIPS = 5
-#: Bytes of fetched objects one process keeps on local disk (least recently used first out).
-FETCH_CACHE_BYTES = 4 << 30
-
 #: ``mapper(function, items)`` -> results in order: how new objects are read (locally by
 #: threads, or on Dask workers).
 Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
@@ -105,16 +91,8 @@ def list_members(
         the labels cannot be named (the message says how).
     """
     index = index if index is not None else ObjectIndex()
-    sources = config.files or {"": (str(config.path),)}
-    urls = {split: expand(patterns, SUFFIXES[config.format]) for split, patterns in sources.items()}
-    if "" in urls:
-        urls = {**{k: v for k, v in urls.items() if k}, **_splits_by_name(urls[""])}
+    urls = _objects_by_split(config)
     everything = [u for found in urls.values() for u in found]
-    twice = {u for u in everything if everything.count(u) > 1} if len(urls) > 1 else set()
-    if twice:
-        raise DatasetError(
-            f"data set {config.name!r}: {sorted(twice)[0]} is listed under two splits"
-        )
     stats = stat_objects(everything)
     skipped = [
         {"source": u, "reason": f"{u}: not found (listed by the data set, absent from storage)"}
@@ -126,23 +104,13 @@ def list_members(
             f"data set {config.name!r}: none of its {len(everything)} objects exist "
             f"(the first: {everything[0]})"
         )
-    reader = describe_reader(config.format, config.image, config.label)
     for url in exclude:
         if stats.pop(url, None) is not None:
             skipped.append({"source": url, "reason": f"{url}: left out by the client"})
-    stale = [stats[u] for u in everything if u in stats and index.get(stats[u], reader) is None]
-    if stale:
-        log.info("%s: reading %d new or changed objects of %d", config.name, len(stale), len(stats))
-        for stat, outcome in zip(
-            stale,
-            (mapper or thread_mapper)(partial(index_object, config=config), stale),
-            strict=True,
-        ):
-            if isinstance(outcome, Members):
-                index.put(stat, reader, outcome)
-            else:
-                skipped.append({"source": stat.url, "reason": outcome})
-                del stats[stat.url]
+    reader = describe_reader(config.format, config.image, config.label)
+    skipped += _index_stale(config, [stats[u] for u in everything if u in stats], index, mapper)
+    for gone in [u for u in stats if index.get(stats[u], reader) is None]:
+        del stats[gone]  # unreadable: skipped above
     index.forget(set(index.entries) - set(stats))
     index.save()
     contents = {u: index.get(s, reader) for u, s in stats.items()}
@@ -150,15 +118,55 @@ def list_members(
         assert members is not None
         skipped += members.skipped
         if members.damage:
-            skipped.append(
-                {"source": url, "reason": f"{url}: {members.damage}; the images before it are kept"}
-            )
+            reason = f"{url}: {members.damage}; the images before it are kept"
+            skipped.append({"source": url, "reason": reason})
     for item in skipped[:LOGGED_SKIPS]:
         log.warning("skipped %s", item["reason"])
     if len(skipped) > LOGGED_SKIPS:
         log.warning("... and %d more skipped (all are in the result)", len(skipped) - LOGGED_SKIPS)
     records, class_names = _records(config, urls, contents, stats)
     return MemberListing(records, class_names, stats, skipped)
+
+
+def _objects_by_split(config: DatasetConfig) -> dict[str, list[str]]:
+    """The object URLs the data set names, by split (``""``: none declared or named).
+
+    Raises
+    ------
+    DatasetError
+        If a folder holds no such objects, or one object is listed under two splits.
+    """
+    sources = config.files or {"": (str(config.path),)}
+    urls = {split: expand(patterns, SUFFIXES[config.format]) for split, patterns in sources.items()}
+    if "" in urls:
+        urls = {**{k: v for k, v in urls.items() if k}, **_splits_by_name(urls[""])}
+    everything = [u for found in urls.values() for u in found]
+    twice = {u for u in everything if everything.count(u) > 1} if len(urls) > 1 else set()
+    if twice:
+        raise DatasetError(
+            f"data set {config.name!r}: {sorted(twice)[0]} is listed under two splits"
+        )
+    return urls
+
+
+def _index_stale(
+    config: DatasetConfig, stats: list[ObjectStat], index: ObjectIndex, mapper: Mapper | None
+) -> list[dict[str, str]]:
+    """Read the objects ``index`` does not know at their stat, through ``mapper``, and
+    record what each holds; the objects that cannot be read, named."""
+    reader = describe_reader(config.format, config.image, config.label)
+    stale = [stat for stat in stats if index.get(stat, reader) is None]
+    if not stale:
+        return []
+    log.info("%s: reading %d new or changed objects of %d", config.name, len(stale), len(stats))
+    skipped = []
+    outcomes = (mapper or thread_mapper)(partial(index_object, config=config), stale)
+    for stat, outcome in zip(stale, outcomes, strict=True):
+        if isinstance(outcome, Members):
+            index.put(stat, reader, outcome)
+        else:
+            skipped.append({"source": stat.url, "reason": outcome})
+    return skipped
 
 
 def _splits_by_name(urls: list[str]) -> dict[str, list[str]]:
@@ -262,71 +270,6 @@ def _class_indices(
     position = {name: i for i, name in enumerate(names)}
     return [position.get(str(label)) for label in labels], names
 
-
-class FetchCache:
-    """Local copies of remote objects, fetched whole once per process (one download per
-    object however many threads ask), kept up to :data:`FETCH_CACHE_BYTES` (least
-    recently used first out) in a temporary folder removed when the process ends.
-
-    Objects are handed out as open files (:meth:`open`): a copy evicted while a thread
-    still reads it is unlinked, and the open file keeps working.
-    """
-
-    def __init__(self, budget: int = FETCH_CACHE_BYTES) -> None:
-        self.budget = budget
-        self._folder: Path | None = None
-        self._files: OrderedDict[tuple[str, int], Path] = OrderedDict()
-        self._locks: dict[tuple[str, int], threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def open(self, stat: ObjectStat) -> BinaryIO:
-        """The object ``stat`` names, open for reading (a local object: its own file).
-
-        Raises
-        ------
-        ObjectGoneError, ObjectUnreadableError, StorageError
-            As :func:`~featurecache.datasets.objects.fetch`.
-        """
-        if not is_url(stat.url):
-            try:
-                return open(stat.url, "rb")  # noqa: SIM115 (the caller closes it)
-            except FileNotFoundError as exc:
-                raise ObjectGoneError(f"{stat.url}: gone since it was listed") from exc
-        key = (stat.url, stat.version)
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._lock:
-                if key in self._files and self._files[key].exists():
-                    self._files.move_to_end(key)
-                    return open(self._files[key], "rb")  # noqa: SIM115
-            name = hashlib.blake2b(f"{stat.url}\0{stat.version}".encode(), digest_size=12)
-            target = self._dir() / f"{name.hexdigest()}-{stat.url.rsplit('/', 1)[-1]}"
-            fetch(stat, into=target)
-            with self._lock:
-                self._files[key] = target
-                handle = open(target, "rb")  # noqa: SIM115 (opened before any eviction)
-                self._evict()
-            return handle
-
-    def _dir(self) -> Path:
-        with self._lock:
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="featurecache-fetch-"))
-                weakref.finalize(self, shutil.rmtree, self._folder, True)
-            return self._folder
-
-    def _evict(self) -> None:
-        total = sum(p.stat().st_size for p in self._files.values() if p.exists())
-        while len(self._files) > 1 and total > self.budget:
-            _, oldest = self._files.popitem(last=False)
-            total -= oldest.stat().st_size if oldest.exists() else 0
-            oldest.unlink(missing_ok=True)
-
-
-#: This process's fetched objects (shared by listing and reading, so that an object read
-#: to be indexed is not downloaded again to be extracted).
-FETCHED = FetchCache()
 
 #: Objects whose member offsets (or Parquet row group) an :class:`ObjectReader` keeps.
 KNOWN_OBJECTS = 16

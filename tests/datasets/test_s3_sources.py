@@ -19,7 +19,7 @@ import pytest
 
 from featurecache.cache import Cache
 from featurecache.config import BackboneConfig, DatasetConfig
-from featurecache.datasets import list_dataset, objects, sharded
+from featurecache.datasets import fetching, list_dataset, objects
 from featurecache.extraction import extract
 from tests.conftest import assert_same_numbers, invoke, json_or_none, sigkill_when, workspace
 from tests.datasets import sources
@@ -223,8 +223,8 @@ def test_the_server_down_stops_with_one_line_and_a_rerun_resumes(
     # down in the middle: the run stops when a shard cannot be fetched, after the
     # shards already read, and commits nothing
     s3server.start()
-    monkeypatch.setattr(objects, "FETCH_ATTEMPTS", 2)
-    real = sharded.FETCHED.open
+    monkeypatch.setattr(fetching, "FETCH_ATTEMPTS", 2)
+    real = fetching.FETCHED.open
     fetched = []
 
     def stop_after_two(stat):
@@ -233,7 +233,7 @@ def test_the_server_down_stops_with_one_line_and_a_rerun_resumes(
         fetched.append(stat.url)
         return real(stat)
 
-    monkeypatch.setattr(sharded.FETCHED, "open", stop_after_two)
+    monkeypatch.setattr(fetching.FETCHED, "open", stop_after_two)
     done = invoke("extract", pipeline, "--cache", cache)
     assert done.exit_code == 1, done.output
     assert "cannot reach the storage server" in done.output.strip().splitlines()[-1]
@@ -316,7 +316,7 @@ def test_shards_on_s3_on_two_dask_workers_match_the_local_folder(s3server, local
     for key, row in found.items():
         assert_same_numbers(row, reference[key])
     # the workers read the shards (for the index, then for the pixels); this process none
-    assert not [u for u, _ in sharded.FETCHED._files if "/cluster/" in u]
+    assert not [u for u, _ in fetching.FETCHED._files if "/cluster/" in u]
     assert {r.key for r in s3server.object_gets()} == {
         u.split("/", 3)[3] for v in urls.values() for u in v
     }

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -86,18 +87,28 @@ def flows(tmp_path_factory, datasets_dir) -> tuple[Path, dict[str, dict]]:
     for i, image in enumerate(pixels):
         Image.fromarray(image).save(images / f"{i}.png")
     common = ["--cache", work / "cache", "--output", work / "runs"]
-    done = {}
-    for backend in (b for b in BACKENDS if installed(b)):
+
+    def flow(backend: str, tf_folder: str | None) -> dict:
         run = featurecache(backend, "run", pipeline, *common)
         finetuned = featurecache(
             backend, "finetune", pipeline, *common, "--epochs", 1, "--max-steps", 2
         )
         [ft] = finetuned["finetune"]
         predicted = featurecache(backend, "predict", ft["folder"], images)
-        done[backend] = {"run": run, "finetune": ft, "predict": predicted}
-        if backend != "tensorflow" and "tensorflow" in done:
-            tf_folder = done["tensorflow"]["finetune"]["folder"]
-            done[backend]["predict_tf_model"] = featurecache(backend, "predict", tf_folder, images)
+        out = {"run": run, "finetune": ft, "predict": predicted}
+        if tf_folder is not None:
+            out["predict_tf_model"] = featurecache(backend, "predict", tf_folder, images)
+        return out
+
+    # TensorFlow first (the others predict with its fine-tuned model), then the others
+    # side by side: their processes spend much of their time importing and building,
+    # and they share the cache through its writer lock, as two cron jobs would
+    backends = [b for b in BACKENDS if installed(b)]
+    done = {b: flow(b, None) for b in backends if b == "tensorflow"}
+    tf_folder = done["tensorflow"]["finetune"]["folder"] if done else None
+    others = [b for b in backends if b != "tensorflow"]
+    with ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+        done.update(zip(others, pool.map(lambda b: flow(b, tf_folder), others), strict=True))
     return work, {"labels": [classes[i] for i in labels], "done": done}
 
 

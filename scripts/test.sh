@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test suite on a fresh clone: install, type-check the package (mypy, configured in
-# pyproject.toml), then run every test (slow ones included).
+# pyproject.toml), then run every test (slow ones included), one pytest-xdist worker per
+# core (at most 4), a test file per worker at a time (--dist loadfile: a module's
+# fixtures are made once). Many tests wait on real processes they start, so two workers
+# on two cores take 23 minutes where one took 40 (measured 2026-12-04).
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for the quick set.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 python -m mypy
-python -m pytest "$@"
+python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"

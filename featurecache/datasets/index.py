@@ -40,11 +40,17 @@ class ObjectIndex:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)
-        self.entries: dict[str, dict] = {}
+        self._entries: dict[str, dict] | None = None  # read on first use
         self._dirty = False
         self._forgotten: set[str] = set()
-        if self.path is not None:
-            self.entries = self._read()
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        """Object URL -> entry, read from ``path`` on first use (data sets of single-image
+        files never touch the index)."""
+        if self._entries is None:
+            self._entries = self._read() if self.path is not None else {}
+        return self._entries
 
     def get(self, stat: ObjectStat, reader: str) -> Members | None:
         """What the object held when it had ``stat``, read the way ``reader`` names (its
@@ -104,7 +110,7 @@ class ObjectIndex:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)
-        self.entries, self._dirty, self._forgotten = merged, False, set()
+        self._entries, self._dirty, self._forgotten = merged, False, set()
 
     def _read(self) -> dict[str, dict]:
         assert self.path is not None
@@ -115,7 +121,7 @@ class ObjectIndex:
             else:
                 raw = Path(self.path).read_bytes()
             doc = json.loads(gzip.decompress(raw))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
         except (OSError, ValueError, EOFError) as exc:
             log.warning(

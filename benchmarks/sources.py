@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import logging
 import os
 import pstats
@@ -66,6 +67,7 @@ from _results import save  # benchmarks/_results.py: scripts run from this folde
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+RESULTS = REPO / "benchmarks" / "results" / "sources.json"
 SHARED = REPO.parent / "shared"
 BUCKET = "bench"
 PER_SHARD = 128
@@ -526,6 +528,26 @@ def print_noop(part: dict[str, Any]) -> None:
     print(table(columns, phases))
 
 
+def part_noop(args: argparse.Namespace, server: Any, work: Path) -> dict:
+    """Part 2: the tiny objects made and uploaded, then each variant's no-op timed."""
+    (folder, shards), upload_seconds = timed(
+        lambda: (
+            tiny_folder(args.objects, server),
+            tiny_shards(args.shards, server, work / "tiny"),
+        )
+    )
+    print(f"made and uploaded the tiny objects in {upload_seconds:.0f} s", flush=True)
+    noops = {
+        "repeats": args.repeats,
+        "rows": [
+            noop(label, made, server, work, args.repeats)
+            for label, made in (("folder", folder), ("shards", shards))
+        ],
+    }
+    print_noop(noops)
+    return noops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=None, help="default: all of clothing_small")
@@ -533,7 +555,16 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=10_000, help="part 2: the folder's")
     parser.add_argument("--shards", type=int, default=80, help="part 2: shards of 128")
     parser.add_argument("--repeats", type=int, default=3, help="part 2: no-ops timed")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("sources", "noop"),
+        default=["sources", "noop"],
+        help="parts to run; a part not run keeps its figures from the saved results",
+    )
     args = parser.parse_args()
+    saved = RESULTS.read_text() if RESULTS.exists() else "{}"
+    previous = json.loads(saved)
     prepare_keras()
     sys.path.insert(0, str(REPO))  # featurecache and tests/ of this checkout
     from featurecache.deps import backend
@@ -543,23 +574,13 @@ def main() -> None:
     with S3Server() as server:
         os.environ.update(server.env)
         server.client().create_bucket(Bucket=BUCKET)
-        sources = part_sources(args.images or 1 << 30, args.rounds, server, work)
-        print_sources(sources)
-        (folder, shards), upload_seconds = timed(
-            lambda: (
-                tiny_folder(args.objects, server),
-                tiny_shards(args.shards, server, work / "tiny"),
-            )
-        )
-        print(f"made and uploaded the tiny objects in {upload_seconds:.0f} s", flush=True)
-        noops = {
-            "repeats": args.repeats,
-            "rows": [
-                noop(label, made, server, work, args.repeats)
-                for label, made in (("folder", folder), ("shards", shards))
-            ],
-        }
-        print_noop(noops)
+        sources = previous.get("sources")
+        if "sources" in args.parts:
+            sources = part_sources(args.images or 1 << 30, args.rounds, server, work)
+            print_sources(sources)
+        noops = previous.get("noop")
+        if "noop" in args.parts:
+            noops = part_noop(args, server, work)
     save(
         "sources",
         {

@@ -5,9 +5,11 @@ Three operations, each shaped by what goes wrong at scale:
 - :func:`expand` turns what a pipeline names (paths, URLs, brace patterns
   ``train-{000000..000127}.tar``, folders) into object URLs. Brace patterns are expanded
   by ``braceexpand`` (WebDataset's own dependency); only a named *folder* is listed.
-- :func:`stat_objects` gets every object's size and version from **one listing per
-  folder** (S3 ``ListObjectsV2`` returns 1,000 objects with their ETags per request), never
-  one request per object and never a GET: a no-op refresh reads no image bytes.
+- :func:`stat_objects` gets every object's size and version from listing requests (S3
+  ``ListObjectsV2`` returns 1,000 objects with their ETags per request): of the names'
+  common prefix (``train-0``) where they share one, else of their folder, or by a HEAD
+  each for a few objects of a folder that may hold millions; never a GET, so a no-op
+  refresh reads no image bytes.
 - :func:`fetch` reads a **whole** object, checks it against the listing (size, and the
   MD5 of an S3 single-part ETag) and retries with exponential backoff (``tenacity``)
   when the connection drops or the bytes do not match: a stream cut mid-object cannot
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 #: Objects of one folder stat'ed by a HEAD each; more are stat'ed by listing the folder
 #: (1,000 a request), so that a manifest naming a few objects of a huge prefix never lists it.
 HEAD_AT_MOST = 100
+#: Shortest common start of the named objects' names (``train-0``) that is listed as a
+#: prefix (S3 filters by prefix on the server), rather than listing their folder.
+PREFIX_AT_LEAST = 4
 #: The variables a missing-credentials error names, by URL scheme.
 CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials; "
@@ -162,7 +167,7 @@ def _list_folder(folder: str, suffixes: Sequence[str]) -> list[str]:
 
 
 def stat_objects(urls: Sequence[str]) -> dict[str, ObjectStat]:
-    """The stat of each of ``urls`` that exists, from one listing of each folder they are in.
+    """The stat of each of ``urls`` that exists, from listing requests (or HEADs; see above).
 
     Raises
     ------
@@ -182,6 +187,10 @@ def stat_objects(urls: Sequence[str]) -> dict[str, ObjectStat]:
                 except OSError:
                     continue
                 stats[url] = ObjectStat(url, st.st_size, st.st_mtime_ns)
+            continue
+        common = os.path.commonprefix([u.rsplit("/", 1)[1] for u in members])
+        if len(common) >= PREFIX_AT_LEAST:  # train-000000.tar...: list only those names
+            stats.update(list_stats(folder, prefix=common))
         elif len(members) > HEAD_AT_MOST:
             stats.update(list_stats(folder, recursive=False))
         else:  # a few objects of a folder that may hold millions: never list it
@@ -211,13 +220,19 @@ def _stat_of(url: str, entry: dict[str, Any]) -> ObjectStat:
     return ObjectStat(url, int(entry["size"]), version, etag.strip('"'))
 
 
-def list_stats(folder: str, recursive: bool = True) -> dict[str, ObjectStat]:
-    """Every object under the URL ``folder`` (recursively, or only its own objects) with
-    its stat, from listing requests only (no object is read)."""
+def list_stats(folder: str, recursive: bool = True, prefix: str = "") -> dict[str, ObjectStat]:
+    """Every object under the URL ``folder`` (recursively, or only its own objects; with
+    ``prefix``, only those whose names start with it, where the store can filter by
+    prefix, as S3 does) with its stat, from listing requests only (no object is read)."""
     fs, path = filesystem(folder)
     with remote_errors(folder):
         fs.invalidate_cache(path)
-        if recursive:
+        if prefix:
+            try:
+                entries = fs.find(path, prefix=prefix, detail=True).values()
+            except TypeError:  # a file system without prefix listing: the whole folder
+                entries = fs.ls(path, detail=True)
+        elif recursive:
             entries = fs.find(path, detail=True).values()
         else:
             try:

@@ -93,7 +93,9 @@ def list_members(
     index = index if index is not None else ObjectIndex()
     urls = _objects_by_split(config)
     everything = [u for found in urls.values() for u in found]
-    stats = stat_objects(everything)
+    stats: dict[str, ObjectStat] = {}
+    for found in urls.values():  # by split: train-0000..., test-0000... share a prefix each
+        stats.update(stat_objects(found))
     skipped = [
         {"source": u, "reason": f"{u}: not found (listed by the data set, absent from storage)"}
         for u in everything

@@ -213,7 +213,8 @@ def _dataset(table: Any, where: str, *, root: Path) -> DatasetConfig:
     values: dict[str, Any] = {}
     if isinstance(table, dict) and "path" in table:
         values["path"] = _under(root, table["path"])
-        if table.get("format") == "huggingface" and not values["path"].exists():
+        given = values["path"]
+        if table.get("format") == "huggingface" and isinstance(given, Path) and not given.exists():
             values["path"] = table["path"]  # a name on the Hugging Face hub
     if isinstance(table, dict) and "files" in table:
         values["files"] = _files_under(root, table["files"])

@@ -46,6 +46,7 @@ Markdown table per part and writes benchmarks/results/sources.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -67,6 +68,11 @@ from _results import save  # benchmarks/_results.py: scripts run from this folde
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+#: What ``--server`` runs; the proxy that counts requests is always in this process.
+SERVERS = {
+    "process": "moto's server in its own process, behind tests/s3proxy.py, on loopback",
+    "thread": "moto's ThreadedMotoServer in this process, behind tests/s3proxy.py, on loopback",
+}
 RESULTS = REPO / "benchmarks" / "results" / "sources.json"
 SHARED = REPO.parent / "shared"
 BUCKET = "bench"
@@ -562,30 +568,39 @@ def main() -> None:
         default=["sources", "noop"],
         help="parts to run; a part not run keeps its figures from the saved results",
     )
+    parser.add_argument(
+        "--server",
+        choices=("process", "thread"),
+        default="process",
+        help="moto in a process of its own (as a real server is), or a thread of this one",
+    )
     args = parser.parse_args()
     saved = RESULTS.read_text() if RESULTS.exists() else "{}"
     previous = json.loads(saved)
     prepare_keras()
     sys.path.insert(0, str(REPO))  # featurecache and tests/ of this checkout
     from featurecache.deps import backend
-    from tests.s3server import S3Server
+    from tests.s3server import S3Server, moto_process
 
     work = Path(tempfile.mkdtemp(prefix="fc-bench-sources-"))
-    with S3Server() as server:
+    with contextlib.ExitStack() as stack:
+        moto = stack.enter_context(moto_process()) if args.server == "process" else None
+        server = stack.enter_context(S3Server(moto))
         os.environ.update(server.env)
         server.client().create_bucket(Bucket=BUCKET)
         sources = previous.get("sources")
         if "sources" in args.parts:
             sources = part_sources(args.images or 1 << 30, args.rounds, server, work)
+            sources["server"] = SERVERS[args.server]
             print_sources(sources)
         noops = previous.get("noop")
         if "noop" in args.parts:
             noops = part_noop(args, server, work)
+            noops["server"] = SERVERS[args.server]
     save(
         "sources",
         {
             "benchmark": "sources",
-            "server": "moto ThreadedMotoServer behind tests/s3proxy.py, on loopback, in-process",
             "keras_backend": backend(),
             "part1_backbone": "mobilenet_v2 (imagenet, 224 px), keras engine, batch 32, local",
             "part2_backbone": "mobilenet_v2 (random weights, 32 px), keras engine, batch 32",

@@ -34,9 +34,14 @@ Typical use, from a conftest.py::
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tests.s3proxy import Proxy, Request, Traffic
@@ -75,10 +80,13 @@ class S3Server(Traffic):
     """moto's S3 on 127.0.0.1 behind a proxy that counts requests and injects faults.
 
     The proxy listens on a free port chosen by the OS; moto is this process's one moto
-    server (started on first use). Use as a context manager, or call ``start()`` and
-    ``stop()``; ``s3_fixture`` makes a pytest fixture of it. What reached the server
-    (``requests``, ``object_gets``...) and the faults to inject (``drop_after``,
-    ``fail_next``) are ``Traffic``'s methods, in tests/s3proxy.py.
+    server (started on first use), or the one at the address ``moto`` (a server in its
+    own process, from :func:`moto_process`, so that its work does not share this
+    process's interpreter lock with the code under test: what benchmarks want). Use as a
+    context manager, or call ``start()`` and ``stop()``; ``s3_fixture`` makes a pytest
+    fixture of it. What reached the server (``requests``, ``object_gets``...) and the
+    faults to inject (``drop_after``, ``fail_next``) are ``Traffic``'s methods, in
+    tests/s3proxy.py.
 
     Attributes
     ----------
@@ -89,8 +97,9 @@ class S3Server(Traffic):
         with ``skip_instance_cache=True``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, moto: tuple[str, int] | None = None) -> None:
         super().__init__()
+        self._moto_given = moto
         self._moto_address: tuple[str, int] | None = None
         self._proxy: Proxy | None = None
         self._port = 0
@@ -101,7 +110,7 @@ class S3Server(Traffic):
     def start(self) -> S3Server:
         """Start the proxy (and moto, the first time in this process), on the port the
         proxy had before if it was stopped. Returns self."""
-        self._moto_address = _moto()
+        self._moto_address = self._moto_given or _moto()
         if self._proxy is None:
             self._proxy = Proxy(self._port, self._moto_address, self)
             self._port = self._proxy.server_address[1]
@@ -162,6 +171,30 @@ class S3Server(Traffic):
             aws_secret_access_key=_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
             region_name=_CREDENTIALS["AWS_DEFAULT_REGION"],
         )
+
+
+@contextmanager
+def moto_process() -> Iterator[tuple[str, int]]:
+    """moto's server in a process of its own on a free port of 127.0.0.1 (its address),
+    stopped on exit. Its buckets are its own: :meth:`S3Server.reset` empties them."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):  # up to 30 s for it to listen
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"moto's server exited ({process.returncode})") from None
+                time.sleep(0.1)
+        yield ("127.0.0.1", port)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def s3_fixture(*buckets: str, scope: str = "function", name: str | None = None) -> Any:

@@ -15,7 +15,7 @@ import fsspec
 import pytest
 from aiohttp import ClientPayloadError
 
-from tests.s3server import Request, S3Server, s3_fixture
+from tests.s3server import Request, S3Server, moto_process, s3_fixture
 
 BUCKET = "s3server-test"
 s3server = s3_fixture(BUCKET)
@@ -178,3 +178,15 @@ def test_the_server_as_a_context_manager():
         server.reset()
         assert server.client().list_buckets()["Buckets"] == []
     assert not server.running
+
+
+def test_moto_in_a_process_of_its_own_serves_through_the_proxy(monkeypatch):
+    with moto_process() as address, S3Server(address) as server:
+        assert server.moto_endpoint.endswith(f":{address[1]}")
+        server.client().create_bucket(Bucket="own-process")
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        s3fs_filesystem().pipe("own-process/a.bin", b"abc")
+        body = server.client().get_object(Bucket="own-process", Key="a.bin")["Body"]
+        assert body.read() == b"abc"
+        assert [(r.method, r.key) for r in server.requests()] == [("PUT", "a.bin")]

@@ -49,6 +49,13 @@ HEAD_AT_MOST = 100
 #: Shortest common start of the named objects' names (``train-0``) that is listed as a
 #: prefix (S3 filters by prefix on the server), rather than listing their folder.
 PREFIX_AT_LEAST = 4
+#: Folder levels of a listed tree read a level at a time (one delimited listing per
+#: folder) before each folder below is listed whole, all on threads: a data set at
+#: ``root/<split>/<class>/`` is listed as one recursive listing per class, side by side,
+#: rather than one listing of every object in a row (a request returns 1,000 objects).
+TREE_LEVELS = 2
+#: Listing and HEAD requests in flight at once.
+REQUEST_THREADS = 16
 #: The variables a missing-credentials error names, by URL scheme.
 CREDENTIALS = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials; "
@@ -210,7 +217,7 @@ def _head_stats(urls: Sequence[str]) -> dict[str, ObjectStat]:
             except FileNotFoundError:
                 return None
 
-    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="head") as pool:
+    with ThreadPoolExecutor(max_workers=REQUEST_THREADS, thread_name_prefix="head") as pool:
         return {s.url: s for s in pool.map(head, urls) if s is not None}
 
 
@@ -223,7 +230,9 @@ def _stat_of(url: str, entry: dict[str, Any]) -> ObjectStat:
 def list_stats(folder: str, recursive: bool = True, prefix: str = "") -> dict[str, ObjectStat]:
     """Every object under the URL ``folder`` (recursively, or only its own objects; with
     ``prefix``, only those whose names start with it, where the store can filter by
-    prefix, as S3 does) with its stat, from listing requests only (no object is read)."""
+    prefix, as S3 does) with its stat, from listing requests only (no object is read).
+    A recursive listing reads the top :data:`TREE_LEVELS` levels of folders first and
+    then lists the folders below them side by side."""
     fs, path = filesystem(folder)
     with remote_errors(folder):
         fs.invalidate_cache(path)
@@ -233,7 +242,7 @@ def list_stats(folder: str, recursive: bool = True, prefix: str = "") -> dict[st
             except TypeError:  # a file system without prefix listing: the whole folder
                 entries = fs.ls(path, detail=True)
         elif recursive:
-            entries = fs.find(path, detail=True).values()
+            entries = _walk(fs, path)
         else:
             try:
                 entries = fs.ls(path, detail=True)
@@ -245,6 +254,32 @@ def list_stats(folder: str, recursive: bool = True, prefix: str = "") -> dict[st
             url = _url(fs, entry["name"])
             out[url] = _stat_of(url, entry)
     return out
+
+
+def _walk(fs: Any, path: str) -> list[dict[str, Any]]:
+    """Every object under ``path`` as listing entries: :data:`TREE_LEVELS` levels of
+    folders a level at a time, then each folder below them whole, on threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def level(folder: str) -> list[dict[str, Any]]:
+        try:
+            return list(fs.ls(folder, detail=True, refresh=True))
+        except FileNotFoundError:
+            return []
+
+    entries: list[dict[str, Any]] = []
+    folders = [path]
+    with ThreadPoolExecutor(max_workers=REQUEST_THREADS, thread_name_prefix="list") as pool:
+        for _ in range(TREE_LEVELS):
+            below: list[dict[str, Any]] = []
+            for listed in pool.map(level, folders):
+                for entry in listed:
+                    is_folder = entry.get("type") == "directory"
+                    (below if is_folder else entries).append(entry)
+            folders = [entry["name"] for entry in below]
+        for found in pool.map(lambda folder: fs.find(folder, detail=True), folders):
+            entries.extend(found.values())
+    return entries
 
 
 def _mtime_ns(entry: dict[str, Any]) -> int:

@@ -365,3 +365,17 @@ def test_objects_with_the_same_name_in_two_folders_stay_apart(s3server, local):
         for index, record in enumerate(listing.records):
             if record.split == split:
                 assert listing.load(index).key == record.key
+
+
+def test_a_folder_is_listed_as_a_tree_of_class_folders_side_by_side(s3server):
+    client = s3server.client()
+    keys = ["tree/top.jpg", "tree/train/cat/a.jpg", "tree/train/cat/deep/b.jpg"]
+    keys += [f"tree/{split}/dog/{i}.jpg" for split in ("train", "test") for i in range(3)]
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=key.encode())
+    stats = objects.list_stats(f"s3://{BUCKET}/tree")
+    assert sorted(stats) == sorted(f"s3://{BUCKET}/{key}" for key in keys)
+    assert all(s.size == len(url.removeprefix(f"s3://{BUCKET}/")) for url, s in stats.items())
+    assert s3server.object_gets() == []
+    lists = [r for r in s3server.requests() if r.method == "GET" and not r.key]
+    assert len(lists) == 1 + 2 + 3  # the root; train/ and test/; their 3 class folders

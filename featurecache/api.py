@@ -32,6 +32,7 @@ from featurecache.config import Pipeline, cache_path, load_all, resolve_pipeline
 from featurecache.quiet import configure as _configure_quiet
 
 if TYPE_CHECKING:
+    from featurecache.auditing import AuditResult
     from featurecache.cache import Cache as Cache
     from featurecache.cache import FeatureSet as FeatureSet
     from featurecache.cache.admin import GcResult
@@ -340,6 +341,34 @@ def report(
     collection = collect(list(targets), output=output)
     files = write_report(collection, Path(report or collection.default_report(output)))
     return ReportResult(collection, files)
+
+
+def audit(pipeline: PipelineLike) -> list[AuditResult]:
+    """Audit the pipeline's cached features: duplicates and the leak of test images into
+    train, likely label errors (cleanlab), outliers, each trained head's test mistakes
+    and its top-1 without the leaked images. Nothing is extracted; only the few images
+    shown are read again, for thumbnails.
+
+    Writes ``runs/<pipeline>/<dataset>/<group>/audit/``: ``audit.html`` (thumbnails, a
+    2-D map), ``audit.json``, and a CSV per finding. Settings: the pipeline's
+    ``[audit]`` table (:class:`~featurecache.config.AuditConfig`).
+
+    Returns
+    -------
+    list of AuditResult
+        One per data set x backbone: counts, top-1 with and without the leak, the page's
+        path, seconds per phase. ``to_dict()`` is ``audit --json``.
+
+    Raises
+    ------
+    CacheError
+        If the features are not cached (run :func:`extract` first).
+    DependencyError
+        If the audit extra is missing (``pip install 'featurecache[audit]'``).
+    """
+    from featurecache.auditing import audit_pipeline
+
+    return audit_pipeline(_pipeline(pipeline))
 
 
 def list_backbones() -> list[dict[str, Any]]:

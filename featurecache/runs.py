@@ -82,6 +82,14 @@ class RunLayout:
     def root(self) -> Path:
         return self.output / self.pipeline
 
+    def group_dir(self, dataset: str, group: str) -> Path:
+        """Everything made from one cache group: its heads, fine-tuned models, audit."""
+        return self.root / dataset / group
+
+    def audit_dir(self, dataset: str, group: str) -> Path:
+        """``featurecache audit``'s findings and page for one cache group."""
+        return self.group_dir(dataset, group) / "audit"
+
     def head_dir(self, dataset: str, group: str, head: str) -> Path:
         """A head trained on the features of one cache group."""
         return self.root / dataset / group / head

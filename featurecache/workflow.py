@@ -9,17 +9,20 @@ differ from now. Both check the heads before anything is extracted, so a typo in
 head costs seconds, not an extraction: ``run`` every head, ``refresh`` every head kind
 and the heads that were never trained with their present settings (new or edited), so
 that a refresh with nothing to do imports no scikit-learn and stays fast. (A head's
-taps are checked against the backbones' when the pipeline is made.)
+taps are checked against the backbones' when the pipeline is made.) A pipeline with an
+``[audit]`` table is audited again by ``refresh`` when its rows, heads or audit settings
+changed (:mod:`featurecache.auditing`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from featurecache.auditing import AuditResult, audit_pipeline
 from featurecache.config import Pipeline
 from featurecache.extraction import Cluster, ExtractResult, extract
 from featurecache.heads import check_heads
@@ -34,12 +37,14 @@ class RunResult:
     pipeline: str
     extract: list[ExtractResult]
     heads: list[HeadResult]
+    audit: list[AuditResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline,
             "extract": [r.to_dict() for r in self.extract],
             "heads": [h.to_dict() for h in self.heads],
+            "audit": [a.to_dict() for a in self.audit],
             "n_extracted": sum(r.n_extracted for r in self.extract),
             "n_heads_trained": sum(h.trained for h in self.heads),
         }
@@ -86,11 +91,15 @@ def refresh(
     wait: bool = True,
     cluster: Cluster | None = None,
 ) -> list[RunResult]:
-    """Bring every pipeline up to date: new or changed images only, changed heads only."""
-    return [
-        run_pipeline(p, progress=progress, wait=wait, cluster=cluster, only_changed=True)
-        for p in pipelines
-    ]
+    """Bring every pipeline up to date: new or changed images only, changed heads only,
+    and the audit of a pipeline that declares ``[audit]`` where its inputs changed."""
+    results = []
+    for p in pipelines:
+        result = run_pipeline(p, progress=progress, wait=wait, cluster=cluster, only_changed=True)
+        if p.audit is not None:
+            result.audit = audit_pipeline(p, only_changed=True)
+        results.append(result)
+    return results
 
 
 @dataclass

@@ -7,5 +7,11 @@
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"` for the quick set.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
+# The audit page is opened in Debian's Chromium (tests/audit/test_page.py); without it
+# that test skips and says how to install it.
+if ! command -v chromium > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        > .venv/apt-chromium.log 2>&1 || echo "test: chromium did not install (.venv/apt-chromium.log)" >&2
+fi
 python -m mypy
 python -m pytest -n auto --maxprocesses 4 --dist loadfile "$@"

@@ -42,6 +42,7 @@ LAYERS = {
     "featurecache.heads.train": 3,
     "featurecache.finetuning": 3,
     "featurecache.reporting": 3,
+    "featurecache.auditing": 3,
     "featurecache.prediction": 3,
     "featurecache.workflow": 4,
     "featurecache.api": 5,

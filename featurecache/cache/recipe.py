@@ -34,7 +34,7 @@ from featurecache.cache.layout import Cache
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig, Pipeline
 from featurecache.config.hub import is_hub, preset_files
 from featurecache.deps import BACKENDS, backend, backend_version, package_version
-from featurecache.errors import EngineError
+from featurecache.errors import CacheError, EngineError
 from featurecache.hashing import sha256_file, sha256_files
 from featurecache.images import RESIZE_METHOD
 
@@ -204,6 +204,26 @@ def find_group(cache: Cache, dataset: str, backbone: BackboneConfig) -> CachedGr
     unchanged). No TensorFlow import, no model build.
     """
     return _find(cache, backbone, lambda ds: ds == dataset)
+
+
+def require_group(cache: Cache, dataset: str, backbone: BackboneConfig) -> CachedGroup:
+    """:func:`find_group`, for the stages that read features (train-head, audit).
+
+    Raises
+    ------
+    CacheError
+        If there is none: names the cache, the data set, the backbone's settings and the
+        command that makes the features.
+    """
+    found = find_group(cache, dataset, backbone)
+    if found is None:
+        raise CacheError(
+            f"the cache {str(cache.root)!r} has no features for data set {dataset!r} with "
+            f"backbone {backbone.name} ({backbone.input_size} px, {backbone.pooling} pooling, "
+            f"weights {backbone.weights}); run `featurecache extract` with the same settings "
+            "first"
+        )
+    return found
 
 
 def find_any_group(cache: Cache, backbone: BackboneConfig) -> CachedGroup | None:

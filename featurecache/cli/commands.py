@@ -78,6 +78,17 @@ def train_head(selected: PipelineOptions, head: HeadOpt = None, output: OutputOp
 
 
 @command()
+def audit(selected: PipelineOptions, output: OutputOpt = None) -> Output:
+    """Audit the cached features: duplicates and test images leaked into train, likely
+    label errors, outliers, the heads' worst mistakes; writes audit.html beside the heads.
+
+    Nothing is extracted: run `featurecache run` first. Settings: the pipeline's [audit].
+    """
+    results = api.audit(selected.load(output=output))
+    return Output({"audit": [r.to_dict() for r in results]}, lambda: render.audited(results))
+
+
+@command()
 def run(
     selected: PipelineOptions,
     how: ExtractionOptions,

@@ -66,6 +66,27 @@ def heads(results: Sequence[Any]) -> None:
         typer.echo(f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} {how} -> {r.folder}")
 
 
+def audited(results: Sequence[Any]) -> None:
+    for r in results:
+        if r.unchanged:
+            typer.echo(f"audit of {r.dataset} x {r.backbone}: inputs unchanged, kept -> {r.page}")
+            continue
+        c = r.counts
+        typer.echo(
+            f"audit of {r.dataset} x {r.backbone} ({r.n_images:,} images): {c['leaks']} test "
+            f"images leaked from train, {c['duplicate_pairs']} duplicate pairs in "
+            f"{c['duplicate_groups']} groups, {c['label_issues']} likely label errors, "
+            f"{c['outliers']} outliers ({sum(r.seconds.values()):.0f} s)"
+        )
+        for a in r.accuracy:
+            without = "-" if a["without_leak"] is None else f"{a['without_leak']:.3f}"
+            typer.echo(
+                f"  head {a['head']}: test top-1 {a['test']:.3f}, {without} without the "
+                f"{a['n_leaked']} leaked test images"
+            )
+        typer.echo(f"  -> {r.page}")
+
+
 def finetuned(results: Sequence[Any]) -> None:
     for r in results:
         per_epoch = (
@@ -100,6 +121,7 @@ def refreshed(results: Sequence[Any]) -> None:
         typer.echo(f"pipeline {r.pipeline}:")
         extracted(r.extract)
         heads(r.heads)
+        audited(r.audit)
 
 
 def collected(result: Any) -> None:

@@ -15,6 +15,7 @@ from featurecache.config.load import DATA_ROOT_ENV, discover, load_all, load_pip
 from featurecache.config.model import (
     CACHE_ENV,
     DEFAULT_OUTPUT,
+    AuditConfig,
     Augmentation,
     FinetuneConfig,
     HeadConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "ENGINE_ENV",
     "RANDOM_WEIGHTS_SEED",
     "REGISTRY",
+    "AuditConfig",
     "Augmentation",
     "BackboneConfig",
     "BackboneSpec",

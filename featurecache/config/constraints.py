@@ -38,6 +38,9 @@ FLIPS = ("", "horizontal", "vertical", "horizontal_and_vertical")
 VIEWS = ("identity", "flip")
 SOURCES = ("images", "cache")
 OPTIMIZERS = ("sgd", "adam")
+#: How ``featurecache audit`` draws its 2-D map of the embeddings (auto: UMAP where
+#: umap-learn is installed, else scikit-learn's t-SNE).
+MAPS = ("auto", "umap", "tsne", "none")
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,17 @@ FINETUNE: Table = {
     "seed": [Integral],
     "source": [Options(SOURCES)],
     "optimizer": [Options(OPTIMIZERS)],
+}
+AUDIT: Table = {
+    "threshold": [Interval(Real, 0, 1, closed="neither", what="a cosine similarity")],
+    "neighbours": [Interval(Integral, 2, 100)],
+    "cv": [Interval(Integral, 2, 20)],
+    "exact_at_most": [Interval(Integral, 1, None)],
+    "map": [Options(MAPS)],
+    "map_points": [Interval(Integral, 10, None)],
+    "thumbnails": [Interval(Integral, 0, 1000)],
+    "outliers": [Interval(Real, 0, 0.5, closed="neither", what="a fraction of the images")],
+    "seed": [Integral],
 }
 PIPELINE: Table = {
     "name": [str],

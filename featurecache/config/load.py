@@ -20,6 +20,7 @@ from featurecache.config.backbone import BackboneConfig
 from featurecache.config.dataset import DatasetConfig, Hdf5Source
 from featurecache.config.model import (
     DEFAULT_OUTPUT,
+    AuditConfig,
     FinetuneConfig,
     HeadConfig,
     Pipeline,
@@ -42,6 +43,7 @@ PIPELINE_KEYS = (
     "backbones",
     "heads",
     "finetune",
+    "audit",
     "references",
     "description",
 )
@@ -270,6 +272,9 @@ def _pipeline(
     finetune = raw.get("finetune", {})
     if not isinstance(finetune, dict):
         raise ConfigError("finetune must be a [finetune] table", key="finetune")
+    audit = raw.get("audit")
+    if audit is not None and not isinstance(audit, dict):
+        raise ConfigError("audit must be an [audit] table", key="audit")
     return Pipeline(
         name=str(raw.get("name", file.stem)),
         datasets=datasets,
@@ -279,6 +284,7 @@ def _pipeline(
         output=Path(output if output is not None else raw.get("output", DEFAULT_OUTPUT)),
         batch_size=raw.get("batch_size", 32),
         finetune=_build(FinetuneConfig, finetune, "[finetune]"),
+        audit=None if audit is None else _build(AuditConfig, audit, "[audit]"),
         references=references,
         description=str(raw.get("description", "")),
         source=file,

@@ -163,6 +163,35 @@ class FinetuneConfig:
         rules.complete(self, unfreeze=tuple(self.unfreeze), augment=_augmentation(self.augment))
 
 
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """How ``featurecache audit`` reads the cache (a pipeline's ``[audit]`` table).
+
+    ``threshold`` is the cosine similarity of L2-normalised features at or above which
+    two images are near-duplicates (chosen on planted duplicates: ``docs/audit.md``);
+    ``neighbours`` the nearest neighbours looked at per image (duplicates and the
+    outlier score); ``cv`` the stratified folds of the out-of-sample probabilities that
+    label issues are found from; ``exact_at_most`` the most images searched exactly
+    (beyond, an approximate faiss index); ``map`` the 2-D map's method, drawn from at
+    most ``map_points`` images; ``thumbnails`` the most images shown per finding;
+    ``outliers`` the fraction of images reported as outliers; ``seed`` fixes the folds,
+    the map and the samples.
+    """
+
+    threshold: float = 0.93
+    neighbours: int = 10
+    cv: int = 4
+    exact_at_most: int = 200_000
+    map: str = "auto"
+    map_points: int = 5000
+    thumbnails: int = 24
+    outliers: float = 0.005
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rules.check(self, rules.AUDIT)
+
+
 def _augmentation(value: Any) -> Augmentation:
     if isinstance(value, Augmentation):
         return value
@@ -222,8 +251,9 @@ class Pipeline:
 
     ``cache`` is a folder or an fsspec URL (:func:`cache_path`); ``output`` the runs
     folder that heads are written under (:class:`featurecache.runs.RunLayout`);
-    ``batch_size`` the images per backbone batch during extraction; ``source`` the
-    pipeline file, if any.
+    ``batch_size`` the images per backbone batch during extraction; ``audit`` the
+    ``[audit]`` table (``None`` when the file has none: ``refresh`` then runs no audit);
+    ``source`` the pipeline file, if any.
     """
 
     name: str
@@ -234,6 +264,7 @@ class Pipeline:
     output: Path = Path(DEFAULT_OUTPUT)
     batch_size: int = 32
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    audit: AuditConfig | None = None
     references: tuple[Reference, ...] = ()
     description: str = ""
     source: Path | None = None

@@ -80,14 +80,7 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
     results = []
     for dataset in pipeline.datasets:
         for backbone in pipeline.backbones:
-            found = recipes.find_group(cache, dataset.name, backbone)
-            if found is None:
-                raise CacheError(
-                    f"the cache {str(pipeline.cache)!r} has no features for data set "
-                    f"{dataset.name!r} with backbone {backbone.name} ({backbone.input_size} px, "
-                    f"{backbone.pooling} pooling, weights {backbone.weights}); run "
-                    "`featurecache extract` with the same settings first"
-                )
+            found = recipes.require_group(cache, dataset.name, backbone)
             read: dict[tuple, FeatureSet] = {}
             for head, kind in zip(pipeline.heads, kinds, strict=True):
                 flipped = head.views and "flip" in found.attrs["backbone"].get("views", ())

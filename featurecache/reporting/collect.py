@@ -13,6 +13,7 @@ their ``[[references]]``), runs folders (every head under them) or cache folders
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Block:
     heads: list[HeadRecord] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     finetuned: list[HeadRecord] = field(default_factory=list)
+    audit: dict[str, Any] | None = None
 
     @property
     def extraction(self) -> dict[str, Any]:
@@ -168,8 +170,9 @@ def _from_pipeline(pipeline: Pipeline) -> list[Block]:
                 block.heads.append(newest)
                 block.group = newest.info["cache"]["group"]
             if block.group:
-                folder = RunLayout.of(pipeline).root / dataset.name / block.group
+                folder = RunLayout.of(pipeline).group_dir(dataset.name, block.group)
                 block.finetuned = _finetuned_in(folder)
+                block.audit = _audit_in(folder)
             if block.missing:
                 log.warning(
                     "%s: %s x %s: no trained head %s under %s (run `featurecache run %s`)",
@@ -227,4 +230,19 @@ def _blocks(runs: list[HeadRecord]) -> list[Block]:
         block.heads.append(run)
     for block in blocks.values():
         block.finetuned = _finetuned_in(block.heads[0].folder.parent)
+        block.audit = _audit_in(block.heads[0].folder.parent)
     return list(blocks.values())
+
+
+def _audit_in(folder: Path) -> dict[str, Any] | None:
+    """What ``featurecache audit`` found for one cache group (its ``audit.json``'s
+    ``result``, with ``page``: the path of ``audit.html``), or None if it was not audited."""
+    path = folder / "audit" / "audit.json"
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("skipping the audit %s: %s", path, exc)
+        return None
+    return {**saved.get("result", {}), "page": folder / "audit" / "audit.html"}

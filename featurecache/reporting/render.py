@@ -9,6 +9,7 @@ clock on the machine that ran them.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -81,9 +82,15 @@ def _versus(best: HeadRecord | None, ref: Reference) -> str:
 class _Writer:
     """Builds the Markdown text; ``image`` decides how a figure is referenced."""
 
-    def __init__(self, image: Callable[[Path, str], str]) -> None:
+    def __init__(self, image: Callable[[Path, str], str], base: Path | None = None) -> None:
         self.lines: list[str] = []
         self.image = image
+        self.base = base
+
+    def link(self, path: Path, text: str) -> str:
+        """A Markdown link to ``path``, relative to the report's folder when known."""
+        target = Path(os.path.relpath(path, self.base)) if self.base else path
+        return f"[{text}]({target.as_posix()})"
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -98,10 +105,14 @@ class _Writer:
 
 
 def render(
-    collection: Collection, image: Callable[[Path, str], str], plots: dict[int, Path]
+    collection: Collection,
+    image: Callable[[Path, str], str],
+    plots: dict[int, Path],
+    base: Path | None = None,
 ) -> str:
-    """The report as Markdown; ``plots`` are :func:`draw_plots`' figures."""
-    w = _Writer(image)
+    """The report as Markdown; ``plots`` are :func:`draw_plots`' figures; links to other
+    pages (the audit's) are relative to ``base``, the report's folder."""
+    w = _Writer(image, base)
     _preamble(w, collection)
     _summary(w, collection)
     for index, block in enumerate(collection.blocks):
@@ -141,6 +152,7 @@ def _summary(w: _Writer, collection: Collection) -> None:
                 block.backbone["name"],
                 _label(best) if best else "-",
                 f"{_pct(test.get('accuracy'))} {_ci(test)}" if test else "-",
+                _without_leak(block, best),
                 _pct(test.get("balanced_accuracy")),
                 "<br>".join(_versus(best, r) for r in collection.references.get(block.dataset, [])),
                 _secs(block.extraction.get("seconds")),
@@ -155,6 +167,7 @@ def _summary(w: _Writer, collection: Collection) -> None:
             "backbone",
             "best head",
             "test top-1 [95% CI]",
+            "without leaked test images",
             "balanced acc.",
             "write-up figures (ours - theirs)",
             "extraction",
@@ -162,7 +175,7 @@ def _summary(w: _Writer, collection: Collection) -> None:
             "fine-tuning",
         ],
         summary,
-        "lllrrlrrl",
+        "lllrrrlrrl",
     )
 
 
@@ -184,10 +197,51 @@ def _block(w: _Writer, collection: Collection, block: Block, plot: Path | None) 
     if block.missing:
         w.add(f"- Not trained yet: {', '.join(block.missing)}.")
     w.add("")
+    _audit(w, block)
     for run in block.heads:
         _head(w, run)
     for run in block.finetuned:
         _finetuned(w, run)
+
+
+def _without_leak(block: Block, run: HeadRecord | None) -> str:
+    """``run``'s test top-1 without the test images the audit found in train; ``-`` where
+    there is no audit (or ``run`` is a fine-tuned model, which it does not run)."""
+    found = [a for a in (block.audit or {}).get("accuracy", []) if run and a["head"] == run.name]
+    if not found or run is None or run.kind != "frozen" or found[0]["without_leak"] is None:
+        return "-"
+    return f"{_pct(found[0]['without_leak'])} ({found[0]['n_leaked']} left out)"
+
+
+def _audit(w: _Writer, block: Block) -> None:
+    """The audit's findings and each head's top-1 with and without the leak."""
+    audit = block.audit
+    if not audit:
+        w.add(f"Not audited yet: `featurecache audit {block.source or 'PIPELINE'}`.", "")
+        return
+    c = audit["counts"]
+    w.add(
+        "### Audit",
+        "",
+        f"{w.link(audit['page'], 'The audit page')} (thumbnails, a map of the embeddings): "
+        f"{c['leaks']} test images with a duplicate in train, {c['duplicate_pairs']} duplicate "
+        f"pairs in {c['duplicate_groups']} groups, {c['label_issues']} likely label errors, "
+        f"{c['outliers']} outliers.",
+        "",
+    )
+    if audit["accuracy"]:
+        w.table(
+            ["head", "test top-1", "without leaked test images", "leaked test images"],
+            [
+                [
+                    a["head"],
+                    _pct(a["test"]),
+                    _pct(a["without_leak"]),
+                    f"{a['n_leaked']} of {a['n_test']}",
+                ]
+                for a in audit["accuracy"]
+            ],
+        )
 
 
 def _label(run: HeadRecord) -> str:

@@ -126,9 +126,9 @@ def _write(collection: Collection, out: Path) -> dict[str, Path]:
         return f"![{alt}](data:image/png;base64,{data})"
 
     plots = draw_plots(collection, files)
-    text = render(collection, linked, plots)
+    text = render(collection, linked, plots, out.parent)
     html_body = markdown.markdown(
-        render(collection, embedded, plots), extensions=["tables", "fenced_code"]
+        render(collection, embedded, plots, out.parent), extensions=["tables", "fenced_code"]
     )
     html = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>featurecache results</title>"
@@ -165,6 +165,7 @@ def to_json(collection: Collection) -> dict[str, Any]:
                 "best": {"name": b.best.name, "kind": b.best.kind} if b.best else None,
                 "heads": [_head_json(r) for r in b.heads],
                 "finetuned": [_finetuned_json(r) for r in b.finetuned],
+                "audit": {**b.audit, "page": str(b.audit["page"])} if b.audit else None,
             }
             for b in collection.blocks
         ],

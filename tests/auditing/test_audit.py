@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +92,16 @@ def test_accuracy_without_the_leak_and_the_files_beside_it(planted):
     assert not list(open_cache(planted[0] / "cache").root.rglob("*.jpg"))  # none in the cache
 
 
+def test_the_report_links_the_audit_beside_the_accuracy(planted):
+    work, pipeline, _, result = planted
+    assert invoke("report", pipeline).exit_code == 0
+    text = (work / "runs" / "planted" / "report.md").read_text()
+    assert "without leaked test images" in text
+    assert "[The audit page](planted/mobilenet_v2-" in text and "/audit/audit.html)" in text
+    [block] = json.loads((work / "runs" / "planted" / "report.json").read_text())["blocks"]
+    assert block["audit"]["counts"] == result["counts"]
+
+
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
 )
@@ -140,7 +149,6 @@ def test_refresh_keeps_the_audit_and_a_gone_source_is_named(planted):
     named += [p["b"] for p in found["duplicates"]["pairs"] if p["b"]["source"] == str(gone)]
     shown = [image for image in named if "thumb" in image]
     assert shown and all(i["thumb"] is None and "gone" in i["missing"] for i in shown)
-    shutil.rmtree(work / "runs")
 
 
 def test_flipped_labels_of_real_photos_rank_first(datasets_dir, tmp_path):

@@ -115,10 +115,11 @@ def test_report_summary_sets_our_figure_beside_the_write_up(report):
         cells = summary[block["dataset"]]
         assert cells[2] == best["name"]
         assert cells[3].startswith(f"{best['metrics']['test']['accuracy']:.3f} [")
-    cat = summary["catvnoncat"][5].split("<br>")
+        assert cells[4] == "-"  # not audited
+    cat = summary["catvnoncat"][6].split("<br>")
     assert cat[1].startswith("0.86 small CNN trained from scratch (+")
     assert float(cat[1].split("(")[1].rstrip(")")) >= 0.0  # at least the published figure
-    fingers = summary["fingers"][5]  # 4 classes, alpha 0.35, validation accuracy
+    fingers = summary["fingers"][6]  # 4 classes, alpha 0.35, validation accuracy
     assert "theirs on validation, ours on test" in fingers and "not like for like" in fingers
     assert "CV top-1" in markdown and "Reproduce: `featurecache run" in markdown
     assert "wrote" in result.output

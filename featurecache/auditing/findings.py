@@ -87,6 +87,7 @@ def collect_findings(features: FeatureSet, searches: Searches, settings: dict) -
     else:
         out["label_issues"] = {
             "folds": labels.folds,
+            "out_of_sample_top1": round(labels.top1(features.y), 4),
             "n_flagged": len(labels.flagged),
             "issues": [
                 image(

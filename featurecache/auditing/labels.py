@@ -59,6 +59,11 @@ class LabelIssues:
         """Every row, the most likely label error first (by quality score)."""
         return np.argsort(self.quality, kind="stable")
 
+    def top1(self, y: np.ndarray) -> float:
+        """Top-1 accuracy of the out-of-sample probabilities against labels ``y``: how
+        much the model behind the flags can be trusted."""
+        return float((self.suggested == y).mean()) if len(y) else 0.0
+
     @property
     def suggested(self) -> np.ndarray:
         """The most probable class of each row (out of sample): int64 array."""

@@ -168,7 +168,10 @@ class AuditConfig:
     """How ``featurecache audit`` reads the cache (a pipeline's ``[audit]`` table).
 
     ``threshold`` is the cosine similarity of L2-normalised features at or above which
-    two images are near-duplicates (chosen on planted duplicates: ``docs/audit.md``);
+    two images are near-duplicates: 0.90 was chosen on duplicates planted in
+    clothing_small with MobileNetV2 features (the middle of 0.88-0.92, where recall and
+    precision were both >= 0.95; ``benchmarks/audit.py``, ``docs/audit.md``); another
+    backbone's features may want another;
     ``neighbours`` the nearest neighbours looked at per image (duplicates and the
     outlier score); ``cv`` the stratified folds of the out-of-sample probabilities that
     label issues are found from; ``exact_at_most`` the most images searched exactly
@@ -178,7 +181,7 @@ class AuditConfig:
     the map and the samples.
     """
 
-    threshold: float = 0.93
+    threshold: float = 0.90
     neighbours: int = 10
     cv: int = 4
     exact_at_most: int = 200_000

@@ -63,6 +63,15 @@ CHANGES = {
     "finetune.augment.translation": 0.05,
     "finetune.source": "cache",
     "finetune.optimizer": "adam",
+    "audit.threshold": 0.85,
+    "audit.neighbours": 5,
+    "audit.cv": 3,
+    "audit.exact_at_most": 1000,
+    "audit.map": "tsne",
+    "audit.map_points": 100,
+    "audit.thumbnails": 5,
+    "audit.outliers": 0.01,
+    "audit.seed": 1,
 }
 
 
@@ -81,7 +90,7 @@ def flat(table: dict, prefix: str = "") -> dict[str, object]:
         if isinstance(value, list) and value and isinstance(value[0], dict):
             for i, item in enumerate(value):
                 out.update(flat(item, f"{path}.{i}."))
-        elif isinstance(value, dict) and key in ("hdf5", "train", "augment", "finetune"):
+        elif isinstance(value, dict) and key in ("hdf5", "train", "augment", "finetune", "audit"):
             out.update(flat(value, f"{path}."))
         else:
             out[path] = value
@@ -172,6 +181,11 @@ def test_every_key_reaches_the_provenance_head_or_pipeline(example):
         *_, field = key.split(".")
         value = loaded["augment"][field] if ".augment." in key else loaded[field]
         assert value == (tuple(given[key]) if field == "unfreeze" else given[key]), key
+        checked.add(key)
+    assert pipeline.audit is not None
+    audit = asdict(pipeline.audit)
+    for key in [k for k in given if k.startswith("audit.")]:
+        assert audit[key.split(".")[1]] == given[key], key
         checked.add(key)
     assert set(given) == checked, (
         f"keys of the README example nothing checks: {set(given) - checked}"

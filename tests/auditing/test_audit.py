@@ -27,7 +27,7 @@ def write_pipeline(work: Path) -> Path:
     pipeline = work / "planted.toml"
     pipeline.write_text(
         f'name = "planted"\ncache = "{work / "cache"}"\noutput = "{work / "runs"}"\n'
-        f'[[datasets]]\nname = "planted"\npath = "{work / "data"}"\n'
+        f'[[datasets]]\nname = "planted"\npath = "{work / "planted"}"\n'
         '[[backbones]]\nname = "mobilenet_v2"\nweights = "imagenet"\n'
         '[[heads]]\nname = "logistic_regression"\nkind = "logistic_regression"\n'
         "[audit]\nthumbnails = 40\n"
@@ -41,7 +41,7 @@ def planted(tmp_path_factory, datasets_dir):
     photos in train; `run`, then `audit --json`."""
     work = tmp_path_factory.mktemp("audit")
     copies = plant_duplicates(
-        datasets_dir / "clothing_small", work / "data", originals=6, per_class=6, seed=2
+        datasets_dir / "clothing_small", work / "planted", originals=6, per_class=6, seed=2
     )
     pipeline = write_pipeline(work)
     assert invoke("run", pipeline).exit_code == 0
@@ -52,7 +52,7 @@ def planted(tmp_path_factory, datasets_dir):
 
 
 def relative(source: str, work: Path) -> str:
-    return str(Path(source).relative_to(work / "data"))
+    return str(Path(source).relative_to(work / "planted"))
 
 
 def test_every_planted_copy_is_found_and_no_clean_pair_is_flagged(planted):
@@ -138,7 +138,7 @@ def test_refresh_keeps_the_audit_and_a_gone_source_is_named(planted):
     [refreshed] = json.loads(done.stdout)["refresh"]
     [audit] = refreshed["audit"]
     assert audit["unchanged"] and audit["counts"] == result["counts"]
-    gone = work / "data" / next(iter(copies))
+    gone = work / "planted" / next(iter(copies))
     gone.unlink()
     done = invoke("audit", pipeline, "--json")  # the cache still holds its row
     assert done.exit_code == 0, done.output
@@ -170,3 +170,33 @@ def test_flipped_labels_of_real_photos_rank_first(datasets_dir, tmp_path):
     recall = np.isin(flipped, top).mean()
     assert recall >= 0.8, f"{recall:.2f} of {len(flipped)} flips in the lowest 10%"
     assert np.isin(issues.flagged, flipped).mean() >= 0.8  # precision of cleanlab's flags
+
+
+def test_a_data_folder_is_audited_from_the_same_cache(planted):
+    work, _, _, result = planted
+    done = invoke(
+        "audit",
+        "--data",
+        work / "planted",  # --data names the data set after its folder
+        "--backbone",
+        "mobilenet_v2",
+        "--cache",
+        work / "cache",
+        "--output",
+        work / "data-runs",
+        "--json",
+    )
+    assert done.exit_code == 0, done.output
+    [again] = json.loads(done.stdout)["audit"]
+    assert again["group"] == result["group"] and again["counts"]["leaks"] == 6
+    assert again["accuracy"] == []  # no head trained under that output folder
+    found = json.loads((Path(again["folder"]) / "audit.json").read_text())
+    assert all(leak["thumb"] for leak in found["leaks"])
+
+
+def test_without_cached_features_the_audit_says_what_to_run(tmp_path, planted):
+    work, pipeline, _, _ = planted
+    done = invoke("audit", pipeline, "--cache", tmp_path / "empty")
+    assert done.exit_code == 1
+    assert "has no features for data set 'planted'" in done.output
+    assert "featurecache extract" in done.output and "Traceback" not in done.output

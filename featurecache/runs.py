@@ -33,6 +33,9 @@ HEAD_JSON = "head.json"
 FINETUNE_JSON = "finetune.json"
 METRICS_JSON = "metrics.json"
 FINETUNE_PREFIX = "finetune-"
+AUDIT_DIR = "audit"
+AUDIT_JSON = "audit.json"
+AUDIT_HTML = "audit.html"
 
 
 class HeadPlace(NamedTuple):
@@ -88,7 +91,7 @@ class RunLayout:
 
     def audit_dir(self, dataset: str, group: str) -> Path:
         """``featurecache audit``'s findings and page for one cache group."""
-        return self.group_dir(dataset, group) / "audit"
+        return self.group_dir(dataset, group) / AUDIT_DIR
 
     def head_dir(self, dataset: str, group: str, head: str) -> Path:
         """A head trained on the features of one cache group."""

@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from featurecache.auditing import AuditResult, audit_pipeline
+from featurecache.auditing import AuditResult, audit_pipeline, check_audit
 from featurecache.config import Pipeline
 from featurecache.extraction import Cluster, ExtractResult, extract
 from featurecache.heads import check_heads
@@ -93,6 +93,9 @@ def refresh(
 ) -> list[RunResult]:
     """Bring every pipeline up to date: new or changed images only, changed heads only,
     and the audit of a pipeline that declares ``[audit]`` where its inputs changed."""
+    for p in pipelines:
+        if p.audit is not None:  # before anything is extracted
+            check_audit(p.audit)
     results = []
     for p in pipelines:
         result = run_pipeline(p, progress=progress, wait=wait, cluster=cluster, only_changed=True)

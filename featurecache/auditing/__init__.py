@@ -11,6 +11,6 @@ read from the sources (:mod:`~featurecache.auditing.thumbs`), a 2-D map
 :func:`~featurecache.auditing.run.audit_pipeline`.
 """
 
-from featurecache.auditing.run import AuditResult, audit_features, audit_pipeline
+from featurecache.auditing.run import AuditResult, audit_features, audit_pipeline, check_audit
 
-__all__ = ["AuditResult", "audit_features", "audit_pipeline"]
+__all__ = ["AuditResult", "audit_features", "audit_pipeline", "check_audit"]

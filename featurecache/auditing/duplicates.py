@@ -52,7 +52,8 @@ class Duplicates:
 
     def leaked_rows(self, split: str = "test") -> np.ndarray:
         """Rows of ``split`` with a duplicate in train: int64 array."""
-        return np.asarray(sorted({leak.row for leak in self.leaks if leak.split == split}))
+        rows = sorted({leak.row for leak in self.leaks if leak.split == split})
+        return np.asarray(rows, dtype=np.int64)
 
 
 def find_duplicates(
@@ -61,7 +62,7 @@ def find_duplicates(
     """The duplicates among rows with content ``keys`` and ``splits`` (arrays of str of
     shape (n_images,)), from their nearest ``neighbours`` at cosine >= ``threshold``."""
     pairs = {(int(a), int(b)): (float(s), False) for a, b, s in _near(neighbours, threshold)}
-    for a, b in _same_key(keys):
+    for a, b in _same_key(keys, splits):
         pairs[a, b] = (1.0, True)
     found = sorted(
         (Pair(a, b, s, exact) for (a, b), (s, exact) in pairs.items()),
@@ -81,16 +82,19 @@ def _near(neighbours: Neighbours, threshold: float) -> list[tuple[int, int, floa
     return [(a, b, s) for (a, b), s in out.items()]
 
 
-def _same_key(keys: np.ndarray) -> list[tuple[int, int]]:
-    """Pairs of rows with one content key (each row with the first of its key)."""
-    first: dict[str, int] = {}
-    out = []
+def _same_key(keys: np.ndarray, splits: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs of rows with one content key: each row with the first row of its key, and
+    each held-out row with the first train row of its key (so every leak is a pair)."""
+    rows: dict[str, list[int]] = {}
     for row, key in enumerate(keys.tolist()):
-        if key in first:
-            out.append((first[key], row))
-        else:
-            first[key] = row
-    return out
+        rows.setdefault(key, []).append(row)
+    out: set[tuple[int, int]] = set()
+    for group in (g for g in rows.values() if len(g) > 1):
+        out.update((group[0], row) for row in group[1:])
+        train = next((r for r in group if splits[r] == "train"), None)
+        if train is not None:
+            out.update((min(train, r), max(train, r)) for r in group if splits[r] in HELD_OUT)
+    return sorted(out)
 
 
 def _groups(n: int, pairs: list[Pair]) -> list[list[int]]:

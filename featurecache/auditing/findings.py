@@ -83,7 +83,10 @@ def collect_findings(features: FeatureSet, searches: Searches, settings: dict) -
     }
     labels = searches.labels
     if labels is None:
-        out["label_issues"] = {"skipped": "a class has fewer than 2 images", "issues": []}
+        out["label_issues"] = {
+            "skipped": "it needs at least 2 classes of at least 2 images each",
+            "issues": [],
+        }
     else:
         out["label_issues"] = {
             "folds": labels.folds,

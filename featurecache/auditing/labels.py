@@ -131,7 +131,7 @@ def _out_of_sample(
 def outlier_scores(neighbours: Neighbours) -> np.ndarray:
     """One minus the mean cosine similarity to each row's nearest neighbours: float32
     array of shape (n_images,); high: far from everything."""
-    sims = np.where(np.isfinite(neighbours.similarity), neighbours.similarity, np.nan)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(sims, axis=1)
-    return (1.0 - np.nan_to_num(mean, nan=-1.0)).astype(np.float32)
+    found = np.isfinite(neighbours.similarity)
+    total = np.where(found, neighbours.similarity, 0.0).sum(axis=1)
+    mean = np.divide(total, found.sum(axis=1), out=np.full(len(total), -1.0), where=found.any(1))
+    return (1.0 - mean).astype(np.float32)

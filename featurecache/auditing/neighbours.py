@@ -12,8 +12,9 @@ largest inner products:
   ``PCAMatrix``), then every candidate's similarity computed exactly from the full
   features. The similarities reported are exact; only which neighbours are found is
   approximate (its recall against exact search is measured in ``benchmarks/audit.py``).
-  Memory: the features as given (a float16 array of 1M x 1,280 is 2.6 GB) and
-  ``PCA_DIMS`` float32 per image for the index (1M: 0.5 GB).
+  Memory: the features as given (a float16 array of 1M x 1,280 is 2.6 GB; ``featurecache
+  audit`` passes the cache's rows as float32, twice that) and ``PCA_DIMS`` float32 per
+  image for the index (1M: 0.5 GB).
 
 The inverted-file recipe (coarse quantiser with about ``4 sqrt(n)`` lists, ``nprobe``
 lists searched) is faiss's own guideline ("Guidelines to choose an index", faiss wiki).
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 PCA_DIMS = 128
 #: Inverted lists searched per query by the approximate index.
 NPROBE = 24
+#: Fewest images the approximate index is built for (faiss wants about 39 training
+#: points per inverted list); fewer are searched exactly whatever ``exact_at_most`` says.
+APPROXIMATE_AT_LEAST = 2000
 #: Rows normalised and searched at a time.
 BLOCK = 8192
 #: Rows whose candidates are gathered and re-scored at a time (each gathers 2k rows of
@@ -104,9 +108,12 @@ def nearest(features: Any, k: int, *, exact_at_most: int = 200_000, seed: int = 
         If more than ``exact_at_most`` images are searched and faiss is not installed.
     """
     n = len(features)
+    if n < 2:
+        empty = np.empty((n, 0))
+        return Neighbours(empty.astype(np.int64), empty.astype(np.float32), "none (one image)")
     k = max(1, min(k, n - 1))
     faiss = _faiss()
-    if n <= exact_at_most:
+    if n <= max(exact_at_most, APPROXIMATE_AT_LEAST - 1):
         if faiss is None:
             index, sims, method = _exact_sklearn(features, k + 1)
         else:

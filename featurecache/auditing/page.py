@@ -41,7 +41,7 @@ def render_page(findings: dict[str, Any]) -> str:
         f"<style>{STYLE}</style></head><body>",
         f"<h1>Audit of {escape(s['dataset'])} with {escape(s['backbone'])}</h1>",
         _overview(findings),
-        _accuracy(findings["heads"]),
+        _accuracy(findings["heads"], s["splits"]),
         _leaks(findings),
         _groups(findings),
         _label_issues(findings),
@@ -60,7 +60,8 @@ def _overview(findings: dict[str, Any]) -> str:
     return (
         f"<p>{s['n_images']:,} images ({splits}), {len(s['class_names'])} classes; cache group "
         f"<code>{escape(s['group'])}</code>, {escape(s['generation'])}. Computed from the cached "
-        "bottleneck features alone; thumbnails were read from the sources now.</p>"
+        "bottleneck features alone; each thumbnail's source was read at audit time and checked "
+        "against its cached content key.</p>"
         "<table><tr><th>finding</th><th>count</th></tr>"
         + "".join(
             f"<tr><td>{label}</td><td class='num'>{s[key]:,}</td></tr>"
@@ -78,7 +79,9 @@ def _overview(findings: dict[str, Any]) -> str:
     )
 
 
-def _accuracy(heads: list[dict[str, Any]]) -> str:
+def _accuracy(heads: list[dict[str, Any]], splits: dict[str, int]) -> str:
+    if "test" not in splits:
+        return "<h2>Test top-1</h2><p>This data set has no test split: no head was run.</p>"
     if not heads:
         return "<h2>Test top-1</h2><p>No trained head was found for this cache group.</p>"
     rows = []
@@ -114,11 +117,16 @@ def _image(image: dict[str, Any], caption: str = "", card: bool = True) -> str:
     return f"<div class='card'>{picture}{text}</div>" if card else f"<div>{picture}{text}</div>"
 
 
-def _section(title: str, what: str, items: Iterable[str], empty: str) -> str:
+def _section(title: str, what: str, items: Iterable[str], empty: str, count: int) -> str:
+    """A finding's heading, explanation and thumbnails; ``empty`` when ``count`` is 0."""
     body = "".join(items)
-    return f"<h2>{title}</h2><div class='what'>{what}</div>" + (
-        f"<div class='cards'>{body}</div>" if body else f"<p class='good'>{empty}</p>"
-    )
+    if body:
+        shown = f"<div class='cards'>{body}</div>"
+    elif count:
+        shown = f"<p>{count:,} found, none shown here (thumbnails = 0): see the CSV files.</p>"
+    else:
+        shown = f"<p class='good'>{empty}</p>"
+    return f"<h2>{title}</h2><div class='what'>{what}</div>{shown}"
 
 
 def _shown(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,6 +145,7 @@ def _leaks(findings: dict[str, Any]) -> str:
         "in both splits measures memory, not generalisation.",
         items,
         "No held-out image has a duplicate in train.",
+        len(findings["leaks"]),
     )
 
 
@@ -157,6 +166,7 @@ def _groups(findings: dict[str, Any]) -> str:
         "mirrored, within or across splits. Keep one of each group.",
         items,
         "No duplicates.",
+        len(groups),
     )
 
 
@@ -185,6 +195,7 @@ def _label_issues(findings: dict[str, Any]) -> str:
         what,
         items,
         "No likely label error was found.",
+        found["n_flagged"],
     )
 
 
@@ -209,10 +220,16 @@ def _mistakes(heads: list[dict[str, Any]]) -> str:
                 f"Head {escape(h['head'])}: its {h['n_mistakes']:,} test mistakes, most confident "
                 "first",
                 "Confidently wrong predictions are often label errors in the test split, or "
-                "images unlike the training data. The pairs of classes it confuses most:"
-                f"<table><tr><th>given</th><th>predicted</th><th>images</th></tr>{pairs}</table>",
+                "images unlike the training data."
+                + (
+                    " The pairs of classes it confuses most:<table><tr><th>given</th>"
+                    f"<th>predicted</th><th>images</th></tr>{pairs}</table>"
+                    if pairs
+                    else ""
+                ),
                 items,
                 "No mistakes on the test split.",
+                h["n_mistakes"],
             )
         )
     return "".join(out)
@@ -226,6 +243,7 @@ def _outliers(findings: dict[str, Any]) -> str:
         "to them): often corrupt files, off-topic photos or a class with too few examples.",
         items,
         "No outliers.",
+        len(findings["outliers"]),
     )
 
 

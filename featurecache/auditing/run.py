@@ -30,11 +30,12 @@ from featurecache.auditing.findings import Searches, collect_findings
 from featurecache.auditing.labels import find_label_issues, outlier_scores
 from featurecache.auditing.mistakes import audit_heads
 from featurecache.auditing.neighbours import nearest
-from featurecache.auditing.write import AUDIT_HTML, AUDIT_JSON, write_audit
+from featurecache.auditing.write import write_audit
 from featurecache.cache import Cache, FeatureSet
 from featurecache.cache import recipe as recipes
 from featurecache.config import AuditConfig, DatasetConfig, Pipeline
-from featurecache.runs import HEAD_JSON, RunLayout, output_errors
+from featurecache.errors import CacheError, DependencyError
+from featurecache.runs import AUDIT_DIR, AUDIT_HTML, AUDIT_JSON, HEAD_JSON, RunLayout, output_errors
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def audit_pipeline(pipeline: Pipeline, *, only_changed: bool = False) -> list[Au
             found = recipes.require_group(cache, dataset.name, backbone)
             group_dir = layout.group_dir(dataset.name, found.group)
             inputs = audit_inputs(found.attrs, group_dir, config)
-            kept = _unchanged(group_dir / "audit", inputs) if only_changed else None
+            kept = _unchanged(group_dir / AUDIT_DIR, inputs) if only_changed else None
             if kept is not None:
                 results.append(kept)
                 continue
@@ -105,6 +106,28 @@ def audit_pipeline(pipeline: Pipeline, *, only_changed: bool = False) -> list[Au
                     audit_features(features, config, group_dir, cache, dataset, inputs=inputs)
                 )
     return results
+
+
+def check_audit(config: AuditConfig) -> None:
+    """Fail before any work if the audit's libraries are missing (what ``refresh``
+    checks before it extracts).
+
+    Raises
+    ------
+    DependencyError
+        If cleanlab is not installed, or ``map = "umap"`` without umap-learn (as
+        :class:`~featurecache.errors.ConfigError`).
+    """
+    from featurecache.auditing.maps import choose_method
+
+    try:
+        import cleanlab  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(
+            f"the audit needs cleanlab ({exc}); pip install 'featurecache[audit]'"
+        ) from exc
+    if config.map != "none":
+        choose_method(config.map)
 
 
 def audit_inputs(attrs: dict[str, Any], group_dir: Path, config: AuditConfig) -> dict[str, Any]:
@@ -132,8 +155,29 @@ def _unchanged(folder: Path, inputs: dict[str, Any]) -> AuditResult | None:
         return None
     if saved.get("inputs") != inputs or "result" not in saved:
         return None
+    try:
+        kept = AuditResult(**{**saved["result"], "unchanged": True})
+    except TypeError:  # written by another version: audit again
+        return None
     log.info("audit of %s: inputs unchanged, kept", folder)
-    return AuditResult(**{**saved["result"], "unchanged": True})
+    return kept
+
+
+def _check_finite(features: FeatureSet) -> None:
+    """Refuse rows whose features hold NaN or infinity (every search would misplace them).
+
+    Raises
+    ------
+    CacheError
+        Naming how many rows, the first one's source and the repair command.
+    """
+    bad = np.flatnonzero(~np.isfinite(features.X).all(axis=1))
+    if len(bad):
+        raise CacheError(
+            f"{features.dataset}/{features.group}: {len(bad)} cached rows hold NaN or infinite "
+            f"features (first: {features.sources[bad[0]]}); `featurecache verify --repair` "
+            "recomputes damaged rows"
+        )
 
 
 def audit_features(
@@ -150,6 +194,7 @@ def audit_features(
     sources) are optional: without them, those parts are left out and say so."""
     clock = _Clock()
     log.info("auditing %r: %d images", features, len(features))
+    _check_finite(features)
     neighbours = nearest(
         features.X, config.neighbours, exact_at_most=config.exact_at_most, seed=config.seed
     )
@@ -167,7 +212,7 @@ def audit_features(
     searches = Searches(duplicates, labels, outliers, scores, heads)
     settings = {**asdict(config), "search": neighbours.method}
     findings = collect_findings(features, searches, settings)
-    folder = group_dir / "audit"
+    folder = group_dir / AUDIT_DIR
     result = AuditResult(
         dataset=features.dataset,
         backbone=features.backbone,

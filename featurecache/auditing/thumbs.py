@@ -7,7 +7,7 @@ on its long side (aspect kept, EXIF orientation applied) and written as a small 
 beside the report, never into the cache. An image whose source is gone, or whose bytes
 changed since extraction, gets no thumbnail and a reason instead. A thumbnail the
 previous audit made (named by the content key, so of the same bytes) is copied, not
-made again: a refresh re-audits without decoding images shown before.
+made again: the source is still read and its key checked, but not decoded.
 """
 
 from __future__ import annotations
@@ -52,14 +52,14 @@ class Thumbnails:
         self.previous = previous
         self._listing: Listing | None = None
         self._index: dict[str, int] = {}
-        self._made: dict[str, Thumb] = {}
+        self._made: dict[tuple[str, str], Thumb] = {}
         self._listing_error = "" if dataset else "the data set is not declared by a pipeline"
 
     def of(self, key: str, source: str) -> Thumb:
         """The thumbnail of the image with content ``key`` listed at ``source``."""
-        if key not in self._made:
-            self._made[key] = self._make(key, source)
-        return self._made[key]
+        if (key, source) not in self._made:
+            self._made[key, source] = self._make(key, source)
+        return self._made[key, source]
 
     def make_all(self, images: Iterable[tuple[str, str]]) -> dict[str, Thumb]:
         """Thumbnails of ``(key, source)`` pairs, by key."""
@@ -77,21 +77,20 @@ class Thumbnails:
         index = self._index.get(source)
         if index is None:
             return Thumb(None, "the source is gone: the data set no longer lists it")
-        if self.previous is not None and (self.previous / name).is_file():
-            self.folder.mkdir(parents=True, exist_ok=True)  # the last audit's: same bytes
-            shutil.copyfile(self.previous / name, self.folder / name)
-            return Thumb(f"{self.folder.name}/{name}")
         try:
             raw = listing.load(index)
         except FeaturecacheError as exc:
             return Thumb(None, f"the source cannot be read now: {exc}")
         if raw.key != key:
             return Thumb(None, "the source has changed since its features were cached")
-        try:
-            data = _thumbnail(raw.data)
-        except (OSError, ValueError) as exc:
-            return Thumb(None, f"the source cannot be decoded: {exc}")
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.previous is not None and (self.previous / name).is_file():
+            shutil.copyfile(self.previous / name, self.folder / name)  # same bytes: no decode
+            return Thumb(f"{self.folder.name}/{name}")
+        try:
+            data = _thumbnail(raw.data, raw.source)
+        except (OSError, ValueError, FeaturecacheError) as exc:
+            return Thumb(None, f"the source cannot be decoded: {exc}")
         (self.folder / name).write_bytes(data)
         return Thumb(f"{self.folder.name}/{name}")
 
@@ -108,15 +107,17 @@ class Thumbnails:
         return self._listing
 
 
-def _thumbnail(data: bytes | np.ndarray) -> bytes:
-    """JPEG bytes of the image ``data`` (encoded bytes, or an (h, w[, 3]) array) at most
-    :data:`SIZE` pixels on its long side."""
+def _thumbnail(data: bytes | np.ndarray, source: str) -> bytes:
+    """JPEG bytes of the image ``data`` (encoded bytes, or an array row as
+    :func:`~featurecache.images.array_to_rgb` takes it) at most :data:`SIZE` pixels on
+    its long side."""
     from PIL import Image, ImageOps
 
-    from featurecache.images import to_rgb
+    from featurecache.images import array_to_rgb, to_rgb
 
     if isinstance(data, np.ndarray):
-        image = Image.fromarray(np.asarray(data, dtype=np.uint8).squeeze())
+        side = min(SIZE, max(data.shape[:2]))
+        image = Image.fromarray(array_to_rgb(data, side, source=source))
     else:
         image = Image.open(io.BytesIO(data))
         image.draft("RGB", (SIZE, SIZE))  # JPEG: decode at a reduced scale

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,10 @@ from featurecache.auditing.page import render_page
 from featurecache.auditing.thumbs import Thumbnails
 from featurecache.cache import FeatureSet
 from featurecache.config import AuditConfig, DatasetConfig
+from featurecache.runs import AUDIT_HTML, AUDIT_JSON
 
 log = logging.getLogger(__name__)
 
-AUDIT_JSON = "audit.json"
-AUDIT_HTML = "audit.html"
 MAP_PNG = "map.png"
 #: The CSV of each finding, and the list of records it holds.
 CSVS = {
@@ -44,7 +44,7 @@ def write_audit(
     clock: Any,
 ) -> Path:
     """Write the audit of ``features`` into ``folder``; the HTML page's path."""
-    work = folder.with_name(folder.name + ".partial")
+    work = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     findings["map"] = _map(work, features, searches, config)
@@ -68,11 +68,20 @@ def write_audit(
         [{"head": h["head"], **m} for h in findings["heads"] for m in h["mistakes"]],
     )
     (work / AUDIT_HTML).write_text(render_page(findings))
-    if folder.exists():
-        shutil.rmtree(folder)
-    work.rename(folder)
+    _swap(work, folder)
     log.info("audit written to %s", folder)
     return folder / AUDIT_HTML
+
+
+def _swap(work: Path, folder: Path) -> None:
+    """``work`` becomes ``folder`` by renames only: the old audit is moved aside first
+    and removed last, so ``folder`` is always one whole audit (or, for an instant
+    between two renames, absent; never half of one)."""
+    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    work.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _map(work: Path, features: FeatureSet, searches: Searches, config: AuditConfig) -> str | None:

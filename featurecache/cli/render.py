@@ -73,8 +73,8 @@ def audited(results: Sequence[Any]) -> None:
             continue
         c = r.counts
         typer.echo(
-            f"audit of {r.dataset} x {r.backbone} ({r.n_images:,} images): {c['leaks']} test "
-            f"images leaked from train, {c['duplicate_pairs']} duplicate pairs in "
+            f"audit of {r.dataset} x {r.backbone} ({r.n_images:,} images): {c['leaks']} held-out "
+            f"images with a duplicate in train, {c['duplicate_pairs']} duplicate pairs in "
             f"{c['duplicate_groups']} groups, {c['label_issues']} likely label errors, "
             f"{c['outliers']} outliers ({sum(r.seconds.values()):.0f} s)"
         )

@@ -23,7 +23,7 @@ from featurecache.cache import Cache
 from featurecache.config import DEFAULT_OUTPUT, Pipeline, Reference, load_pipeline
 from featurecache.deps import backend
 from featurecache.errors import ConfigError
-from featurecache.runs import HEAD_JSON, HeadRecord, RunLayout
+from featurecache.runs import AUDIT_DIR, AUDIT_HTML, AUDIT_JSON, HEAD_JSON, HeadRecord, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def _blocks(runs: list[HeadRecord]) -> list[Block]:
 def _audit_in(folder: Path) -> dict[str, Any] | None:
     """What ``featurecache audit`` found for one cache group (its ``audit.json``'s
     ``result``, with ``page``: the path of ``audit.html``), or None if it was not audited."""
-    path = folder / "audit" / "audit.json"
+    path = folder / AUDIT_DIR / AUDIT_JSON
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
@@ -245,4 +245,8 @@ def _audit_in(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         log.warning("skipping the audit %s: %s", path, exc)
         return None
-    return {**saved.get("result", {}), "page": folder / "audit" / "audit.html"}
+    return {
+        **saved.get("result", {}),
+        "heads_audited": (saved.get("inputs") or {}).get("heads", {}),
+        "page": folder / AUDIT_DIR / AUDIT_HTML,
+    }

@@ -210,7 +210,15 @@ def _without_leak(block: Block, run: HeadRecord | None) -> str:
     found = [a for a in (block.audit or {}).get("accuracy", []) if run and a["head"] == run.name]
     if not found or run is None or run.kind != "frozen" or found[0]["without_leak"] is None:
         return "-"
+    if not _audited_as_is(block, run):
+        return "- (audited before this head was trained)"
     return f"{_pct(found[0]['without_leak'])} ({found[0]['n_leaked']} left out)"
+
+
+def _audited_as_is(block: Block, run: HeadRecord) -> bool:
+    """Whether the audit ran the head as it is now (not an earlier training of it)."""
+    audited = (block.audit or {}).get("heads_audited", {})
+    return audited.get(run.folder.name) == run.info.get("created")
 
 
 def _audit(w: _Writer, block: Block) -> None:
@@ -224,17 +232,18 @@ def _audit(w: _Writer, block: Block) -> None:
         "### Audit",
         "",
         f"{w.link(audit['page'], 'The audit page')} (thumbnails, a map of the embeddings): "
-        f"{c['leaks']} test images with a duplicate in train, {c['duplicate_pairs']} duplicate "
+        f"{c['leaks']} held-out images with a duplicate in train, {c['duplicate_pairs']} duplicate "
         f"pairs in {c['duplicate_groups']} groups, {c['label_issues']} likely label errors, "
         f"{c['outliers']} outliers.",
         "",
     )
+    current = {r.name: _audited_as_is(block, r) for r in block.heads}
     if audit["accuracy"]:
         w.table(
             ["head", "test top-1", "without leaked test images", "leaked test images"],
             [
                 [
-                    a["head"],
+                    a["head"] if current.get(a["head"], True) else f"{a['head']} (retrained since)",
                     _pct(a["test"]),
                     _pct(a["without_leak"]),
                     f"{a['n_leaked']} of {a['n_test']}",

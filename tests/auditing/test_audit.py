@@ -172,6 +172,15 @@ def test_flipped_labels_of_real_photos_rank_first(datasets_dir, tmp_path):
     assert np.isin(issues.flagged, flipped).mean() >= 0.8  # precision of cleanlab's flags
 
 
+def test_a_head_retrained_after_the_audit_is_not_paired_with_its_figures(planted):
+    work, pipeline, _, _ = planted
+    assert invoke("train-head", pipeline).exit_code == 0  # a new model, after the audit
+    assert invoke("report", pipeline).exit_code == 0
+    text = (work / "runs" / "planted" / "report.md").read_text()
+    assert "- (audited before this head was trained)" in text
+    assert "logistic_regression (retrained since)" in text
+
+
 def test_a_data_folder_is_audited_from_the_same_cache(planted):
     work, _, _, result = planted
     done = invoke(

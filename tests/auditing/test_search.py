@@ -3,6 +3,8 @@ scikit-learn), duplicate groups and the leak, label issues, outliers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,7 +50,7 @@ def test_the_approximate_search_finds_planted_copies_and_reports_exact_similarit
 def test_without_faiss_a_search_beyond_exact_at_most_says_what_to_install(monkeypatch):
     monkeypatch.setattr(nb, "_faiss", lambda: None)
     with pytest.raises(Exception, match=r"featurecache\[audit\]"):
-        nb.nearest(clusters(50)[0], 3, exact_at_most=10)
+        nb.nearest(clusters(2500)[0], 3, exact_at_most=10)
 
 
 def test_duplicates_are_grouped_and_test_images_with_one_in_train_are_the_leak():
@@ -97,3 +99,58 @@ def test_the_audit_table_of_a_pipeline_is_read_and_checked(tmp_path):
     audited.write_text(text + "[audit]\nthreshold = 1.5\n")
     with pytest.raises(ConfigError, match="threshold"):
         load_pipeline(audited)
+
+
+def test_every_held_out_copy_of_a_train_file_is_a_leak():
+    x, _ = clusters(6)
+    keys = np.array(["a", "a", "a", "b", "c", "a"], dtype=object)
+    splits = np.array(["test", "train", "test", "train", "train", "validation"], dtype=object)
+    found = find_duplicates(keys, splits, nb.nearest(x, 2), threshold=0.999)
+    assert {(leak.row, leak.train_row, leak.exact) for leak in found.leaks} == {
+        (0, 1, True),
+        (2, 1, True),
+        (5, 1, True),
+    }
+    assert found.leaked_rows("test").tolist() == [0, 2] and found.leaked_rows("x").dtype == np.int64
+
+
+def feature_set(x, y, split):
+    from featurecache.cache import FeatureSet
+
+    n = len(y)
+    return FeatureSet(
+        X=np.asarray(x, dtype=np.float32),
+        y=np.asarray(y, dtype=np.int32),
+        split=np.asarray(split, dtype=object),
+        keys=np.array([f"k{i}" for i in range(n)], dtype=object),
+        sources=np.array([f"/nowhere/{i}.jpg" for i in range(n)], dtype=object),
+        class_names=["a", "b"],
+        provenance={"backbone": {"name": "made-up"}},
+        dataset="tiny",
+        group="g",
+        generation="gen-000001",
+    )
+
+
+@pytest.mark.parametrize("n", [1, 3, 12])
+def test_a_tiny_data_set_of_one_class_and_one_split_is_audited_without_error(tmp_path, n):
+    from featurecache.auditing import audit_features
+
+    x, _ = clusters(n)
+    features = feature_set(x, np.zeros(n), ["train"] * n)
+    result = audit_features(features, AuditConfig(map="tsne"), tmp_path)
+    page = Path(result.page).read_text()
+    assert "no test split" in page and "at least 2 classes" in page
+    assert result.counts["leaks"] == 0 and result.accuracy == []
+    assert (Path(result.folder) / "audit.json").is_file()
+    assert not list(tmp_path.glob("audit.*"))  # no partial or old folder left
+
+
+def test_non_finite_features_are_refused_with_the_fix(tmp_path):
+    from featurecache.auditing import audit_features
+    from featurecache.errors import CacheError
+
+    x, y = clusters(20, classes=2)
+    x[4, 3] = np.nan
+    with pytest.raises(CacheError, match=r"1 cached rows hold NaN.*verify --repair"):
+        audit_features(feature_set(x, y, ["train"] * 20), AuditConfig(map="none"), tmp_path)

@@ -292,6 +292,16 @@ def main() -> None:
         lines += scaleout_section(so)
     if kb := load("backends"):
         lines += _backends(kb)
+    lines += [
+        "## Measured elsewhere",
+        "",
+        "- `docs/sources.md`: images where they live (a folder, WebDataset shards, shards on "
+        "S3; the no-op refresh over 10,000 objects), from `benchmarks/sources.py`.",
+        "- `docs/audit.md`: `featurecache audit` (planted duplicates and the threshold, planted "
+        "label flips, time and memory up to a million images, CIFAR-10), from "
+        "`benchmarks/audit.py`.",
+        "",
+    ]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(lines))
     print(f"wrote {DOC}")

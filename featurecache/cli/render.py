@@ -66,6 +66,11 @@ def heads(results: Sequence[Any]) -> None:
         typer.echo(f"head {r.head} on {r.dataset} x {r.backbone}: top-1 {acc} {how} -> {r.folder}")
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 outlier``, ``3 outliers``: a count and its noun."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def audited(results: Sequence[Any]) -> None:
     for r in results:
         if r.unchanged:
@@ -73,16 +78,18 @@ def audited(results: Sequence[Any]) -> None:
             continue
         c = r.counts
         typer.echo(
-            f"audit of {r.dataset} x {r.backbone} ({r.n_images:,} images): {c['leaks']} held-out "
-            f"images with a duplicate in train, {c['duplicate_pairs']} duplicate pairs in "
-            f"{c['duplicate_groups']} groups, {c['label_issues']} likely label errors, "
-            f"{c['outliers']} outliers ({sum(r.seconds.values()):.0f} s)"
+            f"audit of {r.dataset} x {r.backbone} ({r.n_images:,} images): "
+            f"{_n(c['leaks'], 'held-out image')} with a duplicate in train, "
+            f"{_n(c['duplicate_pairs'], 'duplicate pair')} in "
+            f"{_n(c['duplicate_groups'], 'group')}, "
+            f"{_n(c['label_issues'], 'likely label error')}, {_n(c['outliers'], 'outlier')} "
+            f"({sum(r.seconds.values()):.0f} s)"
         )
         for a in r.accuracy:
             without = "-" if a["without_leak"] is None else f"{a['without_leak']:.3f}"
             typer.echo(
                 f"  head {a['head']}: test top-1 {a['test']:.3f}, {without} without the "
-                f"{a['n_leaked']} leaked test images"
+                f"{_n(a['n_leaked'], 'leaked test image')}"
             )
         typer.echo(f"  -> {r.page}")
 

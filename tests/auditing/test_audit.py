@@ -94,6 +94,10 @@ def test_accuracy_without_the_leak_and_the_files_beside_it(planted):
 
 def test_the_report_links_the_audit_beside_the_accuracy(planted):
     work, pipeline, _, result = planted
+    said = invoke("audit", pipeline)  # the same inputs: the same findings, said in words
+    assert said.exit_code == 0, said.output
+    assert "6 held-out images with a duplicate in train" in said.output
+    assert "without the 6 leaked test images" in said.output and "audit.html" in said.output
     assert invoke("report", pipeline).exit_code == 0
     text = (work / "runs" / "planted" / "report.md").read_text()
     assert "without leaked test images" in text

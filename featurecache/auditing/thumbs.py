@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +59,6 @@ class Thumbnails:
         if (key, source) not in self._made:
             self._made[key, source] = self._make(key, source)
         return self._made[key, source]
-
-    def make_all(self, images: Iterable[tuple[str, str]]) -> dict[str, Thumb]:
-        """Thumbnails of ``(key, source)`` pairs, by key."""
-        return {key: self.of(key, source) for key, source in images}
 
     def close(self) -> None:
         if self._listing is not None:

@@ -47,6 +47,28 @@ def write_audit(
     work = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    try:
+        _write(work, folder, features, searches, findings, config, dataset, clock)
+    except BaseException:  # a failure or Ctrl-C leaves the last whole audit, nothing else
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _swap(work, folder)
+    log.info("audit written to %s", folder)
+    return folder / AUDIT_HTML
+
+
+def _write(
+    work: Path,
+    folder: Path,
+    features: FeatureSet,
+    searches: Searches,
+    findings: dict[str, Any],
+    config: AuditConfig,
+    dataset: DatasetConfig | None,
+    clock: Any,
+) -> None:
+    """Every file of the audit into ``work``; ``folder`` holds the last audit, whose
+    thumbnails are reused."""
     findings["map"] = _map(work, features, searches, config)
     clock.lap("map")
     thumbs = Thumbnails(dataset, work / "thumbs", previous=folder / "thumbs")
@@ -68,9 +90,6 @@ def write_audit(
         [{"head": h["head"], **m} for h in findings["heads"] for m in h["mistakes"]],
     )
     (work / AUDIT_HTML).write_text(render_page(findings))
-    _swap(work, folder)
-    log.info("audit written to %s", folder)
-    return folder / AUDIT_HTML
 
 
 def _swap(work: Path, folder: Path) -> None:

@@ -154,3 +154,21 @@ def test_non_finite_features_are_refused_with_the_fix(tmp_path):
     x[4, 3] = np.nan
     with pytest.raises(CacheError, match=r"1 cached rows hold NaN.*verify --repair"):
         audit_features(feature_set(x, y, ["train"] * 20), AuditConfig(map="none"), tmp_path)
+
+
+def test_a_failed_audit_leaves_the_last_whole_audit_and_nothing_else(tmp_path, monkeypatch):
+    from featurecache.auditing import audit_features, write
+
+    x, y = clusters(12, classes=2)
+    features = feature_set(x, y, ["train"] * 8 + ["test"] * 4)
+    first = audit_features(features, AuditConfig(map="none"), tmp_path)
+    before = (Path(first.folder) / "audit.json").read_text()
+
+    def broken(findings):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(write, "render_page", broken)
+    with pytest.raises(OSError, match="disk full"):
+        audit_features(features, AuditConfig(map="none", seed=1), tmp_path)
+    assert (Path(first.folder) / "audit.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit"]

@@ -100,7 +100,8 @@ def nearest(features: Any, k: int, *, exact_at_most: int = 200_000, seed: int = 
     k : int
         Neighbours per image.
     exact_at_most : int
-        The most images searched exactly; beyond, the approximate index.
+        The most images searched exactly; beyond, the approximate index (never for
+        fewer than :data:`APPROXIMATE_AT_LEAST` images, too few to train it).
 
     Raises
     ------

@@ -61,7 +61,11 @@ def find_duplicates(
 ) -> Duplicates:
     """The duplicates among rows with content ``keys`` and ``splits`` (arrays of str of
     shape (n_images,)), from their nearest ``neighbours`` at cosine >= ``threshold``."""
-    pairs = {(int(a), int(b)): (float(s), False) for a, b, s in _near(neighbours, threshold)}
+    near, sims = neighbours.similar(threshold)
+    pairs = {
+        (int(a), int(b)): (float(s), False)
+        for (a, b), s in zip(near.tolist(), sims.tolist(), strict=True)
+    }
     for a, b in _same_key(keys, splits):
         pairs[a, b] = (1.0, True)
     found = sorted(
@@ -69,17 +73,6 @@ def find_duplicates(
         key=lambda p: (-p.similarity, p.a, p.b),
     )
     return Duplicates(found, _groups(len(keys), found), _leaks(splits, found))
-
-
-def _near(neighbours: Neighbours, threshold: float) -> list[tuple[int, int, float]]:
-    out: dict[tuple[int, int], float] = {}
-    rows, cols = np.nonzero(neighbours.similarity >= threshold)
-    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        other = int(neighbours.index[r, c])
-        if other >= 0:
-            a, b = min(r, other), max(r, other)
-            out[a, b] = max(out.get((a, b), -1.0), float(neighbours.similarity[r, c]))
-    return [(a, b, s) for (a, b), s in out.items()]
 
 
 def _same_key(keys: np.ndarray, splits: np.ndarray) -> list[tuple[int, int]]:

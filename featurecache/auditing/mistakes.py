@@ -61,7 +61,8 @@ def audit_heads(
     duplicate in train (FeatureSet row numbers), left out of ``accuracy["without_leak"]``."""
     if "test" not in features.splits:
         return []
-    read: dict[tuple[tuple[str, ...], bool], FeatureSet] = {}
+    # the rows as the audit read them serve the heads without taps or views
+    read = {((), features.flipped is not None): features}
     out = []
     for info_file in sorted(group_dir.glob(f"*/{HEAD_JSON}")):
         record = HeadRecord.find(info_file.parent)

@@ -66,13 +66,25 @@ class Neighbours:
     similarity: np.ndarray
     method: str
 
-    def pairs(self, threshold: float) -> np.ndarray:
-        """Pairs ``(i, j)``, ``i < j``, with similarity >= ``threshold``, each once:
-        int64 array of shape (n_pairs, 2)."""
+    def similar(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs ``(i, j)``, ``i < j``, with similarity >= ``threshold``, each once and
+        ordered by ``(i, j)``: int64 array of shape (n_pairs, 2), and their similarities
+        (float32, (n_pairs,); a pair found from both sides keeps the higher)."""
         rows, cols = np.nonzero(self.similarity >= threshold)
-        found = np.stack([rows, self.index[rows, cols]], axis=1)
-        found = np.sort(found[found[:, 1] >= 0], axis=1)
-        return np.unique(found, axis=0) if len(found) else found.reshape(0, 2)
+        other = self.index[rows, cols]
+        found = other >= 0
+        sims = self.similarity[rows, cols][found]
+        a = np.minimum(rows[found], other[found])
+        b = np.maximum(rows[found], other[found])
+        order = np.lexsort((-sims, b, a))  # by (a, b), the highest similarity first
+        a, b, sims = a[order], b[order], sims[order]
+        first = np.ones(len(a), dtype=bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        return np.stack([a[first], b[first]], axis=1).astype(np.int64), sims[first]
+
+    def pairs(self, threshold: float) -> np.ndarray:
+        """The pairs of :meth:`similar`, without their similarities."""
+        return self.similar(threshold)[0]
 
 
 def normalise(block: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,53 +45,48 @@ def write_audit(
     dataset: DatasetConfig | None,
     clock: Any,
 ) -> Path:
-    """Write the audit of ``features`` into ``folder``; the HTML page's path."""
-    work = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        _write(work, folder, features, searches, findings, config, dataset, clock)
-    except BaseException:  # a failure or Ctrl-C leaves the last whole audit, nothing else
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    _swap(work, folder)
+    """Write the audit of ``features`` into ``folder``, reusing the thumbnails of the
+    audit it replaces; the HTML page's path."""
+    with _replacing(folder) as work:
+        findings["map"] = _map(work, features, searches, config)
+        clock.lap("map")
+        thumbs = Thumbnails(dataset, work / "thumbs", previous=folder / "thumbs")
+        try:
+            _add_thumbnails(findings, thumbs, config.thumbnails)
+        finally:
+            thumbs.close()
+        clock.lap("thumbnails")
+        findings["summary"] = _summary(features, findings)
+        findings["seconds"] = clock.seconds
+        result = findings.pop("result")
+        result.seconds = clock.seconds
+        saved = {"result": result.to_dict(), **findings}
+        (work / AUDIT_JSON).write_text(json.dumps(saved, indent=1))
+        for name, path in CSVS.items():
+            _write_csv(work / name, _dig(findings, path))
+        _write_csv(
+            work / "mistakes.csv",
+            [{"head": h["head"], **m} for h in findings["heads"] for m in h["mistakes"]],
+        )
+        (work / AUDIT_HTML).write_text(render_page(findings))
     log.info("audit written to %s", folder)
     return folder / AUDIT_HTML
 
 
-def _write(
-    work: Path,
-    folder: Path,
-    features: FeatureSet,
-    searches: Searches,
-    findings: dict[str, Any],
-    config: AuditConfig,
-    dataset: DatasetConfig | None,
-    clock: Any,
-) -> None:
-    """Every file of the audit into ``work``; ``folder`` holds the last audit, whose
-    thumbnails are reused."""
-    findings["map"] = _map(work, features, searches, config)
-    clock.lap("map")
-    thumbs = Thumbnails(dataset, work / "thumbs", previous=folder / "thumbs")
+@contextmanager
+def _replacing(folder: Path) -> Iterator[Path]:
+    """A fresh folder (one per process) to write an audit into; on success it replaces
+    ``folder`` (:func:`_swap`), on failure or Ctrl-C it is removed and the last whole
+    audit stays."""
+    work = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
-        _add_thumbnails(findings, thumbs, config.thumbnails)
-    finally:
-        thumbs.close()
-    clock.lap("thumbnails")
-    findings["summary"] = _summary(features, findings)
-    findings["seconds"] = clock.seconds
-    result = findings.pop("result")
-    result.seconds = clock.seconds
-    saved = {"result": result.to_dict(), **findings}
-    (work / AUDIT_JSON).write_text(json.dumps(saved, indent=1))
-    for name, path in CSVS.items():
-        _write_csv(work / name, _dig(findings, path))
-    _write_csv(
-        work / "mistakes.csv",
-        [{"head": h["head"], **m} for h in findings["heads"] for m in h["mistakes"]],
-    )
-    (work / AUDIT_HTML).write_text(render_page(findings))
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _swap(work, folder)
 
 
 def _swap(work: Path, folder: Path) -> None:

@@ -84,8 +84,8 @@ def load_pipeline(pipeline: str | Path | None = None, **options: Any) -> Pipelin
     from the command line's options (``data=["photos/"], backbone=["mobilenet_v2"]``).
 
     Keyword options are those of the commands (``data``, ``backbone``, ``heads``,
-    ``weights``, ``pooling``, ``input_size``, ``engine``, ``dtype``, ``cache``,
-    ``data_root``, ``output``, ``batch_size``); see
+    ``weights``, ``pooling``, ``input_size``, ``engine``, ``precision``, ``decoder``,
+    ``dtype``, ``cache``, ``data_root``, ``output``, ``batch_size``); see
     :func:`featurecache.config.resolve_pipeline`.
 
     Raises

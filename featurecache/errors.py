@@ -159,6 +159,10 @@ class EngineError(FeaturecacheError, RuntimeError):
     """An inference engine cannot run a backbone."""
 
 
+class PrecisionError(EngineError):
+    """A lower-precision backbone's features differ from fp32's beyond its guard."""
+
+
 class ClusterError(FeaturecacheError, RuntimeError):
     """The Dask cluster cannot be reached or used, or a shard failed on it."""
 

@@ -25,8 +25,17 @@ No model code lives here. Every image, whatever its mode, becomes RGB the same w
   the target size) before that resize, which makes decoding large photos several
   times faster for a negligible change in pixels.
 
-The resize method is part of the extraction recipe (:data:`RESIZE_METHOD`): change
-it and the cache puts the features in a new group.
+* With ``decoder = "simplejpeg"`` (a backbone's opt-in setting,
+  :data:`featurecache.config.constraints.DECODERS`), a JPEG in RGB or grayscale with
+  no EXIF rotation is decoded by simplejpeg (libjpeg-turbo), DCT-downscaled to the
+  smallest eighth of its size that keeps both sides at or above the target
+  (:func:`_simplejpeg`), then resized by Pillow as above. Every other file (PNG, a
+  CMYK or rotated JPEG, anything simplejpeg refuses) follows Pillow's path, so the
+  rules above hold for all. A JPEG under twice the target then decodes at fewer pixels
+  than Pillow's, so the pixels differ slightly and the decoder is part of the recipe.
+
+The resize method is part of the extraction recipe (:data:`RESIZE_METHOD`), and so is
+the decoder: change either and the cache puts the features in a new group.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from featurecache.errors import ImageDecodeError
 log = logging.getLogger(__name__)
 
 RESIZE_METHOD = "pillow-jpeg-draft-bilinear-stretch"
+#: EXIF tag of the orientation (``PIL.ExifTags.Base.Orientation``).
+_ORIENTATION = 0x0112
 
 #: Suffixes of formats that need a plugin or a recent Pillow: listed as images even
 #: where that is missing, so that each such file is skipped with the reason, not ignored.
@@ -135,8 +146,11 @@ def resize(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarray:
-    """Decode an encoded image (JPEG, PNG, ...) to RGB pixels of shape ``(size, size, 3)``.
+def decode_bytes(
+    data: bytes, size: int, *, source: str = "<bytes>", decoder: str = "pillow"
+) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ...) to RGB pixels of shape ``(size, size, 3)``,
+    uint8; ``decoder``: ``"pillow"`` or ``"simplejpeg"`` (see the module docstring).
 
     Raises
     ------
@@ -155,6 +169,10 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
                     f"{source}: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel "
                     "limit (possible decompression bomb); downscale the file"
                 )
+            if decoder == "simplejpeg" and _plain_jpeg(image):
+                fast = _simplejpeg(data, size)
+                if fast is not None:
+                    return resize(Image.fromarray(fast), size)
             if image.format == "JPEG":
                 image.draft("RGB", (size, size))  # no-op unless >= 2x the target
             image.load()
@@ -178,6 +196,35 @@ def decode_bytes(data: bytes, size: int, *, source: str = "<bytes>") -> np.ndarr
                 f"{source}: unsupported image format here ({exc}); convert it to JPEG or PNG"
             ) from exc
         raise ImageDecodeError(f"{source}: corrupt or truncated image: {exc}") from exc
+
+
+def _plain_jpeg(image: Image.Image) -> bool:
+    """A JPEG that simplejpeg decodes to what Pillow's rules give: RGB or grayscale
+    (not CMYK), upright (no EXIF rotation). Reads the header only."""
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        return False
+    return image.getexif().get(_ORIENTATION, 1) == 1
+
+
+def _simplejpeg(data: bytes, size: int) -> np.ndarray | None:
+    """simplejpeg's RGB pixels of a JPEG, uint8 ``(h, w, 3)``, DCT-downscaled to the
+    smallest of libjpeg-turbo's scales (1/8, 2/8 ... 7/8) that keeps both sides >= ``size``;
+    None where simplejpeg is not installed or refuses the file (Pillow then decodes it,
+    and names the fault if there is one).
+
+    Pillow's ``draft`` has only 1/2, 1/4 and 1/8, so a photo under twice the target
+    decodes whole: with the eighths, clothing_small's 400x711 photos decode at 5/8
+    (250x444), which is where the speed comes from (restricted to Pillow's scales,
+    simplejpeg's pixels equal Pillow's and its speed is the same: ``benchmarks/decoding.py``).
+    """
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
+    except ValueError:
+        return None
 
 
 def array_to_rgb(pixels: np.ndarray, size: int, *, source: str = "<array>") -> np.ndarray:
@@ -205,8 +252,10 @@ def array_to_rgb(pixels: np.ndarray, size: int, *, source: str = "<array>") -> n
     return resize(to_rgb(image), size)
 
 
-def decode(data: bytes | np.ndarray, size: int, *, source: str) -> np.ndarray:
-    """An encoded file's bytes (:func:`decode_bytes`) or an array row
+def decode(
+    data: bytes | np.ndarray, size: int, *, source: str, decoder: str = "pillow"
+) -> np.ndarray:
+    """An encoded file's bytes (:func:`decode_bytes` with ``decoder``) or an array row
     (:func:`array_to_rgb`) -> RGB pixels of shape ``(size, size, 3)``, dtype uint8.
 
     Raises
@@ -216,4 +265,4 @@ def decode(data: bytes | np.ndarray, size: int, *, source: str) -> np.ndarray:
     """
     if isinstance(data, np.ndarray):
         return array_to_rgb(data, size, source=source)
-    return decode_bytes(data, size, source=source)
+    return decode_bytes(data, size, source=source, decoder=decoder)

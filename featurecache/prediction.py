@@ -114,7 +114,7 @@ def predict(
     class_names = record.info["class_names"]
     results: list[Prediction] = []
     for start in range(0, len(files), batch_size):
-        decoded = _decode(files[start : start + batch_size], config.input_size)
+        decoded = _decode(files[start : start + batch_size], config.input_size, config.decoder)
         results.extend(decoded.skipped)
         if not decoded.paths:
             continue
@@ -136,13 +136,14 @@ class _Decoded(NamedTuple):
     skipped: list[Prediction]
 
 
-def _decode(chunk: Sequence[Path], size: int) -> _Decoded:
-    """Decode ``chunk`` to RGB ``(size, size, 3)`` pixels; a file that cannot be read or
-    decoded is logged and skipped with its error."""
+def _decode(chunk: Sequence[Path], size: int, decoder: str) -> _Decoded:
+    """Decode ``chunk`` to RGB ``(size, size, 3)`` pixels (JPEGs by ``decoder``, the
+    backbone's); a file that cannot be read or decoded is logged and skipped with its error."""
     decoded = _Decoded([], [], [])
     for path in chunk:
         try:
-            decoded.pixels.append(decode_bytes(path.read_bytes(), size, source=str(path)))
+            data = path.read_bytes()
+            decoded.pixels.append(decode_bytes(data, size, source=str(path), decoder=decoder))
             decoded.paths.append(path)
         except (ImageDecodeError, OSError) as exc:
             log.warning("skipped %s", exc)

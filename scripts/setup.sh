@@ -2,7 +2,7 @@
 #
 # - Creates ./.venv with $PYTHON (default python3) if it is missing, and installs
 #   featurecache with TensorFlow for the CPU, JAX for the CPU (Keras's JAX backend),
-#   ONNX Runtime, Dask + s3fs, the data formats (WebDataset, Parquet, Hugging Face), the
+#   ONNX Runtime, OpenVINO, simplejpeg, Dask + s3fs, the data formats (WebDataset, Parquet, Hugging Face), the
 #   audit's faiss, cleanlab and umap-learn, keras-hub (with --no-deps: its tensorflow-text requirement
 #   would add the full tensorflow wheel beside tensorflow-cpu) and the test tools.
 # - Keras's PyTorch backend: the registry's Linux `torch` wheel brings about 2.8 GB of
@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
 if ! .venv/bin/python -m pip install --disable-pip-version-check \
-        -e ".[cpu,jax,onnx,dask,data,huggingface,audit,hub-deps,test]" > .venv/pip-install.log 2>&1 \
+        -e ".[cpu,jax,onnx,openvino,simplejpeg,dask,data,huggingface,audit,hub-deps,test]" > .venv/pip-install.log 2>&1 \
     || ! .venv/bin/python -m pip install --disable-pip-version-check --no-deps \
         "keras-hub>=0.21" >> .venv/pip-install.log 2>&1; then
     grep -v "is ignored: it is neither" .venv/pip-install.log >&2

@@ -64,24 +64,26 @@ def _hash(obj: Any) -> str:
 
 
 def recorded_engine(engine: str, on: str | None = None) -> str:
-    """How the recipe records ``engine`` (``auto``, ``keras`` or ``onnxruntime``: the
+    """How the recipe records ``engine`` (``auto``, ``keras``, ``onnxruntime`` or
+    ``openvino``: the
     configuration's words, :data:`featurecache.config.constraints.ENGINES`) on Keras
     backend ``on`` (default: the current one, :func:`featurecache.deps.backend`).
 
     ``keras`` is recorded as the backend that runs the model (``tensorflow``, ``jax`` or
     ``torch``: features from different backends are different recipes); ``auto`` stays
     ``auto`` under TensorFlow (resolved when run) and is the backend's name elsewhere;
-    ``onnxruntime`` stays as it is.
+    ``onnxruntime`` and ``openvino`` stay as they are.
 
     Raises
     ------
     EngineError
-        For ``onnxruntime`` off TensorFlow (its export goes through TensorFlow).
+        For ``onnxruntime`` or ``openvino`` off TensorFlow (their model is the ONNX
+        export, which goes through TensorFlow).
     """
     name = on or backend()
-    if engine == "onnxruntime" and name != "tensorflow":
+    if engine in ("onnxruntime", "openvino") and name != "tensorflow":
         raise EngineError(
-            "engine 'onnxruntime' runs on the tensorflow backend only (the ONNX export goes "
+            f"engine {engine!r} runs on the tensorflow backend only (the ONNX export goes "
             f"through TensorFlow), and the Keras backend is {name}: use engine 'keras' (the "
             "Keras model on the current backend), or set KERAS_BACKEND=tensorflow"
         )
@@ -133,7 +135,7 @@ def request_hash(backbone: BackboneConfig, on: str | None = None) -> str:
 
 #: What engine ``auto`` accepts an existing group of: any, so that caches made with the
 #: default of earlier releases (``keras``) or with a named engine are still found.
-AUTO_ACCEPTS = ("auto", "keras", "onnxruntime")
+AUTO_ACCEPTS = ("auto", "keras", "onnxruntime", "openvino")
 
 
 def accepted(backbone: BackboneConfig) -> list[BackboneConfig]:
@@ -168,8 +170,10 @@ def recipe_hash(backbone: BackboneConfig, weights_sha256: str | None, engine: st
 
 
 def model_id(backbone: BackboneConfig, weights_sha256: str | None) -> str:
-    """Identity of the backbone model itself (not the engine): names its ONNX export."""
-    described = {k: v for k, v in backbone.describe().items() if k not in ("engine", "dtype")}
+    """Identity of the backbone model itself (not the engine, precision, storage type or
+    decoder): names its ONNX export."""
+    engine_side = ("engine", "dtype", "precision", "decoder")
+    described = {k: v for k, v in backbone.describe().items() if k not in engine_side}
     return _hash(
         {
             "backbone": described,

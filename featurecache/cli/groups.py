@@ -27,6 +27,7 @@ from featurecache.cli.options import (
     CacheOpt,
     DataOpt,
     DataRootOpt,
+    DecoderOpt,
     DtypeOpt,
     EngineOpt,
     EpochsOpt,
@@ -37,6 +38,7 @@ from featurecache.cli.options import (
     MaxStepsOpt,
     PipelineArg,
     PoolingOpt,
+    PrecisionOpt,
     ProgressOpt,
     SchedulerOpt,
     SizeOpt,
@@ -66,6 +68,8 @@ class PipelineOptions:
     pooling: PoolingOpt = None
     input_size: SizeOpt = None
     engine: EngineOpt = None
+    precision: PrecisionOpt = None
+    decoder: DecoderOpt = None
     dtype: DtypeOpt = None
     cache: CacheOpt = None
     data_root: DataRootOpt = None

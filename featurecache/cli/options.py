@@ -68,9 +68,24 @@ EngineOpt = Annotated[
     _option(
         "What runs the backbone: auto (the default, or $FEATURECACHE_ENGINE: on "
         "TensorFlow with ONNX Runtime installed, times both and keeps the faster; "
-        "elsewhere keras), keras (the Keras model on KERAS_BACKEND) or onnxruntime "
-        "(TensorFlow backend; pip install 'featurecache[onnx]'). Overrides the pipeline "
-        "file's."
+        "elsewhere keras), keras (the Keras model on KERAS_BACKEND), onnxruntime "
+        "(TensorFlow backend; pip install 'featurecache[onnx]') or openvino (pip install "
+        "'featurecache[openvino]'). Overrides the pipeline file's."
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    _option(
+        "The backbone's arithmetic: fp32 (default), bf16 (OpenVINO) or int8 (calibrated on "
+        "the data set's training images). Checked against fp32 before extracting; its own "
+        "cache group. Overrides the pipeline file's."
+    ),
+]
+DecoderOpt = Annotated[
+    str | None,
+    _option(
+        "What decodes JPEGs: pillow (default) or simplejpeg (faster on photos under twice "
+        "the input size; slightly different pixels, so its own cache group)."
     ),
 ]
 DtypeOpt = Annotated[

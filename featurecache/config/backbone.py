@@ -90,6 +90,19 @@ class BackboneConfig:
     views : tuple of str
         ``("identity",)``, or ``("identity", "flip")`` to cache each image's horizontal
         flip as well (features, taps and activations).
+    precision : {"fp32", "bf16", "int8"}
+        The backbone's arithmetic. ``bf16`` runs on OpenVINO (engine ``openvino``; ``auto``
+        becomes it), ``int8`` on a model quantised with ONNX Runtime and calibrated on the
+        data set's own training images (engine ``onnxruntime``, or ``openvino``). Opt-in:
+        ``auto`` never lowers the precision. A recipe change: its own cache group.
+    decoder : {"pillow", "simplejpeg"}
+        What decodes JPEGs (:func:`featurecache.images.decode_bytes`); a recipe change.
+    guard_median, guard_min : float
+        The accuracy guard of a lower precision
+        (:mod:`featurecache.extraction.guard`): the median and the smallest cosine
+        similarity between its features and fp32's over a sample of the data set must
+        reach these (defaults 0.99 and 0.95), or the extraction stops before it commits.
+        Not part of the recipe.
 
     Raises
     ------
@@ -109,6 +122,10 @@ class BackboneConfig:
     finetune_from: str | None = None
     taps: tuple[str, ...] = ()
     views: tuple[str, ...] = ("identity",)
+    precision: str = "fp32"
+    decoder: str = "pillow"
+    guard_median: float = 0.99
+    guard_min: float = 0.95
 
     def __post_init__(self) -> None:
         rules.check(self, {"name": rules.BACKBONE["name"]})
@@ -121,6 +138,7 @@ class BackboneConfig:
         elif self.pooling == "auto":
             rules.complete(self, pooling="avg")  # a CNN's own pooling: global average
         rules.check(self, rules.BACKBONE)
+        _check_precision(self)
         rules.complete(
             self,
             weights=self.weights if is_hub(spec.name) else _weights(self.weights),
@@ -183,7 +201,8 @@ class BackboneConfig:
     def describe(self) -> dict[str, Any]:
         """The configuration as a JSON-serialisable dict (the provenance; hashed into the
         request hash, so its keys and values must not change for the same request: the
-        taps, views and activation map appear only when asked for)."""
+        taps, views, activation map, a lower precision and another decoder appear only
+        when asked for; the guard's thresholds never)."""
         extra: dict[str, Any] = {}
         if self.finetune_from:
             extra["finetune_from"] = self.finetune_from
@@ -191,6 +210,10 @@ class BackboneConfig:
             extra["taps"] = list(self.taps)
         if self.views != ("identity",):
             extra["views"] = list(self.views)
+        if self.precision != "fp32":
+            extra["precision"] = self.precision
+        if self.decoder != "pillow":
+            extra["decoder"] = self.decoder
         return {
             "name": self.name,
             "keras_name": self.spec.keras_name,
@@ -211,21 +234,15 @@ class BackboneConfig:
 
 def _check_hub(config: BackboneConfig) -> None:
     """A keras-hub backbone's settings (:mod:`featurecache.config.hub`), normalised:
-    weights ``"preset"`` (its own) or ``"none"``, pooling ``"auto"`` or ``"max"``, engine
-    ``keras``; no taps, cached activations or extra arguments."""
+    weights ``"preset"`` (its own) or ``"none"``, pooling ``"auto"`` or ``"max"``; no taps,
+    cached activations or extra arguments. Every engine runs it (the ONNX export of
+    keras-hub's Functional models goes through tf2onnx like any Keras model's)."""
     weights = {"imagenet": "preset", "preset": "preset", "none": "none", "random": "none"}
     if str(config.weights).lower() not in weights:
         raise ConfigError(
             f"{config.name} takes its weights from the preset: weights = 'preset' (the "
             "default) or 'none', not a weights file",
             key="weights",
-        )
-    # $FEATURECACHE_ENGINE is the machine's default for every backbone: not for these
-    from_environment = config.engine == os.environ.get(ENGINE_ENV)
-    if config.engine not in ("keras", "auto") and not from_environment:
-        raise ConfigError(
-            f"{config.name} runs on the keras engine only (no ONNX export of keras-hub models yet)",
-            key="engine",
         )
     if config.taps or config.finetune_from or config.args:
         raise ConfigError(
@@ -236,7 +253,24 @@ def _check_hub(config: BackboneConfig) -> None:
         config,
         weights=weights[str(config.weights).lower()],
         pooling="auto" if config.pooling == "avg" else config.pooling,
-        engine="keras",
+    )
+
+
+def _check_precision(config: BackboneConfig) -> None:
+    """A lower precision's engine: ``auto`` (or the machine's default engine from
+    :data:`ENGINE_ENV`) becomes the precision's first engine
+    (:data:`~featurecache.config.constraints.PRECISION_ENGINES`); another named engine is
+    an error."""
+    engines = rules.PRECISION_ENGINES.get(config.precision)
+    if engines is None or config.engine in engines:
+        return
+    if config.engine == "auto" or config.engine == os.environ.get(ENGINE_ENV):
+        rules.complete(config, engine=engines[0])
+        return
+    raise ConfigError(
+        f"precision {config.precision!r} runs on engine {' or '.join(map(repr, engines))}, "
+        f"not {config.engine!r}; drop engine (auto picks it) or set precision = 'fp32'",
+        key="engine",
     )
 
 

@@ -29,7 +29,15 @@ FORMATS = ("folder", "hdf5", "csv", "webdataset", "parquet", "huggingface")
 #: Formats whose objects (tar shards, Parquet files) each hold many images.
 MEMBER_FORMATS = ("webdataset", "parquet")
 POOLINGS = ("avg", "max", "auto")  # auto: the family's own (keras-hub backbones)
-ENGINES = ("auto", "keras", "onnxruntime")
+ENGINES = ("auto", "keras", "onnxruntime", "openvino")
+#: Arithmetic of the backbone: fp32 (the default), bf16 (OpenVINO) or int8 (a calibrated
+#: QDQ model on ONNX Runtime or OpenVINO). Lower precision is opt-in, never chosen by ``auto``.
+PRECISIONS = ("fp32", "bf16", "int8")
+#: The engines that run each precision; the first is what ``auto`` becomes.
+PRECISION_ENGINES = {"bf16": ("openvino",), "int8": ("onnxruntime", "openvino")}
+#: JPEG decoders: ``pillow`` (every format) or ``simplejpeg`` (JPEGs by simplejpeg,
+#: everything else by Pillow; :func:`featurecache.images.decode_bytes`).
+DECODERS = ("pillow", "simplejpeg")
 #: Older spellings of an engine, mapped once, when a configuration is made: ``tensorflow``
 #: was ``keras``'s name before Keras backends were configurable.
 ENGINE_ALIASES = {"tensorflow": "keras"}
@@ -230,6 +238,10 @@ BACKBONE: Table = {
     "finetune_from": [None, bool, str],
     "taps": [Strings("a list of layer names")],
     "views": [Strings(f"a list of views from {VIEWS}")],
+    "precision": [Options(PRECISIONS)],
+    "decoder": [Options(DECODERS)],
+    "guard_median": [Interval(Real, -1, 1, what="a cosine similarity")],
+    "guard_min": [Interval(Real, -1, 1, what="a cosine similarity")],
 }
 HEAD: Table = {
     "name": [str],

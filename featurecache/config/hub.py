@@ -14,8 +14,10 @@ Differences from the registered ``keras.applications`` backbones:
   average pooling of a CNN's feature map; ``"max"`` is global max pooling (CNNs only);
 - **input size** defaults to the preset's image converter's ``image_size`` (read from a
   local folder's ``image_converter.json``), else 224;
-- extraction runs on the ``keras`` engine only (no ONNX export), and there are no taps,
-  cached activations or fine-tuning (yet).
+- extraction runs on every engine (``auto`` included: the ONNX export of keras-hub's
+  Functional models goes through tf2onnx like a ``keras.applications`` model's; a family
+  whose export fails stays on Keras under ``auto``), at any precision; there are no taps
+  or cached activations (yet).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 
 from featurecache.config.backbone import BackboneConfig
 from featurecache.config.dataset import DatasetConfig, Hdf5Source
+from featurecache.config.hub import PREFIX as HUB_PREFIX
 from featurecache.config.model import (
     DEFAULT_OUTPUT,
     AuditConfig,
@@ -192,6 +193,16 @@ def _each(
     return tuple(build(table, f"{key}[{i}]") for i, table in enumerate(tables))
 
 
+def _backbone(table: Any, where: str, *, folder: Path) -> BackboneConfig:
+    """A ``[[backbones]]`` table; a relative keras-hub preset folder
+    (``hub:../presets/x``) is resolved against the pipeline file's folder, as
+    ``data_root`` is."""
+    name = table.get("name") if isinstance(table, dict) else None
+    if isinstance(name, str) and name.startswith(HUB_PREFIX) and name[4:].startswith("."):
+        table = {**table, "name": HUB_PREFIX + str(folder / name[4:])}
+    return _build(BackboneConfig, table, where)
+
+
 def _resolve_root(raw: Mapping[str, Any], file: Path, data_root: str | Path | None) -> Path:
     if data_root is not None:
         return Path(data_root).expanduser()
@@ -266,7 +277,7 @@ def _pipeline(
     _check_keys(raw, PIPELINE_KEYS, "the pipeline")
     root = _resolve_root(raw, file, data_root)
     datasets = _each(raw, "datasets", partial(_dataset, root=root), required=True)
-    backbones = _each(raw, "backbones", partial(_build, BackboneConfig), required=True)
+    backbones = _each(raw, "backbones", partial(_backbone, folder=file.parent), required=True)
     heads = _each(raw, "heads", partial(_build, HeadConfig))
     references = _each(raw, "references", partial(_build, Reference))
     finetune = raw.get("finetune", {})

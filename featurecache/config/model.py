@@ -229,23 +229,24 @@ def _check_head_names(heads: tuple[HeadConfig, ...]) -> None:
 
 
 def _check_head_taps(heads: tuple[HeadConfig, ...], backbones: tuple[BackboneConfig, ...]) -> None:
-    """Refuse a head tap that a backbone does not cache: every head is trained on every
-    backbone's features, and only the backbone's ``taps`` are stored with them.
+    """Refuse a head whose taps no backbone caches. A head with taps trains on the
+    backbones that cache all of them (others are skipped with a log line:
+    :func:`featurecache.heads.train.train_heads`); a head without taps on every backbone.
 
     Raises
     ------
     ConfigError
-        Naming the head, the tap, the backbone and the fix; ``where`` is the head's table.
+        Naming the head, the tap and the fix; ``where`` is the head's table.
     """
     for i, head in enumerate(heads):
-        for j, backbone in enumerate(backbones):
-            missing = [t for t in head.taps if t not in backbone.taps]
-            if missing:
-                raise ConfigError(
-                    f"taps: {missing[0]!r} is not a tap of backbone {backbone.name} "
-                    f"(backbones[{j}]); add it to that backbone's taps, or drop it here",
-                    key="taps",
-                ).within(f"heads[{i}]")
+        if head.taps and not any(set(head.taps) <= set(b.taps) for b in backbones):
+            lacking = (t for t in head.taps if all(t not in b.taps for b in backbones))
+            missing = next(lacking, head.taps[0])
+            raise ConfigError(
+                f"taps: no backbone caches all of {list(head.taps)} ({missing!r} is in none); "
+                "add them to a backbone's taps, or drop them here",
+                key="taps",
+            ).within(f"heads[{i}]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,10 +304,14 @@ class Pipeline:
         batch_size: int | None = None,
         engine: str | None = None,
         dtype: str | None = None,
+        precision: str | None = None,
+        decoder: str | None = None,
     ) -> Pipeline:
         """This pipeline with the given settings replaced (``None``: kept), every backbone
-        included; what the command line's ``--batch-size``, ``--engine`` and ``--dtype`` do."""
-        changes = {k: v for k, v in (("engine", engine), ("dtype", dtype)) if v is not None}
+        included; what the command line's ``--batch-size``, ``--engine``, ``--dtype``,
+        ``--precision`` and ``--decoder`` do."""
+        given = {"engine": engine, "dtype": dtype, "precision": precision, "decoder": decoder}
+        changes = {k: v for k, v in given.items() if v is not None}
         return dataclasses.replace(
             self,
             batch_size=self.batch_size if batch_size is None else batch_size,

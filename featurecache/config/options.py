@@ -98,11 +98,14 @@ def pipeline_from_options(
     output: str | Path | None = None,
     batch_size: int = 32,
     name: str | None = None,
+    precision: str = "fp32",
+    decoder: str = "pillow",
 ) -> Pipeline:
     """A :class:`Pipeline` from command-line options (no file).
 
     ``backbones`` are names (default ``mobilenet_v2``), each with the same ``weights``,
-    ``pooling``, ``input_size`` (default: each backbone's own), ``engine`` and ``dtype``;
+    ``pooling``, ``input_size`` (default: each backbone's own), ``engine``, ``dtype``,
+    ``precision`` and ``decoder``;
     ``heads`` are head kinds (default ``logistic_regression``).
 
     Raises
@@ -121,6 +124,8 @@ def pipeline_from_options(
             pooling=pooling,
             engine=engine or default_engine(),
             dtype=dtype,
+            precision=precision,
+            decoder=decoder,
             **sized,
         )
         for b in (backbones or ["mobilenet_v2"])
@@ -151,11 +156,13 @@ def resolve_pipeline(
     data_root: str | Path | None = None,
     output: str | Path | None = None,
     batch_size: int | None = None,
+    precision: str | None = None,
+    decoder: str | None = None,
 ) -> Pipeline:
-    """The pipeline a command line names: the file ``pipeline`` (``engine``, ``dtype`` and
-    ``batch_size`` then override its own), or, without a file, ``data`` with ``backbone``
-    names, ``heads`` kinds and the backbone settings (:func:`pipeline_from_options`;
-    ``weights`` default ``"imagenet"``, ``pooling`` ``"avg"``).
+    """The pipeline a command line names: the file ``pipeline`` (``engine``, ``dtype``,
+    ``precision``, ``decoder`` and ``batch_size`` then override its own), or, without a
+    file, ``data`` with ``backbone`` names, ``heads`` kinds and the backbone settings
+    (:func:`pipeline_from_options`; ``weights`` default ``"imagenet"``, ``pooling`` ``"avg"``).
 
     Raises
     ------
@@ -174,12 +181,14 @@ def resolve_pipeline(
             cache=cache,
             output=output,
             batch_size=batch_size or 32,
-        ).with_overrides(engine=engine, dtype=dtype)
+        ).with_overrides(engine=engine, dtype=dtype, precision=precision, decoder=decoder)
     if data or backbone or heads:
         raise ConfigError("give either a pipeline file or --data/--backbone/--head")
     _refuse_backbone_options(pipeline, weights=weights, pooling=pooling, input_size=input_size)
     loaded = load_pipeline(pipeline, data_root=data_root, cache=cache, output=output)
-    return loaded.with_overrides(batch_size=batch_size, engine=engine, dtype=dtype)
+    return loaded.with_overrides(
+        batch_size=batch_size, engine=engine, dtype=dtype, precision=precision, decoder=decoder
+    )
 
 
 def _refuse_backbone_options(pipeline: str | Path, **given: object) -> None:

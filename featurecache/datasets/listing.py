@@ -58,8 +58,8 @@ class Listing:
     def split_counts(self) -> dict[str, int]:
         return dict(Counter(r.split for r in self.records))
 
-    def read(self, record: Record, size: int) -> tuple[str, np.ndarray]:
-        """Read and decode one record.
+    def read(self, record: Record, size: int, decoder: str = "pillow") -> tuple[str, np.ndarray]:
+        """Read and decode one record (JPEGs by ``decoder``: ``pillow`` or ``simplejpeg``).
 
         Returns
         -------
@@ -73,14 +73,16 @@ class Listing:
         ImageDecodeError
             If the file cannot be read or decoded; the message names the file.
         """
-        key, pixels = self.read_sizes(record, (size,))
+        key, pixels = self.read_sizes(record, (size,), decoder)
         return key, pixels[size]
 
-    def read_sizes(self, record: Record, sizes: Sequence[int]) -> tuple[str, dict[int, np.ndarray]]:
+    def read_sizes(
+        self, record: Record, sizes: Sequence[int], decoder: str = "pillow"
+    ) -> tuple[str, dict[int, np.ndarray]]:
         """Like :meth:`read` for several sizes: the file is read and hashed once, then
         decoded once per size (so each size's pixels equal a single-size read's)."""
         raw = self._raw(record)
-        return raw.key, {s: decode(raw.data, s, source=raw.source) for s in sizes}
+        return raw.key, {s: decode(raw.data, s, source=raw.source, decoder=decoder) for s in sizes}
 
     def load(self, index: int) -> RawImage:
         """Record ``index``'s content and key, undecoded: what extraction's decoding

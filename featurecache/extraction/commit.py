@@ -89,6 +89,8 @@ def _write_generation(
                 **_provenance(job, split_counts),
                 "content_hash": content,
                 "engine": job.engine,
+                # the decoder, OpenVINO's precision hint, int8 calibration keys, the guard
+                "engine_settings": {"decoder": job.backbone.decoder, **job.engine_settings},
                 # extraction_seconds covers the n_computed images of this generation only
                 "n_computed": len(stage_rows),
                 "n_reused": len(plan.reuse),

@@ -142,8 +142,14 @@ def _extractor(spec: ShardSpec) -> Extractor:
             )
         model_id = recipe.model_id(spec.backbone, built.weights_sha256)
         engine = recipe.requested_engine(spec.engine)
+        # an int8 model is the one the client calibrated into the engine folder
         _WORKER_STATE[key] = open_extractor(
-            built, engine, Path(spec.engine_dir), model_id, spec.batch_size
+            built,
+            engine,
+            Path(spec.engine_dir),
+            model_id,
+            spec.batch_size,
+            dataset=spec.dataset.name,
         )
     return _WORKER_STATE[key]
 

@@ -18,14 +18,24 @@ from typing import Protocol
 
 import numpy as np
 
+from featurecache.config import BackboneConfig
 from featurecache.datasets import RawImage
 from featurecache.errors import ImageDecodeError
 from featurecache.images import decode
 
+#: How a backbone wants its pixels: ``(input size, decoder)``.
+Decoding = tuple[int, str]
+
+
+def decoding(config: BackboneConfig) -> Decoding:
+    """``(input size, decoder)`` of a backbone: images are decoded once per distinct one."""
+    return config.input_size, config.decoder
+
+
 #: Decoding threads; None: one per CPU core (at most 8). On a CPU-only machine decoding
 #: and inference share the cores; a thread per core lets decoding take every core while
 #: the backbone waits for it (camera photos), and the backbone's threads do not spin
-#: while they wait (:func:`featurecache.extraction.engines.onnx_runner`).
+#: while they wait (:func:`featurecache.extraction.onnx.ort_runner`).
 DECODE_WORKERS: int | None = None
 #: Batches decoded ahead of the one the backbone is running on.
 PREFETCH_BATCHES = 2
@@ -44,33 +54,37 @@ class ImageSource(Protocol):
         ...
 
 
-#: ``preprocess(record index, {input size: pixels})`` -> each backbone's input, by the
+#: ``preprocess(record index, {decoding: pixels})`` -> each backbone's input, by the
 #: slot of its :class:`~featurecache.extraction.loop.BatchWork`; runs on the decoding thread.
-Preprocess = Callable[[int, Mapping[int, np.ndarray]], dict[int, np.ndarray]]
+Preprocess = Callable[[int, Mapping[Decoding, np.ndarray]], dict[int, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class DecodedImage:
     """One image of a pass, decoded, or the error that stopped it.
 
-    ``pixels`` maps each input size some backbone needs to RGB uint8 ``(size, size, 3)``;
+    ``pixels`` maps each :data:`Decoding` some backbone needs to RGB uint8
+    ``(size, size, 3)``;
     ``inputs`` maps a backbone's slot to its preprocessed float32 ``(size, size, 3)``
     input. Both are empty, and ``key`` is None, when ``error`` is set.
     """
 
     index: int
     key: str | None = None
-    pixels: Mapping[int, np.ndarray] = field(default_factory=dict)
+    pixels: Mapping[Decoding, np.ndarray] = field(default_factory=dict)
     inputs: Mapping[int, np.ndarray] = field(default_factory=dict)
     error: ImageDecodeError | None = None
 
 
 def _read(
-    source: ImageSource, index: int, sizes: Sequence[int], preprocess: Preprocess | None
+    source: ImageSource, index: int, sizes: Sequence[Decoding], preprocess: Preprocess | None
 ) -> DecodedImage:
     try:
         raw = source.load(index)
-        pixels = {size: decode(raw.data, size, source=raw.source) for size in sizes}
+        pixels = {
+            (size, decoder): decode(raw.data, size, source=raw.source, decoder=decoder)
+            for size, decoder in sizes
+        }
     except ImageDecodeError as exc:
         return DecodedImage(index, error=exc)
     inputs = preprocess(index, pixels) if preprocess else {}
@@ -80,14 +94,15 @@ def _read(
 def decoded_batches(
     source: ImageSource,
     order: Sequence[int],
-    sizes: Mapping[int, Sequence[int]],
+    sizes: Mapping[int, Sequence[Decoding]],
     batch_size: int,
     workers: int | None = None,
     preprocess: Preprocess | None = None,
 ) -> Generator[list[DecodedImage], None, None]:
     """Yield the images of ``order`` (record indices) in that order, ``batch_size`` at a time.
 
-    Each image is read once and decoded once per input size in ``sizes[index]``, then
+    Each image is read once and decoded once per ``(input size, decoder)`` in
+    ``sizes[index]``, then
     handed to ``preprocess`` (the backbones' ``preprocess_input``), all in a thread pool
     (Pillow and numpy release the GIL in their loops) at most :data:`PREFETCH_BATCHES`
     batches ahead, so memory stays bounded whatever the data set's size and the thread

@@ -1,23 +1,27 @@
-"""Inference engines for the frozen backbone: Keras on its backend, or ONNX Runtime.
+"""Inference engines for the frozen backbone: Keras on its backend, ONNX Runtime, OpenVINO.
 
-The engines are named as the configuration names them: ``auto``, ``keras`` and
-``onnxruntime`` (:data:`featurecache.config.constraints.ENGINES`; older spellings are
-mapped there). ``keras`` runs the Keras model itself on the current Keras backend
-(TensorFlow, JAX or PyTorch), and is recorded under the backend's name
-(:func:`featurecache.cache.recipe.recorded_engine`). ``onnxruntime``
-runs the ONNX export of the very same Keras model (Keras's own
-``model.export(format="onnx")``, through tf2onnx, so on the TensorFlow backend only),
-cached on disk by model identity so it is exported once (EfficientNet's Normalization
-statistics folded into constants first: :func:`fold_normalization`); on a CPU it is often
-several times faster (MobileNetV2: 2-4x on the team's 2-core machine,
-``benchmarks/engines.py``), and its features agree with TensorFlow's to about 1e-5.
-``auto``, the default (:func:`featurecache.config.backbone.default_engine`), times a few
-batches on each and keeps the faster, and says which (on another backend, or without
-ONNX Runtime, it is ``keras``).
+The engines are named as the configuration names them: ``auto``, ``keras``,
+``onnxruntime`` and ``openvino`` (:data:`featurecache.config.constraints.ENGINES`; older
+spellings are mapped there). ``keras`` runs the Keras model itself on the current Keras
+backend (TensorFlow, JAX or PyTorch), and is recorded under the backend's name
+(:func:`featurecache.cache.recipe.recorded_engine`). ``onnxruntime`` and ``openvino`` run
+the ONNX export of the very same Keras model (:mod:`featurecache.extraction.onnx`; on the
+TensorFlow backend only); on a CPU ONNX Runtime is often several times faster
+(MobileNetV2: 2-4x on the team's 2-core machine, ``benchmarks/engines.py``), and both
+agree with TensorFlow's features to about 1e-5 at fp32. ``auto``, the default
+(:func:`featurecache.config.backbone.default_engine`), times a few batches on each
+available engine at fp32 and keeps the fastest, and says which (on another backend, or
+without ONNX Runtime, it is ``keras``).
 
-The engine is part of the extraction recipe: features from different engines go to
-different cache groups. ``featurecache[cpu]`` and ``featurecache[onnx]`` install ONNX
-Runtime.
+A backbone's ``precision`` picks the arithmetic: ``bf16`` on OpenVINO
+(:mod:`~featurecache.extraction.openvino`, its precision hint always set and recorded),
+``int8`` on a QDQ model calibrated on the data set
+(:mod:`~featurecache.extraction.quantize`) run by ONNX Runtime or OpenVINO. A lower
+precision is checked against fp32 before it extracts (:mod:`~featurecache.extraction.guard`).
+
+The engine and precision are part of the extraction recipe: features from different
+engines go to different cache groups. ``featurecache[cpu]`` installs ONNX Runtime,
+``featurecache[openvino]`` OpenVINO.
 """
 
 from __future__ import annotations
@@ -26,32 +30,47 @@ import logging
 import os
 import time
 import uuid
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from featurecache.backbones import BuiltBackbone
 from featurecache.cache.recipe import recorded_engine
-from featurecache.errors import DependencyError, EngineError
-from featurecache.quiet import quiet_import
+from featurecache.extraction.onnx import (
+    Runner,
+    exported,
+    model_stem,
+    onnx_available,
+    ort_runner,
+)
+from featurecache.extraction.openvino import openvino_available, openvino_runner
+from featurecache.extraction.quantize import Calibration, int8_model
 
 log = logging.getLogger(__name__)
 
-#: Preprocessed float32 images ``(batch, size, size, 3)`` -> one array per output of the
-#: backbone (``BackboneConfig.outputs``: features ``(batch, feature_dim)`` first).
-Runner = Callable[[np.ndarray], list[np.ndarray]]
+#: How much faster than ONNX Runtime another engine must be on ``auto``'s trial batches
+#: to be chosen over it. The trials are a few batches of the backbone alone; on the team's
+#: 2-core machine OpenVINO fp32 ran MobileNetV2 at 0.92x ONNX Runtime's rate alone and
+#: 0.90x end to end (``benchmarks/precision.py``), yet won a two-batch race by noise.
+AUTO_MARGIN = 1.25
+
+__all__ = ["Extractor", "Runner", "keras_runner", "open_extractor", "select"]
 
 
 @dataclass(frozen=True)
 class Extractor:
-    """A built backbone and the engine that runs it (``auto`` already resolved)."""
+    """A built backbone and the engine that runs it (``auto`` already resolved).
+
+    ``settings``: what the engine was set to, recorded with the generation (OpenVINO's
+    precision hint, an int8 model's calibration keys, the guard's figures).
+    """
 
     built: BuiltBackbone
     engine: str
     runner: Runner
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 RGB ``(size, size, 3)`` -> the backbone's input for the image, float32
@@ -84,17 +103,6 @@ class Extractor:
         return arrays
 
 
-def onnx_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-
-        with quiet_import():  # tf2onnx imports TensorFlow
-            import tf2onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def keras_runner(built: BuiltBackbone) -> Runner:
     """Preprocessed float32 ``(b, size, size, 3)`` -> the outputs of ``built.outputs_model``."""
     model = built.outputs_model
@@ -106,120 +114,54 @@ def keras_runner(built: BuiltBackbone) -> Runner:
     return run
 
 
-def _export(built: BuiltBackbone, path: Path) -> None:
-    """Export ``built``'s outputs model to ONNX at ``path`` (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = built.config.input_size
-    model = built.outputs_model
-    model.predict_on_batch(np.zeros((1, size, size, 3), np.float32))  # must be called
-    fold_normalization(model)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Keras's tf2onnx patch probes np.object, which numpy 2 answers with a
-        # FutureWarning: noise in every first export, nothing the user can act on
-        warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
-        model.export(str(tmp), format="onnx", verbose=False)
-    os.replace(tmp, path)
-    log.info(
-        "exported %s to ONNX in %.1f s: %s",
-        built.config.name,
-        time.perf_counter() - start,
-        path,
-    )
-
-
-def onnx_runner(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
-    """The ONNX Runtime session of ``built``'s export, made once into ``folder``.
+def open_extractor(
+    built: BuiltBackbone,
+    requested: str,
+    folder: Path,
+    model_id: str,
+    batch_size: int = 32,
+    *,
+    dataset: str = "",
+    calibration: Calibration | None = None,
+) -> Extractor:
+    """The :class:`Extractor` of ``built`` on the engine ``requested`` (``auto`` resolved by
+    :func:`select`) at ``built.config.precision``; ONNX exports are kept in ``folder``,
+    named by ``model_id``. An int8 model is calibrated for ``dataset`` from
+    ``calibration`` the first time (:func:`featurecache.extraction.quantize.int8_model`).
+    The engine has run one batch already (Keras traces its function, ONNX Runtime
+    allocates), so a run's images/s measure the steady state.
 
     Raises
     ------
-    DependencyError
-        If onnxruntime or tf2onnx is not installed.
-    EngineError
-        If the export cannot run on images alone (EfficientNet's, with tf2onnx 1.17).
+    DependencyError, EngineError
+        As :func:`select`.
+    ValueError
+        For int8 without a calibrated model and without ``calibration``.
     """
-    if not onnx_available():
-        raise DependencyError(
-            "engine 'onnxruntime' needs onnxruntime and tf2onnx: pip install 'featurecache[onnx]'"
-        )
-    import onnxruntime as ort
-
-    path = folder / f"{built.config.name}-{model_id[:16]}.onnx"
-    fresh = not path.is_file()
-    if fresh:
-        _export(built, path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    # Idle intra-op threads sleep instead of spinning, so decoding threads get the cores
-    # between batches (ONNX Runtime's threading docs: session.intra_op.allow_spinning).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs = session.get_inputs()
-    if len(inputs) != 1 and not fresh:
-        # an export made before featurecache folded these constants: make it again
-        log.info(
-            "%s: exported by an older featurecache with %d inputs; exporting again",
-            path,
-            len(inputs),
-        )
-        path.unlink()
-        return onnx_runner(built, folder, model_id)
-    if len(inputs) != 1:
-        # tf2onnx turns tensors captured by the model (not variables, not constants)
-        # into graph inputs; fold_normalization handles the case known so far.
-        raise EngineError(
-            f"engine 'onnxruntime' cannot run {built.config.name}: its ONNX export expects "
-            f"{len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not just the "
-            "images (a tf2onnx limitation); use engine 'keras' for this backbone"
-        )
-    name = inputs[0].name
-    n_outputs = len(built.config.outputs)
-    if len(session.get_outputs()) != n_outputs:
-        raise EngineError(
-            f"the ONNX export of {built.config.name} has {len(session.get_outputs())} "
-            f"outputs, not {n_outputs}; delete {path} and run again"
-        )
-    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, np.float32)})
-
-
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _layers(layer)
-
-
-def fold_normalization(model) -> None:
-    """Make every ``keras.layers.Normalization`` in ``model`` hold its mean and variance
-    as numpy constants.
-
-    The layer keeps them as eager tensors computed from its weights (``finalize_state``
-    / ``build`` in ``keras/src/layers/preprocessing/normalization.py``). tf2onnx exports
-    such captured tensors as extra graph inputs (EfficientNet's ``normalization/Sub/y``
-    and ``Sqrt/x``), so the ONNX model cannot run on images alone; numpy arrays are
-    traced as constants instead. The values are the same, so the Keras model's outputs
-    do not change.
-    """
-    import keras
-
-    for layer in _layers(model):
-        if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
-            layer.mean = np.asarray(layer.mean)
-            layer.variance = np.asarray(layer.variance)
-
-
-def open_extractor(
-    built: BuiltBackbone, requested: str, folder: Path, model_id: str, batch_size: int = 32
-) -> Extractor:
-    """The :class:`Extractor` of ``built`` on the engine ``requested`` (``auto`` resolved by
-    :func:`select`); ONNX exports are kept in ``folder``, named by ``model_id``. The engine
-    has run one batch already (Keras traces its function, ONNX Runtime allocates), so a
-    run's images/s measure the steady state."""
-    engine, runner = select(built, requested, folder, model_id, batch_size)
+    settings: dict[str, Any] = {"precision": built.config.precision}
+    runner: Runner
+    if built.config.precision == "fp32":
+        engine, runner = select(built, requested, folder, model_id, batch_size)
+    else:
+        engine = recorded_engine(requested)
+        path = exported(built, folder, model_id)
+        if built.config.precision == "int8":
+            path, keys = int8_model(path, dataset, calibration)
+            settings["calibration_keys"] = keys
+        if engine == "openvino":
+            runner = openvino_runner(path, built.config.precision)
+        else:
+            runner = ort_runner(path)
+    settings.update(getattr(runner, "settings", {}))  # OpenVINO's hints, as compiled
     size = built.config.input_size
     runner(built.preprocess(np.zeros((batch_size, size, size, 3), np.float32)))
-    return Extractor(built=built, engine=engine, runner=runner)
+    return Extractor(built=built, engine=engine, runner=runner, settings=settings)
+
+
+def fp32_reference(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
+    """fp32 ONNX Runtime on the backbone's export: what the accuracy guard compares a
+    lower precision with."""
+    return ort_runner(exported(built, folder, model_id))
 
 
 def select(
@@ -230,26 +172,30 @@ def select(
     batch_size: int = 32,
     trials: int = 2,
 ) -> tuple[str, Runner]:
-    """Resolve ``requested`` (``auto``, ``keras`` or ``onnxruntime``) to ``(engine as
-    recorded, runner)``.
+    """Resolve ``requested`` (``auto``, ``keras``, ``onnxruntime`` or ``openvino``) at fp32
+    to ``(engine as recorded, runner)``.
 
     ``keras`` runs the Keras model and is recorded under the backend's name. ``auto``
     runs ``trials`` batches of random pixels through each available engine (after one
-    warm-up batch) and keeps the faster, and writes its
-    choice beside the export (``<model>.auto``) so that the next run of the same model
-    in this cache (a resumed one) makes the same choice without timing; without
-    onnxruntime, on another backend than TensorFlow, or when the ONNX export or its
-    session fails for any reason, it keeps Keras.
+    warm-up batch) and keeps the fastest (ONNX Runtime unless another is
+    :data:`AUTO_MARGIN` times faster), and writes its choice beside the export
+    (``<model>.auto``) so that the next run of the same model in this cache (a resumed
+    one) makes the same choice without timing; without onnxruntime, on another backend
+    than TensorFlow, or when the ONNX export or its session fails for any reason, it
+    keeps Keras.
 
     Raises
     ------
     DependencyError, EngineError
-        For ``onnxruntime`` when it is not installed, cannot run the backbone, or the
-        Keras backend is not TensorFlow (:func:`featurecache.cache.recipe.recorded_engine`).
+        For ``onnxruntime`` or ``openvino`` when it is not installed, cannot run the
+        backbone, or the Keras backend is not TensorFlow
+        (:func:`featurecache.cache.recipe.recorded_engine`).
     """
     engine = recorded_engine(requested)
     if engine == "onnxruntime":
-        return engine, onnx_runner(built, folder, model_id)
+        return engine, ort_runner(exported(built, folder, model_id))
+    if engine == "openvino":
+        return engine, openvino_runner(exported(built, folder, model_id), "fp32")
     if engine != "auto":
         return engine, keras_runner(built)
     return _auto(built, folder, model_id, batch_size, trials)
@@ -258,27 +204,43 @@ def select(
 def _auto(
     built: BuiltBackbone, folder: Path, model_id: str, batch_size: int, trials: int
 ) -> tuple[str, Runner]:
-    """``auto`` for ``built``: the choice made before in ``folder``, else the faster
+    """``auto`` for ``built``: the choice made before in ``folder``, else the fastest
     engine on ``trials`` batches (see :func:`select`). ``auto`` is resolved on the
     TensorFlow backend only, where the Keras model is recorded as ``tensorflow``."""
     if not onnx_available():
         log.info("engine auto: onnxruntime is not installed, using tensorflow")
         return "tensorflow", keras_runner(built)
     candidates = {"tensorflow": keras_runner(built)}
-    choice = folder / f"{built.config.name}-{model_id[:16]}.auto"
+    choice = folder / f"{model_stem(built, model_id)}.auto"
     # chosen before for this model in this cache: a resumed run stays on it
     kept = choice.read_text().strip() if choice.is_file() else None
     if kept == "tensorflow":  # no ONNX session to build
         log.info("engine auto for %s: %s (chosen before)", built.config.name, kept)
         return kept, candidates[kept]
     try:
-        candidates["onnxruntime"] = onnx_runner(built, folder, model_id)
+        path = exported(built, folder, model_id)
+        if kept in ("onnxruntime", None):
+            candidates["onnxruntime"] = ort_runner(path)
+        if kept in ("openvino", None) and openvino_available():
+            candidates["openvino"] = openvino_runner(path, "fp32")
     except Exception as exc:  # noqa: BLE001  any export or session failure: Keras runs it
         log.warning("engine auto: %s; using tensorflow", exc)
         return "tensorflow", candidates["tensorflow"]
-    if kept == "onnxruntime":
+    if kept in candidates:
         log.info("engine auto for %s: %s (chosen before)", built.config.name, kept)
         return kept, candidates[kept]
+    best = _fastest(built, candidates, batch_size, trials)
+    tmp = choice.with_name(f".{choice.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(best + "\n")
+    os.replace(tmp, choice)
+    return best, candidates[best]
+
+
+def _fastest(
+    built: BuiltBackbone, candidates: dict[str, Runner], batch_size: int, trials: int
+) -> str:
+    """The engine of ``candidates`` with the most images/s on random pixels; ONNX Runtime
+    unless another is :data:`AUTO_MARGIN` times faster."""
     size = built.config.input_size
     batch = built.preprocess(
         np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
@@ -291,13 +253,12 @@ def _auto(
             run(batch)
         timings[name] = trials * batch_size / (time.perf_counter() - start)
     best = max(timings, key=lambda name: timings[name])
-    tmp = choice.with_name(f".{choice.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(best + "\n")
-    os.replace(tmp, choice)
+    if "onnxruntime" in timings and timings[best] < AUTO_MARGIN * timings["onnxruntime"]:
+        best = "onnxruntime"  # within the trials' noise: the engine known to pipeline well
     log.info(
         "engine auto for %s: %s (%s)",
         built.config.name,
         best,
         ", ".join(f"{k} {v:.0f} images/s" for k, v in timings.items()),
     )
-    return best, candidates[best]
+    return best

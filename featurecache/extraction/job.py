@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from featurecache.backbones import build_backbone
@@ -26,7 +26,8 @@ from featurecache.cache.staging import ComputeStage
 from featurecache.cache.writing import CacheWriter
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.datasets import Listing
-from featurecache.extraction.engines import Extractor, open_extractor
+from featurecache.extraction.engines import Extractor, fp32_reference, open_extractor
+from featurecache.extraction.guard import calibration_images, guard
 from featurecache.extraction.plan import Plan, make_plan, plan_id
 from featurecache.extraction.result import ExtractResult, Profile
 
@@ -55,6 +56,7 @@ class ExtractJob:
     n_resumed: int
     arrays: list[ArraySpec]
     extractor: Extractor | None = None
+    engine_settings: dict[str, Any] = field(default_factory=dict)
     n_computed: int = 0
     compute_seconds: float = 0.0
     profile: Profile | None = None
@@ -95,6 +97,7 @@ class Making:
     weights: dict[str, Any]
     engine: str
     extractor: Extractor | None = None
+    engine_settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def recorded(cls, attrs: dict[str, Any]) -> Making:
@@ -104,6 +107,7 @@ class Making:
             ArraySpec.from_attrs(attrs),
             dict(attrs["weights"]),
             recipes.engine_of(attrs),
+            engine_settings=dict(attrs.get("engine_settings", {})),
         )
 
 
@@ -152,7 +156,7 @@ def plan_backbone(
     known, backbone = _known(cache, backbone, found)
     plan = make_plan(cache, listing, found, known.attrs["recipe_hash"] if known else None, damaged)
     if plan.compute or known is None:
-        made = _open(cache, backbone, known, batch_size)
+        made = _open(cache, backbone, known, batch_size, listing, plan.compute)
     else:  # every image is in the cache already: no backbone to build
         made = Making.recorded(known.attrs)
     if backbone.weights == "none":
@@ -181,6 +185,7 @@ def plan_backbone(
         n_resumed=stage.records_done - len(stage.skipped),
         arrays=made.arrays,
         extractor=made.extractor,
+        engine_settings=made.engine_settings,
     )
 
 
@@ -198,21 +203,47 @@ def _known(
 
 
 def _open(
-    cache: Cache, backbone: BackboneConfig, known: recipes.CachedGroup | None, batch_size: int
+    cache: Cache,
+    backbone: BackboneConfig,
+    known: recipes.CachedGroup | None,
+    batch_size: int,
+    listing: Listing,
+    compute: Sequence[int],
 ) -> Making:
-    """Build the backbone and open its engine."""
+    """Build the backbone and open its engine; a lower precision is calibrated (int8) on
+    ``listing`` and checked against fp32 on a sample of ``compute`` (the record indices
+    to compute) before anything is computed.
+
+    Raises
+    ------
+    PrecisionError
+        If the lower precision's features differ from fp32's beyond the backbone's guard.
+    """
     built = build_backbone(backbone)
     model_id = recipes.model_id(backbone, built.weights_sha256)
     # "auto" is resolved once, then kept: switching would recompute everything.
     engine = recipes.requested_engine(recipes.engine_of(known.attrs)) if known else backbone.engine
-    extractor = open_extractor(built, engine, cache.location.engine_dir(), model_id, batch_size)
+    folder = cache.location.engine_dir()
+    extractor = open_extractor(
+        built,
+        engine,
+        folder,
+        model_id,
+        batch_size,
+        dataset=listing.name,
+        calibration=calibration_images(listing, built),
+    )
+    if backbone.precision != "fp32" and compute:
+        reference = fp32_reference(built, folder, model_id)
+        check = guard(listing, compute, built, extractor.runner, reference, batch_size)
+        extractor.settings["precision_check"] = check
     recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)
     weights = {"spec": backbone.weights, "file": built.weights_file}
     weights["sha256"] = built.weights_sha256
     if built.pooled_as:
         weights["pooled_as"] = built.pooled_as  # keras-hub: the family's own pooling
     arrays = array_specs(backbone, built.output_shapes)
-    return Making(recipe_hash, arrays, weights, extractor.engine, extractor)
+    return Making(recipe_hash, arrays, weights, extractor.engine, extractor, extractor.settings)
 
 
 def _cache_hit(

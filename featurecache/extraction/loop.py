@@ -27,7 +27,13 @@ import numpy as np
 from tqdm import tqdm
 
 from featurecache.cache import storable
-from featurecache.extraction.decoding import DecodedImage, ImageSource, decoded_batches
+from featurecache.extraction.decoding import (
+    DecodedImage,
+    Decoding,
+    ImageSource,
+    decoded_batches,
+    decoding,
+)
 from featurecache.extraction.engines import Extractor
 from featurecache.extraction.result import Profile
 
@@ -124,7 +130,7 @@ class BatchWork:
         good = [i for i, item in enumerate(images) if item.error is None]
         if good:
             computed = self.extractor.outputs(
-                np.stack([images[i].pixels[config.input_size] for i in good]),
+                np.stack([images[i].pixels[decoding(config)] for i in good]),
                 np.stack([images[i].inputs[self.slot] for i in good]),
             )
             for name, values in computed.items():
@@ -153,7 +159,8 @@ def run_batches(
     """Compute every batch of ``work`` and hand each to ``writer``; return where the time
     went (:class:`~featurecache.extraction.result.Profile`, seconds).
 
-    Each image is read once and decoded once per input size that some backbone needs.
+    Each image is read once and decoded once per input size and decoder that some
+    backbone needs.
 
     Raises
     ------
@@ -166,12 +173,12 @@ def run_batches(
             for index in rows:
                 need.setdefault(index, []).append(item)
     order = sorted(need)
-    sizes = {i: sorted({w.extractor.built.config.input_size for w in need[i]}) for i in order}
+    sizes = {i: sorted({decoding(w.extractor.built.config) for w in need[i]}) for i in order}
 
-    def inputs(index: int, pixels: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def inputs(index: int, pixels: Mapping[Decoding, np.ndarray]) -> dict[int, np.ndarray]:
         """Each backbone's input for image ``index``, by slot (on a decoding thread)."""
         return {
-            w.slot: w.extractor.preprocess(pixels[w.extractor.built.config.input_size])
+            w.slot: w.extractor.preprocess(pixels[decoding(w.extractor.built.config)])
             for w in need[index]
         }
 

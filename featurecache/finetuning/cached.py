@@ -166,7 +166,9 @@ class CachedActivations:
             )
             return None
         records = [by_source[self.features.sources[i]] for i in rows]
-        pixels = read_pixels(self.listing, records, self.backbone.input_size)
+        pixels = read_pixels(
+            self.listing, records, self.backbone.input_size, self.backbone.decoder
+        )
         live = np.asarray(on_pixels.predict(pixels, verbose=0))
         cached = predict_cached(
             trained, self.generation, np.asarray(rows), ("identity",), len(rows)

@@ -33,9 +33,12 @@ def cached_rows(features: FeatureSet, listing: Listing) -> tuple[list[Record], n
     return [by_source[features.sources[i]] for i in rows], np.asarray(rows, dtype=int)
 
 
-def read_pixels(listing: Listing, records: Sequence[Record], size: int) -> np.ndarray:
-    """Decoded images as float32 RGB 0-255 of shape ``(len(records), size, size, 3)``."""
-    return np.stack([listing.read(r, size)[1] for r in records]).astype(np.float32)
+def read_pixels(
+    listing: Listing, records: Sequence[Record], size: int, decoder: str = "pillow"
+) -> np.ndarray:
+    """Decoded images (JPEGs by ``decoder``, the backbone's) as float32 RGB 0-255 of shape
+    ``(len(records), size, size, 3)``."""
+    return np.stack([listing.read(r, size, decoder)[1] for r in records]).astype(np.float32)
 
 
 def image_batches(
@@ -47,6 +50,7 @@ def image_batches(
     *,
     shuffle: bool = False,
     seed: int = 0,
+    decoder: str = "pillow",
 ) -> Any:
     """A ``keras.utils.PyDataset`` of ``(pixels, labels)`` batches, reshuffled every epoch
     when ``shuffle``; images are decoded by up to 4 threads ahead of the model."""
@@ -66,7 +70,8 @@ def image_batches(
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             picks = self.order[index * batch_size : (index + 1) * batch_size]
-            return read_pixels(listing, [records[i] for i in picks], size), labels[picks]
+            images = read_pixels(listing, [records[i] for i in picks], size, decoder)
+            return images, labels[picks]
 
         def on_epoch_end(self) -> None:
             if shuffle:
@@ -76,12 +81,19 @@ def image_batches(
 
 
 def predict_images(
-    model: Any, listing: Listing, records: Sequence[Record], size: int, batch_size: int
+    model: Any,
+    listing: Listing,
+    records: Sequence[Record],
+    size: int,
+    batch_size: int,
+    decoder: str = "pillow",
 ) -> np.ndarray:
     """``model``'s class probabilities for ``records``: ``(len(records), n_classes)`` float64."""
     proba = [
         np.asarray(
-            model.predict(read_pixels(listing, records[i : i + batch_size], size), verbose=0)
+            model.predict(
+                read_pixels(listing, records[i : i + batch_size], size, decoder), verbose=0
+            )
         )
         for i in range(0, len(records), batch_size)
     ]

@@ -92,7 +92,8 @@ class ImageSource:
         """
         picks = list(range(min(PARITY_IMAGES, len(self.records))))
         size = self.features.provenance["input_size"]
-        pixels = read_pixels(self.listing, [self.records[i] for i in picks], size)
+        picked = [self.records[i] for i in picks]
+        pixels = read_pixels(self.listing, picked, size, self.backbone.decoder)
         live = np.asarray(on_pixels.predict(pixels, verbose=0))
         cached = np.asarray(head.predict_proba(self.features.X[self.rows[picks]]))
         diff = float(np.abs(live - cached).max())
@@ -142,15 +143,23 @@ class ImageSource:
                 batch,
                 shuffle=True,
                 seed=self.ft.seed,
+                decoder=self.backbone.decoder,
             ),
-            image_batches(self.listing, [pick[i] for i in val], self.labels[val], size, batch),
+            image_batches(
+                self.listing,
+                [pick[i] for i in val],
+                self.labels[val],
+                size,
+                batch,
+                decoder=self.backbone.decoder,
+            ),
         )
 
     def proba(self, model: Any, rows: np.ndarray) -> np.ndarray:
         """``model`` on the decoded images of ``rows``: ``(len(rows), n_classes)`` float64."""
         records = [self.records[i] for i in rows]
         size, batch = self.backbone.input_size, self.ft.batch_size
-        return predict_images(model, self.listing, records, size, batch)
+        return predict_images(model, self.listing, records, size, batch, self.backbone.decoder)
 
     def info(self) -> dict[str, Any]:
         """Nothing besides what every run writes."""

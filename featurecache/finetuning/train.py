@@ -33,6 +33,7 @@ activations, before and after training.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from featurecache.cache import Cache, recipe
@@ -45,6 +46,8 @@ from featurecache.finetuning.outputs import FinetuneResult
 from featurecache.finetuning.run import Run
 from featurecache.finetuning.source import Source
 from featurecache.runs import RunLayout, output_errors
+
+log = logging.getLogger(__name__)
 
 #: ``[finetune] source`` -> its :class:`~featurecache.finetuning.source.Source`, made
 #: from ``(ft, cache, group, listing, backbone)``.
@@ -60,7 +63,8 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
     Returns
     -------
     list of FinetuneResult
-        One per data set x backbone, in the pipeline's order.
+        One per data set x backbone, in the pipeline's order; keras-hub backbones are
+        skipped with a warning (not supported yet) when the pipeline has others.
 
     Raises
     ------
@@ -77,7 +81,10 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
         ``source = "cache"`` and the backbone has no ``finetune_from``.
     """
     hub = [b.name for b in pipeline.backbones if b.spec.preprocess == "hub"]
-    if hub:
+    backbones = [b for b in pipeline.backbones if b.name not in hub]
+    if hub and backbones:
+        log.warning("fine-tuning keras-hub backbones is not supported yet: %s skipped", hub)
+    elif hub:
         raise ConfigError(
             f"fine-tuning keras-hub backbones ({', '.join(hub)}) is not supported yet; train "
             "heads on their cached features with `featurecache train-head`"
@@ -88,7 +95,7 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
     for dataset in pipeline.datasets:
         listing = list_dataset(dataset, ObjectIndex(cache.object_index_url(dataset.name)))
         try:
-            for backbone in pipeline.backbones:
+            for backbone in backbones:
                 found = recipe.find_group(cache, dataset.name, backbone)
                 if found is None:
                     raise CacheError(

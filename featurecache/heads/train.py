@@ -83,6 +83,14 @@ def train_heads(pipeline: Pipeline, *, only_changed: bool = False) -> list[HeadR
             found = recipes.require_group(cache, dataset.name, backbone)
             read: dict[tuple, FeatureSet] = {}
             for head, kind in zip(pipeline.heads, kinds, strict=True):
+                if not set(head.taps) <= set(backbone.taps):
+                    log.info(
+                        "head %s: not trained on %s, which caches none of its taps %s",
+                        head.name,
+                        backbone.name,
+                        list(head.taps),
+                    )
+                    continue
                 flipped = head.views and "flip" in found.attrs["backbone"].get("views", ())
                 if (head.taps, flipped) not in read:
                     read[head.taps, flipped] = cache.read(

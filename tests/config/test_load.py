@@ -144,7 +144,8 @@ note = "other data"
         ("[[heads]]\nkind = 'knn'\ncv = 1\n", "cv must be an integer >= 2"),
         (
             "[[heads]]\nkind = 'knn'\ntaps = ['block_13_expand_relu']\n",
-            r"heads\[0\]\.taps: 'block_13_expand_relu' is not a tap of backbone mobilenet_v2",
+            r"heads\[0\]\.taps: no backbone caches all of \['block_13_expand_relu'\] "
+            r"\('block_13_expand_relu' is in none\)",
         ),
         (
             "[[references]]\ndataset = 'other'\nsource = 's'\nmodel = 'm'\nvalue = 0.5\n",

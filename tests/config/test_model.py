@@ -24,8 +24,13 @@ SETTINGS = {
     "finetune_from": "conv_pw_11_relu",
     "taps": ("conv_pw_12_relu",),
     "views": ("identity", "flip"),
+    "precision": "int8",
+    "decoder": "simplejpeg",
+    "guard_median": 0.99,  # the defaults: the guard is not part of the description
+    "guard_min": 0.95,
 }
-CACHE_SETTINGS = ("finetune_from", "taps", "views")  # pipeline files only, no CLI options
+#: pipeline files only, no CLI options
+CACHE_SETTINGS = ("finetune_from", "taps", "views", "guard_median", "guard_min")
 
 
 def test_a_backbone_keeps_every_setting_through_replace_and_its_description():

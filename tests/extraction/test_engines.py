@@ -80,7 +80,7 @@ def test_the_default_engine_is_auto_and_picks_onnxruntime_for_mobilenet_v2(
 def test_auto_picks_an_engine_says_which_and_keeps_it(datasets_dir, tmp_path):
     cache = tmp_path / "cache"
     first = extract(datasets_dir, cache, "auto")
-    assert first["engine"] in ("tensorflow", "onnxruntime")
+    assert first["engine"] in ("tensorflow", "onnxruntime", "openvino")
     attrs = Cache(cache).attrs("catvnoncat", first["group"])
     assert attrs["engine"] == first["engine"] and attrs["backbone"]["engine"] == "auto"
     again = extract(datasets_dir, cache, "auto")
@@ -97,13 +97,13 @@ def test_efficientnet_runs_on_onnxruntime_with_tensorflows_features(name, tmp_pa
     from featurecache.backbones import build_backbone
     from featurecache.cache import recipe
     from featurecache.config import BackboneConfig
-    from featurecache.extraction import engines
+    from featurecache.extraction import engines, onnx
 
     config = BackboneConfig(name=name, weights="none", input_size=64)
     built = build_backbone(config)
     [norm] = [
         layer
-        for layer in engines._layers(built.outputs_model)
+        for layer in onnx._layers(built.outputs_model)
         if isinstance(layer, keras.layers.Normalization)
     ]
     if norm.weights:  # EfficientNet adapts its statistics (V2 has them as constants)
@@ -112,14 +112,14 @@ def test_efficientnet_runs_on_onnxruntime_with_tensorflows_features(name, tmp_pa
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
     batch = built.preprocess(pixels)
     [tf] = engines.keras_runner(built)(batch)
-    run = engines.onnx_runner(built, tmp_path, recipe.model_id(config, None))
+    run = onnx.onnx_runner(built, tmp_path, recipe.model_id(config, None))
     [ort] = run(batch)
     scale = float(np.abs(tf).max())
     assert scale > 0 and float(np.abs(ort - tf).max()) <= 1e-4 * scale
     [again] = engines.keras_runner(built)(batch)  # folding left the Keras model as it was
     np.testing.assert_array_equal(again, tf)
     name, _ = engines.select(built, "auto", tmp_path, recipe.model_id(config, None), 2, trials=1)
-    assert name in ("tensorflow", "onnxruntime")
+    assert name in ("tensorflow", "onnxruntime", "openvino")
 
 
 def test_auto_keeps_its_choice_for_a_resumed_run(tmp_path):
@@ -136,7 +136,7 @@ def test_auto_keeps_its_choice_for_a_resumed_run(tmp_path):
     first, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
     [choice] = tmp_path.glob("*.auto")
     assert choice.read_text().strip() == first
-    other = {"tensorflow": "onnxruntime", "onnxruntime": "tensorflow"}[first]
+    other = "onnxruntime" if first == "tensorflow" else "tensorflow"
     choice.write_text(other + "\n")
     again, _ = engines.select(built, "auto", tmp_path, model_id, batch_size=2, trials=1)
     assert again == other

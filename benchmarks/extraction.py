@@ -115,10 +115,10 @@ def decode_rate(listing, extractor) -> float:
     order = list(range(len(listing.records)))
 
     def preprocess(index, pixels):
-        return {0: extractor.preprocess(pixels[SIZE])}
+        return {0: extractor.preprocess(pixels[(SIZE, "pillow")])}
 
     start = time.perf_counter()
-    sizes = dict.fromkeys(order, [SIZE])
+    sizes = dict.fromkeys(order, [(SIZE, "pillow")])
     for _ in decoded_batches(listing, order, sizes, 32, os.cpu_count(), preprocess=preprocess):
         pass
     return len(order) / (time.perf_counter() - start)

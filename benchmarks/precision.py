@@ -1,0 +1,258 @@
+"""Lower precision and the faster JPEG decoder: speed against fp32 and the Keras guide,
+each variant against its own pipelined limit, and linear-probe top-1 per precision.
+
+Speed (``--speed``), on clothing_small (all 3,781 photos) and photos_hires (16 camera
+JPEGs, each copied ``--repeat`` times), MobileNetV2 with ImageNet weights, 224 px, batch
+32, everything in one run:
+
+* *fp32 default*: ``extract`` with no engine or precision named (``auto``, Pillow);
+* every engine x precision (``onnxruntime`` fp32/int8, ``openvino`` fp32/bf16/int8), with
+  Pillow and with simplejpeg decoding: its *decode* rate (featurecache's input side alone,
+  one thread per core), *backbone* rate (the engine alone on preprocessed batches, mean
+  of just before and just after its extraction), *limit* ``1 / (1/backbone + 1/decode)``,
+  and *extraction* rate (``extract`` into a fresh cache, compute phase);
+* the Keras guide's pipeline (``image_dataset_from_directory`` + ``preprocess_input`` +
+  ``model.predict``; see benchmarks/extraction.py).
+
+Accuracy (``--accuracy``): for MobileNetV2 and EfficientNet-Lite0
+(``hub:../shared/keras-hub/efficientnet_lite0_imagenet``), features of clothing_small
+(train / test as given) and of a 10,000-image CIFAR-10 subset (800 train + 200 test JPEGs
+per class, from the data set's own splits) at fp32, bf16 and int8 (guard thresholds at 0,
+to measure), and fp32 with simplejpeg; a scikit-learn ``LogisticRegression`` (C=1.0,
+max_iter 5000, standardised features: featurecache's ``logistic_regression`` head) on
+train, top-1 on test, plus the guard's median and minimum cosine against fp32.
+
+Not measured here: the GPU path (Keras mixed precision, ``mixed_bfloat16`` /
+``mixed_float16``) needs a GPU, which this machine does not have; and the PyTorch user's
+pipeline (torchvision ``ImageFolder`` + ``DataLoader``): no torchvision wheel on the
+registry imports against this machine's torch 2.13 CPU build (0.27-0.29 fail with
+``operator torchvision::nms does not exist``).
+
+Usage: python benchmarks/precision.py [--speed] [--accuracy] [--repeat 8]
+Prints tables and writes benchmarks/results/precision.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _results import RESULTS, save
+from extraction import backbone_rate, hires_copies, link_subset, peer_rate
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared"
+LITE0 = f"hub:{SHARED / 'keras-hub' / 'efficientnet_lite0_imagenet'}"
+#: (engine, precision) of every variant measured for speed
+VARIANTS = [
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("onnxruntime", "int8"),
+    ("openvino", "int8"),
+]
+OPEN_GUARD = {"guard_median": -1.0, "guard_min": -1.0}
+
+
+def _extract(listing, config, work: Path, keep: bool = False):
+    from featurecache.cache import Cache
+    from featurecache.extraction import extract_dataset
+
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work)) / "cache"
+    [result] = extract_dataset(Cache(cache), listing, [config], batch_size=32)
+    if keep:
+        return result, Cache(cache).read(listing.name, result.group)
+    shutil.rmtree(cache.parent)
+    return result
+
+
+def decode_rate(listing, built, decoder: str) -> float:
+    """featurecache's input side alone, one decoding thread per core."""
+    from featurecache.extraction.decoding import decoded_batches
+
+    order = list(range(len(listing.records)))
+    size = built.config.input_size
+    sizes = dict.fromkeys(order, [(size, decoder)])
+
+    def preprocess(index, pixels):
+        return {0: np.asarray(built.preprocess(pixels[(size, decoder)][None].astype(np.float32)))}
+
+    start = time.perf_counter()
+    for _ in decoded_batches(listing, order, sizes, 32, os.cpu_count(), preprocess=preprocess):
+        pass
+    return len(order) / (time.perf_counter() - start)
+
+
+def speed(name: str, listing, root: Path, work: Path) -> dict:
+    from featurecache.backbones import build_backbone
+    from featurecache.cache import recipe
+    from featurecache.config import BackboneConfig
+    from featurecache.extraction.engines import open_extractor
+    from featurecache.extraction.guard import calibration_images
+
+    base = build_backbone(BackboneConfig(name="mobilenet_v2", engine="keras"))
+    decode = {d: decode_rate(listing, base, d) for d in ("pillow", "simplejpeg")}
+    print(f"{name}: {len(listing.records)} images; decode {decode}", flush=True)
+    pixels = np.stack([listing.read(r, 224)[1] for r in listing.records[:128]]).astype(np.float32)
+    batches = [base.preprocess(pixels[i : i + 32]) for i in range(0, len(pixels), 32)]
+    os.environ.pop("FEATURECACHE_ENGINE", None)
+    default = _extract(listing, BackboneConfig(name="mobilenet_v2"), work)
+    row = {
+        "dataset": name,
+        "n_images": len(listing.records),
+        "decode_images_per_s": decode,
+        "default": {"engine": default.engine, "images_per_s": default.images_per_second},
+        "variants": [],
+    }
+    print(f"  fp32 default ({default.engine}): {default.images_per_second:.1f}", flush=True)
+    engines = work / "engines"
+    for engine, precision in VARIANTS:
+        for decoder in ("pillow", "simplejpeg"):
+            config = BackboneConfig(
+                name="mobilenet_v2",
+                engine=engine,
+                precision=precision,
+                decoder=decoder,
+                **OPEN_GUARD,
+            )
+            built = build_backbone(config)
+            model_id = recipe.model_id(config, built.weights_sha256)
+            run = open_extractor(
+                built,
+                engine,
+                engines,
+                model_id,
+                dataset=listing.name,
+                calibration=calibration_images(listing, built),
+            ).runner
+            before = backbone_rate(run, batches)
+            result = _extract(listing, config, work)
+            after = backbone_rate(run, batches)
+            backbone = (before + after) / 2
+            limit = 1 / (1 / backbone + 1 / decode[decoder])
+            rate = result.images_per_second
+            row["variants"].append(
+                {
+                    "engine": engine,
+                    "precision": precision,
+                    "decoder": decoder,
+                    "backbone_images_per_s": backbone,
+                    "limit_images_per_s": limit,
+                    "extraction_images_per_s": rate,
+                    "of_limit": rate / limit,
+                    "vs_fp32_default": rate / default.images_per_second,
+                    "profile": result.profile,
+                }
+            )
+            print(
+                f"  {engine} {precision} {decoder}: backbone {backbone:.1f}, limit {limit:.1f}, "
+                f"extraction {rate:.1f} ({rate / limit:.2f} of limit, "
+                f"{rate / default.images_per_second:.2f}x the fp32 default)",
+                flush=True,
+            )
+    row["peer_images_per_s"] = peer_rate(root, len(listing.records))
+    for v in row["variants"]:
+        v["vs_keras_guide"] = v["extraction_images_per_s"] / row["peer_images_per_s"]
+    row["default"]["vs_keras_guide"] = default.images_per_second / row["peer_images_per_s"]
+    print(f"  Keras guide: {row['peer_images_per_s']:.1f} images/s", flush=True)
+    return row
+
+
+def probe(features) -> float:
+    """Top-1 of featurecache's logistic_regression head: train -> test."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train, test = features.split == "train", features.split == "test"
+    head = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    head.fit(features.X[train], features.y[train])
+    return float((head.predict(features.X[test]) == features.y[test]).mean())
+
+
+def accuracy(name: str, listing, backbone: str, work: Path) -> dict:
+    from featurecache.config import BackboneConfig
+    from featurecache.extraction.guard import cosines
+
+    rows, reference = {}, None
+    variants = {
+        "fp32": {"engine": "onnxruntime"},
+        "bf16": {"precision": "bf16"},
+        "int8": {"precision": "int8"},
+        "fp32 simplejpeg": {"engine": "onnxruntime", "decoder": "simplejpeg"},
+    }
+    for label, settings in variants.items():
+        config = BackboneConfig(name=backbone, **settings, **OPEN_GUARD)
+        result, features = _extract(listing, config, work, keep=True)
+        top1 = probe(features)
+        entry = {"top1": top1, "images_per_s": result.images_per_second}
+        if reference is None:
+            reference = features
+        else:
+            assert list(features.keys) == list(reference.keys)
+            similarity = cosines(features.X, reference.X)
+            entry |= {
+                "median_cosine": float(np.median(similarity)),
+                "min_cosine": float(similarity.min()),
+            }
+        entry["vs_fp32_points"] = 100 * (top1 - rows["fp32"]["top1"]) if rows else 0.0
+        rows[label] = entry
+        print(f"  {name} {backbone[-30:]} {label}: top-1 {top1:.4f} {entry}", flush=True)
+    return {"dataset": name, "backbone": backbone, "variants": rows}
+
+
+def cifar_subset(root: Path) -> Path:
+    for split, per_class in (("train", 800), ("test", 200)):
+        link_subset(SHARED / "datasets" / "cifar10" / split, root / split, per_class)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--repeat", type=int, default=8, help="copies of each hires photo")
+    parser.add_argument("--backbones", nargs="+", default=["mobilenet_v2", LITE0])
+    parser.add_argument("--probe-sets", nargs="+", default=["clothing_small", "cifar10_10k"])
+    args = parser.parse_args()
+    from featurecache.config import dataset_from_option
+    from featurecache.datasets import list_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="fc-bench-precision-"))
+    path = RESULTS / "precision.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        clothing = list_dataset(
+            dataset_from_option([str(SHARED / "datasets" / "clothing_small")], name="clothing")
+        )
+        if args.speed:
+            hires_root = hires_copies(work / "photos_hires", args.repeat)
+            hires = list_dataset(dataset_from_option([str(hires_root)], name="photos_hires"))
+            results["speed"] = [
+                speed("clothing_small", clothing, SHARED / "datasets" / "clothing_small", work),
+                speed("photos_hires", hires, hires_root, work),
+            ]
+        if args.accuracy:
+            sets = {"clothing_small": lambda: clothing}
+            sets["cifar10_10k"] = lambda: list_dataset(
+                dataset_from_option([str(cifar_subset(work / "cifar"))], name="cifar10")
+            )
+            done = {(r["dataset"], r["backbone"]): r for r in results.get("accuracy", [])}
+            for backbone in args.backbones:
+                for name in args.probe_sets:
+                    done[name, backbone] = accuracy(name, sets[name](), backbone, work)
+            results["accuracy"] = list(done.values())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results.pop("date", None)
+    save("precision", {"benchmark": "precision", **results})
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,9 @@ to measure), and fp32 with simplejpeg; a scikit-learn ``LogisticRegression`` (C=
 max_iter 5000, standardised features: featurecache's ``logistic_regression`` head) on
 train, top-1 on test, plus the guard's median and minimum cosine against fp32.
 
-Not measured here: the GPU path (Keras mixed precision, ``mixed_bfloat16`` /
-``mixed_float16``) needs a GPU, which this machine does not have; and the PyTorch user's
+GPU (``--gpu``): Keras's MobileNetV2 alone at ``float32``, ``mixed_float16`` and
+``mixed_bfloat16`` where TensorFlow sees a GPU; this machine has none, so the results
+say so instead of figures. Not measured here either: the PyTorch user's
 pipeline (torchvision ``ImageFolder`` + ``DataLoader``): no torchvision wheel on the
 registry imports against this machine's torch 2.13 CPU build (0.27-0.29 fail with
 ``operator torchvision::nms does not exist``).
@@ -207,6 +208,41 @@ def accuracy(name: str, listing, backbone: str, work: Path) -> dict:
     return {"dataset": name, "backbone": backbone, "variants": rows}
 
 
+def gpu_rows(batch: int = 128, batches: int = 20) -> dict:
+    """The GPU path: Keras's MobileNetV2 (ImageNet weights) alone at policy ``float32``,
+    ``mixed_float16`` and ``mixed_bfloat16`` (Keras mixed precision guide), img/s and the
+    cosine of its features to float32's; where TensorFlow sees no GPU, says so."""
+    import keras
+    import tensorflow as tf
+
+    from featurecache.extraction.guard import cosines
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return {"measured": False, "reason": "TensorFlow sees no GPU on this machine"}
+    rng = np.random.default_rng(0)
+    images = keras.applications.mobilenet_v2.preprocess_input(
+        rng.uniform(0, 255, (batch, 224, 224, 3)).astype(np.float32)
+    )
+    rows, reference = {}, None
+    for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        model = keras.applications.MobileNetV2(include_top=False, pooling="avg")
+        features = np.asarray(model.predict_on_batch(images), np.float32)
+        start = time.perf_counter()
+        for _ in range(batches):
+            model.predict_on_batch(images)
+        rate = batch * batches / (time.perf_counter() - start)
+        reference = features if reference is None else reference
+        rows[policy] = {
+            "images_per_s": rate,
+            "median_cosine": float(np.median(cosines(features, reference))),
+        }
+        print(f"  GPU {policy}: {rate:.0f} images/s", flush=True)
+    keras.mixed_precision.set_global_policy("float32")
+    return {"measured": True, "gpus": [g.name for g in gpus], "policies": rows}
+
+
 def cifar_subset(root: Path) -> Path:
     for split, per_class in (("train", 800), ("test", 200)):
         link_subset(SHARED / "datasets" / "cifar10" / split, root / split, per_class)
@@ -218,6 +254,7 @@ def main() -> None:
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--repeat", type=int, default=8, help="copies of each hires photo")
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--backbones", nargs="+", default=["mobilenet_v2", LITE0])
     parser.add_argument("--probe-sets", nargs="+", default=["clothing_small", "cifar10_10k"])
     args = parser.parse_args()
@@ -238,6 +275,8 @@ def main() -> None:
                 speed("clothing_small", clothing, SHARED / "datasets" / "clothing_small", work),
                 speed("photos_hires", hires, hires_root, work),
             ]
+        if args.gpu:
+            results["gpu"] = gpu_rows()
         if args.accuracy:
             sets = {"clothing_small": lambda: clothing}
             sets["cifar10_10k"] = lambda: list_dataset(

@@ -9,6 +9,8 @@ import json
 import statistics
 from pathlib import Path
 
+from report_precision import precision_section  # benchmarks/: scripts run from this folder
+
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 
@@ -167,6 +169,8 @@ def main() -> None:
     ]
     if ext := load("extraction"):
         lines += extraction_section(ext)
+    if prec := load("precision"):
+        lines += precision_section(prec)
     if eng := load("engines"):
         lines += [
             "## (b) ONNX Runtime vs TensorFlow",

@@ -1,0 +1,91 @@
+"""Section (a2) of docs/benchmarks.md: lower precision and simplejpeg, from
+benchmarks/results/precision.json (``benchmarks/precision.py``)."""
+
+from __future__ import annotations
+
+NAMES = {"mobilenet_v2": "MobileNetV2"}
+
+
+def _backbone(name: str) -> str:
+    return NAMES.get(name, "EfficientNet-Lite0 (hub)" if "lite0" in name else name)
+
+
+def precision_section(doc: dict) -> list[str]:
+    lines = [
+        "## (a2) Lower precision and simplejpeg decoding",
+        "",
+        f"`benchmarks/precision.py` on {doc['date']}: MobileNetV2 with ImageNet weights, "
+        "224 px, batch 32, every figure of a data set from the same run; the columns are "
+        "those of section (a), per engine x precision x JPEG decoder. *vs fp32*: against "
+        "ONNX Runtime fp32 with Pillow, what `auto` runs for MobileNetV2 (the fp32 default); "
+        "*vs guide*: against the Keras guide's pipeline, measured in the same run. int8 "
+        "variants ran with the accuracy guard open, to be measured.",
+        "",
+    ]
+    for row in doc.get("speed", []):
+        base = next(
+            v["extraction_images_per_s"]
+            for v in row["variants"]
+            if (v["engine"], v["precision"], v["decoder"]) == ("onnxruntime", "fp32", "pillow")
+        )
+        decode = row["decode_images_per_s"]
+        lines += [
+            f"**{row['dataset']}**, {row['n_images']:,} images: decode {decode['pillow']:.0f} "
+            f"img/s with Pillow, {decode['simplejpeg']:.0f} with simplejpeg "
+            f"({decode['simplejpeg'] / decode['pillow']:.2f}x); Keras guide "
+            f"{row['peer_images_per_s']:.1f} img/s; `extract` with nothing named "
+            f"({row['default']['engine']}) {row['default']['images_per_s']:.1f} img/s.",
+            "",
+            "| engine | precision | decoder | backbone img/s | limit img/s | extraction img/s "
+            "| of limit | vs fp32 | vs guide |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for v in row["variants"]:
+            rate = v["extraction_images_per_s"]
+            lines.append(
+                f"| {v['engine']} | {v['precision']} | {v['decoder']} | "
+                f"{v['backbone_images_per_s']:.1f} | {v['limit_images_per_s']:.1f} | "
+                f"{rate:.1f} | {v['of_limit']:.2f} | {rate / base:.2f}x | "
+                f"{v['vs_keras_guide']:.2f}x |"
+            )
+        lines.append("")
+    if doc.get("accuracy"):
+        lines += [
+            "Linear-probe top-1 (featurecache's `logistic_regression` head, C=1, train -> "
+            "test) per precision and decoder, and the cosine similarity of each image's "
+            "features to fp32's (median, minimum over every image). clothing_small: 3,068 "
+            "train / 372 test photos; CIFAR-10 subset: 8,000 train / 2,000 test JPEGs.",
+            "",
+            "| backbone | data set | variant | top-1 | vs fp32, points | median cosine "
+            "| min cosine | extraction img/s |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in doc["accuracy"]:
+            for label, v in r["variants"].items():
+                cosine = (
+                    f"{v['median_cosine']:.4f} | {v['min_cosine']:.4f}"
+                    if "median_cosine" in v
+                    else "| "
+                )
+                lines.append(
+                    f"| {_backbone(r['backbone'])} | {r['dataset']} | {label} | "
+                    f"{v['top1']:.4f} | {v['vs_fp32_points']:+.2f} | {cosine} | "
+                    f"{v['images_per_s']:.1f} |"
+                )
+        lines.append("")
+    gpu = doc.get("gpu", {})
+    if gpu.get("measured"):
+        lines += ["GPU, Keras MobileNetV2 alone (mixed precision):", ""]
+        lines += [
+            f"- {policy}: {v['images_per_s']:.0f} img/s, median cosine to float32 "
+            f"{v['median_cosine']:.4f}"
+            for policy, v in gpu["policies"].items()
+        ]
+        lines.append("")
+    elif gpu:
+        lines += [
+            f"GPU path (Keras mixed precision, `--gpu`): not measured: {gpu['reason']}.",
+            "",
+        ]
+    lines += doc.get("findings", [])
+    return lines

@@ -182,7 +182,7 @@ def forbid_extraction(monkeypatch):
         ('kind = "logistic_regresion"', "unknown head 'logistic_regresion'"),
         ('kind = "sklearn.ensemble.NoSuchForest"', "cannot import head estimator"),
         ('kind = "knn"\nparams = { n_neighbours = 3 }', "unexpected keyword argument"),
-        ('kind = "knn"\ntaps = ["block_13_expand_relu"]', "heads[0].taps: 'block_13_expand_relu'"),
+        ('kind = "knn"\ntaps = ["block_13_expand_relu"]', "heads[0].taps: no backbone caches"),
     ],
 )
 def test_a_refresh_checks_every_head_before_extracting(

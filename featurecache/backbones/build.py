@@ -75,7 +75,9 @@ def build_backbone(config: BackboneConfig) -> BuiltBackbone:
         from featurecache.backbones.hub import build_hub
 
         parts = build_hub(config)
-        return BuiltBackbone(config=config, outputs_model=parts["model"], **parts)
+        return BuiltBackbone(
+            config=config, outputs_model=outputs_model(parts["model"], config), **parts
+        )
     keras = import_keras()
     weights: str | None = None if config.weights == "none" else config.weights
     if weights is None:

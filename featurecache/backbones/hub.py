@@ -22,6 +22,7 @@ file's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -94,6 +95,10 @@ def _load(keras_hub: Any, preset: str, config: BackboneConfig) -> tuple[Any, Any
         if tuple(converter.image_size or size) != size:
             kwargs["image_shape"] = (*size, 3)  # e.g. DINOv2 interpolates its positions
             converter.image_size = size
+        if "input_shape" in _preset_config(preset):
+            # CNN families (EfficientNet) take it: static shapes, so a cached activation
+            # map has a known (h, w, c); their default is (None, None, 3)
+            kwargs["input_shape"] = (*size, 3)
         backbone = keras_hub.models.Backbone.from_preset(preset, **kwargs)
     except (ValueError, TypeError, OSError, KeyError) as exc:
         raise ConfigError(f"keras-hub cannot build preset {preset!r}: {exc}") from exc
@@ -103,6 +108,13 @@ def _load(keras_hub: Any, preset: str, config: BackboneConfig) -> tuple[Any, Any
             "preset folder (hub:/path/to/preset)"
         ) from exc
     return backbone, converter
+
+
+def _preset_config(preset: str) -> dict[str, Any]:
+    """The backbone's constructor arguments in a local preset's ``config.json``; ``{}``
+    for a named preset (not read before it is downloaded)."""
+    path = Path(preset, "config.json")
+    return json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
 
 
 def pooled_model(backbone: Any, config: BackboneConfig) -> tuple[Any, str]:
@@ -127,10 +139,38 @@ def pooled_model(backbone: Any, config: BackboneConfig) -> tuple[Any, str]:
         fmt = getattr(backbone, "data_format", None) or "channels_last"
         pool = keras.layers.GlobalMaxPooling2D if config.pooling == "max" else None
         layer = (pool or keras.layers.GlobalAveragePooling2D)(data_format=fmt)
+        if not isinstance(backbone.input, dict):
+            # flat: the backbone's own layers, reachable by name for taps, the cache
+            # point and fine-tuning (nested, they hide inside one layer); same numbers
+            return keras.Model(backbone.input, layer(backbone.output)), "max" if pool else "avg"
         return keras.Model(images, layer(out)), "max" if pool else "avg"
     if rank == 3:
         return keras.Model(images, out[:, 0, :]), "cls_token"
     return keras.Model(images, out), "pooled"
+
+
+def converter_layers(preset: str) -> list[Any]:
+    """The preset's image converter as standard Keras layers, for models saved whole
+    (fine-tuned): its ``Rescaling`` (``scale``, ``offset``); the resize is the model's
+    own. ``[]`` when the converter has neither.
+
+    Raises
+    ------
+    DependencyError
+        If keras-hub is not installed.
+    """
+    keras, keras_hub = import_keras(), import_keras_hub()
+    converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    scale, offset = getattr(converter, "scale", None), getattr(converter, "offset", None)
+    if scale is None and offset is None:
+        return []
+    return [
+        keras.layers.Rescaling(
+            1.0 if scale is None else scale,
+            offset=0.0 if offset is None else offset,
+            name="preprocess_hub",
+        )
+    ]
 
 
 def build_hub(config: BackboneConfig) -> dict[str, Any]:

@@ -63,4 +63,9 @@ def preprocessing_layers(config: BackboneConfig) -> list[Any]:
             flip[0, 0, 2 - out_channel, out_channel] = 1.0  # RGB -> BGR
         layer.set_weights([flip, -np.asarray(CAFFE_MEAN_BGR, np.float32)])
         return [layer]
+    if mode == "hub":  # the preset's image converter
+        from featurecache.backbones.hub import converter_layers
+        from featurecache.config.hub import preset_of
+
+        return converter_layers(preset_of(config.name))
     return []

@@ -54,7 +54,12 @@ def outputs_model(model: Any, config: BackboneConfig) -> Any:
     if config.outputs == ("features",):
         return model
     keras = import_keras()
-    pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+    # "auto" is a keras-hub CNN's own pooling: global average, as its features
+    pool = {
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "auto": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+    }
     outputs = [model.output]
     for tap in config.taps:
         layer = _layer(model, tap, "taps")

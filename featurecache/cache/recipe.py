@@ -187,9 +187,7 @@ def group_name(backbone: BackboneConfig, recipe: str) -> str:
     """``<backbone>-<size>px-<pooling>[-f16]-<first 10 hex digits of the recipe hash>``;
     a keras-hub backbone is ``hub-<preset name or folder name>``."""
     f16 = "-f16" if backbone.dtype == "float16" else ""
-    name = backbone.name
-    if name.startswith("hub:"):
-        name = "hub-" + name[4:].rstrip("/").rsplit("/", 1)[-1]
+    name = backbone.short_name
     return f"{name}-{backbone.input_size}px-{backbone.pooling}{f16}-{recipe[:10]}"
 
 

@@ -159,6 +159,14 @@ class BackboneConfig:
         return REGISTRY[self.name] if self.name in REGISTRY else get_spec(self.name)
 
     @property
+    def short_name(self) -> str:
+        """The name without a path: ``mobilenet_v2``; a ``hub:`` preset folder as
+        ``hub-<folder name>`` (for group, file and Keras model names)."""
+        if is_hub(self.name):
+            return "hub-" + self.name[len("hub:") :].rstrip("/").rsplit("/", 1)[-1]
+        return self.name
+
+    @property
     def feature_dim(self) -> int:
         """Length of the pooled feature vector for these arguments."""
         spec = self.spec
@@ -234,8 +242,9 @@ class BackboneConfig:
 
 def _check_hub(config: BackboneConfig) -> None:
     """A keras-hub backbone's settings (:mod:`featurecache.config.hub`), normalised:
-    weights ``"preset"`` (its own) or ``"none"``, pooling ``"auto"`` or ``"max"``; no taps,
-    cached activations or extra arguments. Every engine runs it (the ONNX export of
+    weights ``"preset"`` (its own) or ``"none"``, pooling ``"auto"`` or ``"max"``; no extra
+    arguments (taps and ``finetune_from`` are checked against the model when it is
+    built: CNN families only). Every engine runs it (the ONNX export of
     keras-hub's Functional models goes through tf2onnx like any Keras model's)."""
     weights = {"imagenet": "preset", "preset": "preset", "none": "none", "random": "none"}
     if str(config.weights).lower() not in weights:
@@ -244,11 +253,8 @@ def _check_hub(config: BackboneConfig) -> None:
             "default) or 'none', not a weights file",
             key="weights",
         )
-    if config.taps or config.finetune_from or config.args:
-        raise ConfigError(
-            f"{config.name}: keras-hub backbones take no taps, finetune_from or args yet",
-            key="taps" if config.taps else "finetune_from" if config.finetune_from else "args",
-        )
+    if config.args:
+        raise ConfigError(f"{config.name}: keras-hub backbones take no args", key="args")
     rules.complete(
         config,
         weights=weights[str(config.weights).lower()],
@@ -280,6 +286,12 @@ def _cache_point(value: str | bool | None, spec: BackboneSpec) -> str | None:
     if value is None or value is False or value == "":
         return None
     if value is True or value == "default":
+        if spec.cache_point is None and spec.preprocess == "hub":
+            raise ConfigError(
+                f"{spec.name}: featurecache knows no default cache point for this keras-hub "
+                "family; name a layer whose output alone feeds the rest (backbone.summary())",
+                key="finetune_from",
+            )
         if spec.cache_point is None:
             raise ConfigError(
                 f"{spec.name} has no default cache point (its cells each read the two cells "

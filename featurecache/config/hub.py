@@ -16,8 +16,10 @@ Differences from the registered ``keras.applications`` backbones:
   local folder's ``image_converter.json``), else 224;
 - extraction runs on every engine (``auto`` included: the ONNX export of keras-hub's
   Functional models goes through tf2onnx like a ``keras.applications`` model's; a family
-  whose export fails stays on Keras under ``auto``), at any precision; there are no taps
-  or cached activations (yet).
+  whose export fails stays on Keras under ``auto``), at any precision;
+- CNN families (a feature map out) take ``taps`` and ``finetune_from`` (layer names of
+  the keras-hub model) and fine-tune; :data:`HUB_FAMILIES` gives a family's last block
+  and default cache point where known.
 """
 
 from __future__ import annotations
@@ -86,3 +88,27 @@ def preset_input_size(preset: str) -> int:
     if not size or len(set(size)) != 1:
         return DEFAULT_INPUT_SIZE
     return int(size[0])
+
+
+#: Per keras-hub backbone class (``config.json``'s ``class_name``): the layers fine-tuning
+#: opens (regular expressions, as the registry's ``last_block``) and the default cache
+#: point (``finetune_from = true``), a layer whose output alone feeds every later layer.
+#: EfficientNet's ``MBConvBlock`` layers hold their residual ``Add``, so a block's output
+#: is a clean cut; ``block5c_`` is 14x14x112 at 224 px, as ``efficientnet_b0``'s
+#: ``block5c_add``.
+HUB_FAMILIES = {
+    "EfficientNetBackbone": {"last_block": ("block7", "top_"), "cache_point": "block5c_"},
+}
+
+
+def preset_family(preset: str) -> dict:
+    """:data:`HUB_FAMILIES`' entry for a local preset folder's backbone class; ``{}`` for
+    other classes and for presets named, not local (their class is known once built)."""
+    path = Path(preset, "config.json")
+    if not path.is_file():
+        return {}
+    try:
+        name = json.loads(path.read_text()).get("class_name")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: unreadable preset configuration ({exc})") from exc
+    return HUB_FAMILIES.get(name, {})

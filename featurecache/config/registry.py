@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from featurecache.config.hub import PREFIX, is_hub, preset_input_size, preset_of
+from featurecache.config.hub import PREFIX, is_hub, preset_family, preset_input_size, preset_of
 from featurecache.errors import UnknownBackboneError
 
 #: How a family's ``preprocess_input`` maps 0-255 RGB pixels (keras.applications
@@ -122,13 +122,15 @@ def get_spec(name: str) -> BackboneSpec:
     """
     if is_hub(name):
         preset = preset_of(name)
+        family = preset_family(preset)
         return BackboneSpec(
             name=f"{PREFIX}{preset}",
             keras_name="keras_hub.models.Backbone",
             module="keras_hub",
             input_size=preset_input_size(preset),
             feature_dim=0,  # known once built
-            last_block=(),
+            last_block=tuple(family.get("last_block", ())),
+            cache_point=family.get("cache_point"),
             preprocess="hub",
         )
     key = re.sub(r"[\s\-]+", "_", name.strip()).lower()

@@ -221,11 +221,14 @@ def _auto(
         path = exported(built, folder, model_id)
         if kept in ("onnxruntime", None):
             candidates["onnxruntime"] = ort_runner(path)
-        if kept in ("openvino", None) and openvino_available():
-            candidates["openvino"] = openvino_runner(path, "fp32")
     except Exception as exc:  # noqa: BLE001  any export or session failure: Keras runs it
         log.warning("engine auto: %s; using tensorflow", exc)
         return "tensorflow", candidates["tensorflow"]
+    if kept in ("openvino", None) and openvino_available():
+        try:
+            candidates["openvino"] = openvino_runner(path, "fp32")
+        except Exception as exc:  # noqa: BLE001  OpenVINO cannot compile it: not a candidate
+            log.warning("engine auto: OpenVINO cannot run %s: %s", built.config.name, exc)
     if kept in candidates:
         log.info("engine auto for %s: %s (chosen before)", built.config.name, kept)
         return kept, candidates[kept]

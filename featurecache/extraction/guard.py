@@ -163,5 +163,7 @@ def guard(
     """
     labels = [r.label for r in listing.records]
     _, pixels = read_sample(listing, stratified_sample(labels, indices, GUARD_IMAGES), built.config)
+    if not len(pixels):  # none of them decodes: extraction will say so, image by image
+        return {"images": 0}
     inputs = np.asarray(built.preprocess(pixels.astype(np.float32)), np.float32)
     return check_precision(built.config, low, fp32, inputs, batch_size)

@@ -59,9 +59,10 @@ def train_model(built: BuiltBackbone, head: Any, layer: str) -> Any:
     for sub in built.model.layers:
         is_bn = isinstance(sub, keras.layers.BatchNormalization)
         sub.trainable = sub.name in names and not is_bn
+        models.freeze_batch_norm(sub)  # and those nested in blocks (keras-hub's)
     inputs = keras.Input(shape=tuple(tail.input.shape[1:]), name="activations")
     outputs = head(tail(inputs, training=False))
-    return keras.Model(inputs, outputs, name=f"{built.config.name}_from_{layer}")
+    return keras.Model(inputs, outputs, name=f"{built.config.short_name}_from_{layer}")
 
 
 def trainable_layers(built: BuiltBackbone) -> list[str]:
@@ -166,9 +167,7 @@ class CachedActivations:
             )
             return None
         records = [by_source[self.features.sources[i]] for i in rows]
-        pixels = read_pixels(
-            self.listing, records, self.backbone.input_size, self.backbone.decoder
-        )
+        pixels = read_pixels(self.listing, records, self.backbone.input_size, self.backbone.decoder)
         live = np.asarray(on_pixels.predict(pixels, verbose=0))
         cached = predict_cached(
             trained, self.generation, np.asarray(rows), ("identity",), len(rows)

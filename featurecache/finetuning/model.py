@@ -83,7 +83,7 @@ def build_model(built: BuiltBackbone, head: Any, augment: Augmentation, seed: in
         x = layer(x)
     features = built.model(x, training=False)  # BatchNormalization stays in inference mode
     outputs = head(features)
-    return keras.Model(inputs, outputs, name=f"{built.config.name}_finetuned")
+    return keras.Model(inputs, outputs, name=f"{built.config.short_name}_finetuned")
 
 
 def unfreeze(built: BuiltBackbone, extra: Sequence[str] = ()) -> list[str]:
@@ -101,14 +101,52 @@ def unfreeze(built: BuiltBackbone, extra: Sequence[str] = ()) -> list[str]:
         match = any(p.match(layer.name) for p in patterns)
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = match and not is_bn
+        freeze_batch_norm(layer)
         if layer.trainable and layer.weights:
             opened.append(layer.name)
+    if not patterns:
+        raise ValueError(
+            f"featurecache knows no last block for {built.config.name}: name the layers to "
+            "train (regular expressions over its layer names, backbone.summary())"
+        )
     if not opened:
         raise ValueError(f"no trainable layer matches {[p.pattern for p in patterns]}")
     log.info(
         "unfroze %d layers of %s: %s ... %s", len(opened), backbone.name, opened[0], opened[-1]
     )
     return opened
+
+
+def nested_layers(layer: Any) -> Iterator[Any]:
+    """``layer`` and every Keras layer it holds as an attribute, at any depth (a
+    keras-hub ``MBConvBlock`` holds its convolutions and BatchNormalizations so)."""
+    keras = import_keras()
+    seen: set[int] = set()
+    stack = [layer]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for value in vars(current).values():
+            for item in value if isinstance(value, list | tuple) else (value,):
+                if isinstance(item, keras.layers.Layer):
+                    stack.append(item)
+
+
+def freeze_batch_norm(layer: Any) -> None:
+    """Freeze every BatchNormalization inside ``layer``, however deep.
+
+    A frozen BatchNormalization runs in inference mode (Keras 3). ``training=False`` on
+    the backbone's call does not reach layers nested in a block whose ``call`` takes no
+    ``training`` argument (keras-hub's ``MBConvBlock``): there, unfrozen, they would
+    normalise with batch statistics and update their moving averages while training.
+    """
+    keras = import_keras()
+    for sub in nested_layers(layer):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            sub.trainable = False
 
 
 def compile_for_finetuning(

@@ -33,21 +33,18 @@ activations, before and after training.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from featurecache.cache import Cache, recipe
 from featurecache.config import Pipeline
 from featurecache.datasets import ObjectIndex, list_dataset
-from featurecache.errors import CacheError, ConfigError
+from featurecache.errors import CacheError
 from featurecache.finetuning.cached import CachedActivations
 from featurecache.finetuning.images import ImageSource
 from featurecache.finetuning.outputs import FinetuneResult
 from featurecache.finetuning.run import Run
 from featurecache.finetuning.source import Source
 from featurecache.runs import RunLayout, output_errors
-
-log = logging.getLogger(__name__)
 
 #: ``[finetune] source`` -> its :class:`~featurecache.finetuning.source.Source`, made
 #: from ``(ft, cache, group, listing, backbone)``.
@@ -63,8 +60,7 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
     Returns
     -------
     list of FinetuneResult
-        One per data set x backbone, in the pipeline's order; keras-hub backbones are
-        skipped with a warning (not supported yet) when the pipeline has others.
+        One per data set x backbone, in the pipeline's order.
 
     Raises
     ------
@@ -80,22 +76,13 @@ def finetune(pipeline: Pipeline, *, progress: bool = False) -> list[FinetuneResu
         If the starting head is not a dense head, ``unfreeze`` matches no layer, or
         ``source = "cache"`` and the backbone has no ``finetune_from``.
     """
-    hub = [b.name for b in pipeline.backbones if b.spec.preprocess == "hub"]
-    backbones = [b for b in pipeline.backbones if b.name not in hub]
-    if hub and backbones:
-        log.warning("fine-tuning keras-hub backbones is not supported yet: %s skipped", hub)
-    elif hub:
-        raise ConfigError(
-            f"fine-tuning keras-hub backbones ({', '.join(hub)}) is not supported yet; train "
-            "heads on their cached features with `featurecache train-head`"
-        )
     cache = Cache(pipeline.cache)
     layout = RunLayout.of(pipeline)
     results = []
     for dataset in pipeline.datasets:
         listing = list_dataset(dataset, ObjectIndex(cache.object_index_url(dataset.name)))
         try:
-            for backbone in backbones:
+            for backbone in pipeline.backbones:
                 found = recipe.find_group(cache, dataset.name, backbone)
                 if found is None:
                     raise CacheError(

@@ -127,26 +127,24 @@ def test_hub_settings_are_checked_before_anything_runs(presets, tmp_path):
         "keras",
         IMAGE_SIZE[0],
     )
-    with pytest.raises(ConfigError, match="keras engine only"):
-        BackboneConfig(name=name, engine="onnxruntime")
+    assert BackboneConfig(name=name, engine="onnxruntime").engine == "onnxruntime"
     with pytest.raises(ConfigError, match="weights from the preset"):
         BackboneConfig(name=name, weights=str(tmp_path / "w.h5"))
-    with pytest.raises(ConfigError, match="no taps"):
-        BackboneConfig(name=name, taps=("conv1",))
+    with pytest.raises(ConfigError, match="take no args"):
+        BackboneConfig(name=name, args={"depth": 2})
+    with pytest.raises(ConfigError, match="no default cache point for this keras-hub family"):
+        BackboneConfig(name=name, finetune_from=True)
     with pytest.raises(UnknownBackboneError, match="not a keras-hub preset folder"):
         BackboneConfig(name=f"hub:{tmp_path}/missing")
     with pytest.raises(UnknownBackboneError, match="needs a preset"):
         BackboneConfig(name="hub:")
 
 
-def test_fine_tuning_a_hub_backbone_says_it_is_not_supported(presets, images, tmp_path):
-    done = invoke(
-        "finetune",
-        "--data",
-        images,
-        "--backbone",
-        f"hub:{presets['vit']}",
-        "--cache",
-        tmp_path / "cache",
-    )
-    assert done.exit_code == 1 and "not supported yet" in done.output
+def test_fine_tuning_a_hub_vit_asks_for_the_layers_to_train(presets, images, tmp_path):
+    """A family featurecache knows no last block of: one line asking for ``unfreeze``."""
+    common = ("--data", images, "--backbone", f"hub:{presets['vit']}", "--cache", tmp_path / "c")
+    ran = invoke("run", *common, "--head", "dense", "--output", tmp_path / "runs")
+    assert ran.exit_code == 0, ran.output
+    done = invoke("finetune", *common, "--output", tmp_path / "runs")
+    assert done.exit_code == 1 and "[finetune] unfreeze" in done.output, done.output
+    assert "knows no last block" in done.output

@@ -253,9 +253,9 @@ def test_several_backbones_decode_each_image_once_and_match_solo_runs(
         reads.append(index)
         return original_load(self, index)
 
-    def counting_decode(data, size, *, source):
+    def counting_decode(data, size, *, source, decoder):
         decodes.append((source, size))
-        return original_decode(data, size, source=source)
+        return original_decode(data, size, source=source, decoder=decoder)
 
     monkeypatch.setattr(Listing, "load", counting_load)
     monkeypatch.setattr(decoding, "decode", counting_decode)

@@ -9,7 +9,10 @@ import json
 import statistics
 from pathlib import Path
 
-from report_precision import precision_section  # benchmarks/: scripts run from this folder
+from report_precision import (  # benchmarks/: scripts run from this folder
+    precision_c_section,
+    precision_section,
+)
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -171,6 +174,8 @@ def main() -> None:
         lines += extraction_section(ext)
     if prec := load("precision"):
         lines += precision_section(prec)
+    if sweep := load("precision_c"):
+        lines += precision_c_section(sweep)
     if eng := load("engines"):
         lines += [
             "## (b) ONNX Runtime vs TensorFlow",

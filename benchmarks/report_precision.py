@@ -92,3 +92,21 @@ def precision_section(doc: dict) -> list[str]:
         ]
     lines += doc.get("findings", [])
     return lines
+
+
+def precision_c_section(doc: dict) -> list[str]:
+    """The C sweep of ``benchmarks/precision_c.py``."""
+    lines = [
+        f"`benchmarks/precision_c.py` on {doc['date']}: MobileNetV2 on the CIFAR-10 subset, "
+        "fp32 vs bf16, the same linear probe at several C (bf16 - fp32 in points):",
+        "",
+        "| C | fp32 test | bf16 test | diff | fp32 5-fold CV | bf16 5-fold CV | diff |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in doc["rows"]:
+        lines.append(
+            f"| {r['C']} | {r['fp32_test']:.4f} | {r['bf16_test']:.4f} | "
+            f"{100 * (r['bf16_test'] - r['fp32_test']):+.2f} | {r['fp32_cv']:.4f} | "
+            f"{r['bf16_cv']:.4f} | {100 * (r['bf16_cv'] - r['fp32_cv']):+.2f} |"
+        )
+    return [*lines, ""]

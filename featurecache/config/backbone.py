@@ -101,7 +101,7 @@ class BackboneConfig:
         The accuracy guard of a lower precision
         (:mod:`featurecache.extraction.guard`): the median and the smallest cosine
         similarity between its features and fp32's over a sample of the data set must
-        reach these (defaults 0.98 and 0.90), or the extraction stops before it commits.
+        reach these (defaults 0.99 and 0.90), or the extraction stops before it commits.
         Not part of the recipe.
 
     Raises
@@ -124,7 +124,7 @@ class BackboneConfig:
     views: tuple[str, ...] = ("identity",)
     precision: str = "fp32"
     decoder: str = "pillow"
-    guard_median: float = 0.98
+    guard_median: float = 0.99
     guard_min: float = 0.90
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ SETTINGS = {
     "views": ("identity", "flip"),
     "precision": "int8",
     "decoder": "simplejpeg",
-    "guard_median": 0.98,  # the defaults: the guard is not part of the description
+    "guard_median": 0.99,  # the defaults: the guard is not part of the description
     "guard_min": 0.9,
 }
 #: pipeline files only, no CLI options

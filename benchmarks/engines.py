@@ -40,7 +40,8 @@ def main() -> None:
     from featurecache.cache import recipe
     from featurecache.config import BackboneConfig
     from featurecache.errors import EngineError
-    from featurecache.extraction.engines import keras_runner, onnx_runner
+    from featurecache.extraction.engines import keras_runner
+    from featurecache.extraction.onnx import onnx_runner
 
     folder = Path(tempfile.mkdtemp(prefix="fc-bench-onnx-"))
     rows = []

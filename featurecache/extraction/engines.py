@@ -43,6 +43,7 @@ from featurecache.extraction.onnx import (
     exported,
     model_stem,
     onnx_available,
+    onnx_runner,
     ort_runner,
 )
 from featurecache.extraction.openvino import openvino_available, openvino_runner
@@ -158,12 +159,6 @@ def open_extractor(
     return Extractor(built=built, engine=engine, runner=runner, settings=settings)
 
 
-def fp32_reference(built: BuiltBackbone, folder: Path, model_id: str) -> Runner:
-    """fp32 ONNX Runtime on the backbone's export: what the accuracy guard compares a
-    lower precision with."""
-    return ort_runner(exported(built, folder, model_id))
-
-
 def select(
     built: BuiltBackbone,
     requested: str,
@@ -193,7 +188,7 @@ def select(
     """
     engine = recorded_engine(requested)
     if engine == "onnxruntime":
-        return engine, ort_runner(exported(built, folder, model_id))
+        return engine, onnx_runner(built, folder, model_id)
     if engine == "openvino":
         return engine, openvino_runner(exported(built, folder, model_id), "fp32")
     if engine != "auto":

@@ -26,8 +26,9 @@ from featurecache.cache.staging import ComputeStage
 from featurecache.cache.writing import CacheWriter
 from featurecache.config import RANDOM_WEIGHTS_SEED, BackboneConfig
 from featurecache.datasets import Listing
-from featurecache.extraction.engines import Extractor, fp32_reference, open_extractor
+from featurecache.extraction.engines import Extractor, open_extractor
 from featurecache.extraction.guard import calibration_images, guard
+from featurecache.extraction.onnx import onnx_runner
 from featurecache.extraction.plan import Plan, make_plan, plan_id
 from featurecache.extraction.result import ExtractResult, Profile
 
@@ -234,7 +235,7 @@ def _open(
         calibration=calibration_images(listing, built),
     )
     if backbone.precision != "fp32" and compute:
-        reference = fp32_reference(built, folder, model_id)
+        reference = onnx_runner(built, folder, model_id)  # fp32, on the same export
         check = guard(listing, compute, built, extractor.runner, reference, batch_size)
         extractor.settings["precision_check"] = check
     recipe_hash = recipes.recipe_hash(backbone, built.weights_sha256, extractor.engine)

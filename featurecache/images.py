@@ -47,7 +47,7 @@ import logging
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from featurecache.errors import ImageDecodeError
+from featurecache.errors import DependencyError, ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ def decode_bytes(
     ImageDecodeError
         If the bytes are empty, not an image Pillow knows, truncated or corrupt, or
         larger than :data:`MAX_PIXELS`. The message names ``source`` and the reason.
+    DependencyError
+        For ``decoder = "simplejpeg"`` without simplejpeg installed.
     """
     if not data:
         raise ImageDecodeError(f"{source}: empty file (0 bytes)")
@@ -179,7 +181,7 @@ def decode_bytes(
             # in place: no copy of the whole image when there is nothing to turn
             ImageOps.exif_transpose(image, in_place=True)
             return resize(to_rgb(image), size)
-    except ImageDecodeError:
+    except (ImageDecodeError, DependencyError):
         raise
     except UnidentifiedImageError as exc:
         missing = _missing_plugin(data)
@@ -209,18 +211,27 @@ def _plain_jpeg(image: Image.Image) -> bool:
 def _simplejpeg(data: bytes, size: int) -> np.ndarray | None:
     """simplejpeg's RGB pixels of a JPEG, uint8 ``(h, w, 3)``, DCT-downscaled to the
     smallest of libjpeg-turbo's scales (1/8, 2/8 ... 7/8) that keeps both sides >= ``size``;
-    None where simplejpeg is not installed or refuses the file (Pillow then decodes it,
-    and names the fault if there is one).
+    None where simplejpeg refuses the file (Pillow then decodes it, and names the fault if
+    there is one).
 
     Pillow's ``draft`` has only 1/2, 1/4 and 1/8, so a photo under twice the target
     decodes whole: with the eighths, clothing_small's 400x711 photos decode at 5/8
     (250x444), which is where the speed comes from (restricted to Pillow's scales,
-    simplejpeg's pixels equal Pillow's and its speed is the same: ``benchmarks/decoding.py``).
+    simplejpeg's pixels equal Pillow's and its speed is the same, measured on 600
+    clothing_small photos on 2026-12-04; ``benchmarks/precision.py`` measures the decoder).
+
+    Raises
+    ------
+    DependencyError
+        If simplejpeg is not installed: Pillow's pixels would go into a group whose
+        recipe says simplejpeg.
     """
     try:
         import simplejpeg
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise DependencyError(
+            "decoder 'simplejpeg' needs simplejpeg: pip install 'featurecache[simplejpeg]'"
+        ) from exc
     try:
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
     except ValueError:

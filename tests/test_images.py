@@ -1,4 +1,5 @@
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -132,3 +133,20 @@ def test_large_jpegs_are_decoded_reduced_with_almost_the_same_pixels():
         full = np.asarray(image.convert("RGB").resize((224, 224), Image.BILINEAR))
     assert reduced.shape == (224, 224, 3)
     assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 3.0
+
+
+def test_simplejpeg_decodes_photos_close_to_pillow_and_is_never_silently_pillow(monkeypatch):
+    """A 400x700 JPEG decodes at 5/8 scale by simplejpeg (a slightly different image,
+    same size); without simplejpeg the decoder says so instead of using Pillow."""
+    from featurecache.errors import DependencyError
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (700, 400, 3), dtype=np.uint8))
+    data = encode(image, "JPEG")
+    pillow = decode_bytes(data, 224)
+    fast = decode_bytes(data, 224, decoder="simplejpeg")
+    assert fast.shape == pillow.shape == (224, 224, 3)
+    assert 0 < np.abs(fast.astype(int) - pillow).mean() < 40
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)
+    with pytest.raises(DependencyError, match="featurecache\\[simplejpeg\\]"):
+        decode_bytes(data, 224, decoder="simplejpeg")
